@@ -1,0 +1,40 @@
+"""napari-mpt-deblur: microscopy defocus deblurring with the Multi-Pyramid Transformer.
+
+The heavy dependencies (torch) are imported lazily, so that importing the package, or napari
+reading its manifest, stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cancelled",
+    "__version__",
+    "create_model",
+    "deblur",
+    "list_models",
+    "load_model",
+]
+
+_LAZY = {
+    "load_model": "napari_mpt_deblur.models.checkpoint",
+    "create_model": "napari_mpt_deblur.models._registry",
+    "list_models": "napari_mpt_deblur.models._registry",
+    "deblur": "napari_mpt_deblur.engine.predict",
+    "Cancelled": "napari_mpt_deblur.engine.predict",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine.predict import Cancelled, deblur
+    from .models._registry import create_model, list_models
+    from .models.checkpoint import load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'napari_mpt_deblur' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from napari_mpt_deblur.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""``mpt-deblur deblur``: batch deblurring of TIFF/PNG files, folders or globs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "deblur"
+HELP = "deblur image files (TIFF/OME-TIFF/PNG), folders or glob patterns"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    parser.add_argument("--model", default=None,
+                        help="bundled model name or checkpoint file (default: the shipped model)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="tile size in pixels (default: whole image when it fits in memory)")
+    parser.add_argument("--axes", default=None, help="layout, e.g. YX, ZYX, TZYX, YXC")
+    parser.add_argument("--suffix", default="_deblurred", help="added to output file names")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def output_path(src: Path, out_dir: Path, suffix: str) -> Path:
+    """Output name for ``src``: same format, ``suffix`` before the extension."""
+    name = src.name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return out_dir / f"{name[: -len(ext)]}{suffix}{ext}"
+    return out_dir / f"{src.stem}{suffix}{src.suffix}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from tqdm import tqdm
+
+    from .._io import expand_inputs, read_image, write_image
+    from ..engine.predict import DeblurReport, deblur
+    from ..models.checkpoint import load_model
+
+    log = logging.getLogger(__name__)
+    files = list(expand_inputs(args.inputs))
+    if not files:
+        raise FileNotFoundError("no input images found (supported: .tif, .tiff, .png, .jpg)")
+    out_dir = args.output
+    targets = [output_path(f, out_dir, args.suffix) for f in files]
+    inputs = {f.resolve() for f in files}
+    for target in targets:
+        if target.resolve() in inputs:
+            raise ValueError(f"output {target} would overwrite an input; choose another folder")
+        if target.exists() and not args.overwrite:
+            raise FileExistsError(f"{target} exists; use --overwrite to replace it")
+    model = load_model(args.model, device=args.device)
+    log.info("model %s on %s", model.info.get("name"), next(model.parameters()).device)
+    failures = 0
+    for src, dst in zip(files, targets):
+        try:
+            image, meta = read_image(src)
+            axes = args.axes or meta.get("axes")
+            bar = tqdm(desc=src.name, unit="tile", disable=args.no_progress or None, leave=False)
+
+            def progress(done: int, total: int, bar=bar) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            report = DeblurReport()
+            result = deblur(image, model, axes=axes, device=args.device, tile=args.tile,
+                            progress=progress, report=report)
+            bar.close()
+            write_image(dst, result, meta, overwrite=args.overwrite)
+            log.info("%s -> %s (%.1f s, %d tiles)", src, dst, report.seconds, report.n_tiles)
+        except (ValueError, TypeError, MemoryError) as exc:
+            failures += 1
+            log.error("%s: %s", src, exc)
+    if failures:
+        log.error("%d of %d files failed", failures, len(files))
+    return 1 if failures else 0

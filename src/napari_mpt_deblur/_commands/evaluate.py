@@ -1,0 +1,152 @@
+"""``mpt-deblur evaluate``: PSNR/SSIM per defocus level for the baselines and models.
+
+Writes ``OUT/results.md`` (the Markdown table with its protocol notes), ``OUT/results.json``
+(every score, the configuration, tuned Richardson–Lucy iterations, model provenance) and
+``OUT/examples.png`` (crops per level and method). Existing files are never replaced without
+``--overwrite``. See :mod:`napari_mpt_deblur.evaluation` for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+NAME = "evaluate"
+HELP = "PSNR/SSIM per defocus level on the eval images: blurred, Richardson-Lucy and models"
+
+OUTPUT_FILES = ("results.md", "results.json", "examples.png")
+
+
+def _source_checkout_results() -> Path | None:
+    """``benchmarks/results`` of the source checkout this module runs from, if any."""
+    repo = Path(__file__).resolve().parents[3]
+    if (repo / "pyproject.toml").is_file() and (repo / "benchmarks").is_dir():
+        return repo / "benchmarks" / "results"
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``mpt-deblur evaluate``."""
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=None,
+        metavar="NAME|PATH",
+        help="bundled model names or checkpoint files to evaluate; give the option with no "
+        "value (or 'none') for the baselines only (default: every bundled model)",
+    )
+    parser.add_argument("--levels", nargs="+", type=float, default=[4.0, 8.0, 16.0, 24.0],
+                        metavar="UM", help="defocus levels, µm (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--sets", nargs="+", default=["w1", "w2"], choices=["w1", "w2"],
+                        help="eval image sets: w1 (Hoechst), w2 (actin) (default: both)")
+    parser.add_argument("--no-real-pair", action="store_true",
+                        help="skip the real BBBC006 defocus pair")  # fmt: skip
+    parser.add_argument("-o", "--out", type=Path, default=Path("evaluation"),
+                        help="output folder (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--max-images", type=int, default=None, metavar="N",
+                        help="first N images of each set only (quick runs)")  # fmt: skip
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("MPT_DEBLUR_DATA", "../shared/data")),
+        help="data root holding eval/ and val/ (default: $MPT_DEBLUR_DATA or %(default)s)",
+    )
+    parser.add_argument(
+        "--rl-iterations",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="cache of the Richardson-Lucy iterations tuned on val/ (default: "
+        "benchmarks/results/rl_iterations.json in a source checkout, else OUT/rl_iterations.json)",
+    )
+    parser.add_argument("--crop", type=int, default=None, metavar="PX",
+                        help="evaluate central PX x PX crops (default: whole images)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="camera-noise seed (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _model_entries(values: list[str] | None) -> dict[str, str]:
+    from ..models.checkpoint import bundled_models
+
+    bundled = bundled_models()
+    if values is None:
+        if not bundled:
+            logger.warning("no trained models are bundled; evaluating the baselines only")
+        return {name: name for name in bundled}
+    entries: dict[str, str] = {}
+    for value in values:
+        if value.lower() == "none":
+            continue
+        name = value if value in bundled else Path(value).name.removesuffix(".safetensors")
+        base, k = name, 2
+        while name in entries:
+            name, k = f"{base} ({k})", k + 1
+        entries[name] = value
+    return entries
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, then write the three output files atomically."""
+    import json
+    import sys
+
+    from tqdm import tqdm
+
+    from .._io import atomic_write
+    from ..evaluation import EvalConfig, evaluate, save_example_figure, to_markdown
+
+    out_dir: Path = args.out
+    targets = {name: out_dir / name for name in OUTPUT_FILES}
+    if not args.overwrite:
+        existing = [str(p) for p in targets.values() if p.exists()]
+        if existing:
+            raise FileExistsError(f"{', '.join(existing)} exist; use --overwrite to replace them")
+    data = Path(args.data)
+    cfg = EvalConfig(
+        eval_dir=str(data / "eval"),
+        val_dir=str(data / "val"),
+        sets=tuple(args.sets),
+        levels_um=tuple(args.levels),
+        seed=args.seed,
+        crop_px=args.crop,
+        max_images=args.max_images,
+        real_pair=not args.no_real_pair,
+        device=args.device,
+    )
+    cache = args.rl_iterations
+    if cache is None:
+        results_dir = _source_checkout_results()
+        cache = (results_dir or out_dir) / "rl_iterations.json"
+    models = _model_entries(args.models)
+    logger.info("evaluating %s on %s (Richardson-Lucy cache %s)",
+                ", ".join(["baselines", *models]), cfg.eval_dir, cache)  # fmt: skip
+    bar = tqdm(desc="evaluate", unit="image", disable=args.no_progress or None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = evaluate(models, cfg, progress=progress, rl_cache=cache)
+    finally:
+        bar.close()
+    markdown = to_markdown(result)
+    text = json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(targets["results.json"],
+                 lambda tmp: Path(tmp).write_text(text, encoding="utf-8"),
+                 overwrite=args.overwrite)  # fmt: skip
+    atomic_write(targets["results.md"],
+                 lambda tmp: Path(tmp).write_text(markdown, encoding="utf-8"),
+                 overwrite=args.overwrite)  # fmt: skip
+    save_example_figure(result, targets["examples.png"], overwrite=args.overwrite)
+    sys.stdout.write(markdown)
+    logger.info("wrote %s (%.0f s)", ", ".join(str(p) for p in targets.values()), result.seconds)
+    return 0

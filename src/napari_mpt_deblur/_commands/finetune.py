@@ -1,0 +1,152 @@
+"""``mpt-deblur finetune``: adapt a model to your own blurry images (EFCR, no ground truth).
+
+Example::
+
+    mpt-deblur finetune my_images/ --model mpt-tiny -o my-mpt.safetensors \\
+        --pixel-size-um 0.65 --na 0.5 --wavelength-nm 520 --time-budget 900
+
+The checkpoint holds the best weights found (judged on a held-out crop of your images) and a
+record of the run; ``mpt-deblur deblur --model my-mpt.safetensors`` uses it. A stopped run
+(``--time-budget``, Ctrl-C) continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "finetune"
+HELP = "fine-tune a model on your own unlabeled blurry images (EFCR + re-blur + replay)"
+
+_MODES = ("full", "reblur_only", "efcr")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="blurry image files, folders or glob patterns")
+    parser.add_argument("--model", default=None,
+                        help="starting model: bundled name or checkpoint file (default: shipped)")
+    parser.add_argument("-o", "--output", required=True, type=Path,
+                        help="checkpoint to write (.safetensors)")
+    parser.add_argument("--preset", default="cpu-laptop", help="settings preset: cpu-laptop, gpu")
+    parser.add_argument("--steps", type=int, default=None, help="optimiser steps")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="S",
+                        help="stop cleanly before S seconds")
+    parser.add_argument("--mode", choices=_MODES, default=None,
+                        help="full (default), reblur_only or efcr (for ablations)")
+    parser.add_argument("--pixel-size-um", type=float, default=None,
+                        help="pixel size in the sample plane (default: from the image metadata, "
+                        "else the model's simulation optics)")
+    parser.add_argument("--na", "--numerical-aperture", dest="numerical_aperture", type=float,
+                        default=None, help="objective numerical aperture")
+    parser.add_argument("--wavelength-nm", type=float, default=None,
+                        help="emission wavelength in nm")
+    parser.add_argument("--refractive-index", type=float, default=None,
+                        help="immersion refractive index (1.0 dry, 1.33 water, 1.515 oil)")
+    parser.add_argument("--replay", nargs="+", default=None, metavar="PATH",
+                        help="in-focus images for replay pairs (default: procedural images)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--patch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument("--efcr-weight", type=float, default=None, help="λ on the EFCR term")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUTPUT's .state.pt file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    from .._io import expand_inputs, read_image
+    from ..models.checkpoint import load_model
+    from ..train.finetune import finetune_iter, get_finetune_preset
+    from ..train.updates import UpdateKind
+
+    log = logging.getLogger(__name__)
+    output = args.output
+    if output.suffix != ".safetensors":
+        output = output.with_name(output.name + ".safetensors")
+    if output.exists() and not (args.overwrite or args.resume):
+        raise FileExistsError(f"{output} exists; use --overwrite to replace it or --resume")
+
+    files = list(expand_inputs(args.images))
+    if not files:
+        raise FileNotFoundError("no input images found (supported: .tif, .tiff, .png)")
+    pixel_sizes = []
+    for f in files:
+        _, meta = read_image(f)
+        if meta.get("pixel_size_um"):
+            pixel_sizes.append(float(meta["pixel_size_um"][-1]))
+
+    changes = {
+        "steps": args.steps,
+        "time_budget_s": args.time_budget,
+        "mode": args.mode,
+        "pixel_size_um": args.pixel_size_um,
+        "numerical_aperture": args.numerical_aperture,
+        "wavelength_nm": args.wavelength_nm,
+        "refractive_index": args.refractive_index,
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "lr": args.lr,
+        "efcr_weight": args.efcr_weight,
+        "device": args.device,
+        "seed": args.seed,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if "pixel_size_um" not in changes and pixel_sizes:
+        changes["pixel_size_um"] = pixel_sizes[0]
+        log.info("pixel size %.4g µm from the image metadata", pixel_sizes[0])
+    settings = get_finetune_preset(args.preset, **changes)
+
+    model = load_model(args.model, device=settings.device)
+    log.info("fine-tuning %s on %d images (%s mode, %d steps)", model.info.get("name"),
+             len(files), settings.mode, settings.steps)
+    replay = None
+    if args.replay:
+        replay = list(expand_inputs(args.replay))
+
+    cancel = threading.Event()
+
+    def on_interrupt(_signum, _frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        log.warning("interrupt: stopping after this step, keeping the best weights "
+                    "(press Ctrl-C again to abort)")
+        cancel.set()
+
+    bar = tqdm(total=settings.steps, unit="step", disable=args.no_progress or None)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main else None
+    done = None
+    try:
+        for update in finetune_iter(model, files, settings=settings, replay_images=replay,
+                                    out_path=output, resume=args.resume, cancel=cancel):
+            if update.kind is UpdateKind.LOSS:
+                bar.n = update.step
+                bar.set_postfix(loss=f"{update.value['loss']:.4g}", refresh=False)
+                bar.refresh()
+            elif update.kind is UpdateKind.VALIDATION:
+                log.info("step %d: re-blur PSNR %.2f dB (identity %.2f), detail ratio %.3f",
+                         update.step, update.value["reblur_psnr"],
+                         update.value["reblur_psnr_identity"], update.value["hf_energy_ratio"])
+            elif update.kind is UpdateKind.DONE:
+                done = update.value
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if done is not None:
+        best = done["best"]
+        log.info("%s: best re-blur PSNR %.2f dB at step %s (start %.2f dB); wrote %s",
+                 done["reason"], best["reblur_psnr"], best.get("step"),
+                 done["baseline"].get("reblur_psnr", float("nan")), done["checkpoint"])
+        if done["reason"] != "completed":
+            log.info("continue with --resume")
+    return 0

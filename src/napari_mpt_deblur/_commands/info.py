@@ -1,0 +1,57 @@
+"""``mpt-deblur info``: what this installation can do."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "info"
+HELP = "show devices, torch version and the bundled models"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import platform
+
+    import torch
+
+    from .. import __version__
+    from .._device import list_devices
+    from ..models._registry import describe_model, list_models
+    from ..models.checkpoint import bundled_models, default_model_name, read_header
+
+    bundled = {}
+    for name, path in bundled_models().items():
+        header = read_header(path) or {}
+        bundled[name] = {
+            "file": str(path),
+            "arch": header.get("arch"),
+            "routing": header.get("routing"),
+            "metrics": header.get("metrics"),
+        }
+    info = {
+        "napari_mpt_deblur": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "devices": list_devices(),
+        "default_model": default_model_name(),
+        "bundled_models": bundled,
+        "architectures": {n: describe_model(n) for n in list_models()},
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"napari-mpt-deblur {__version__}  (python {info['python']}, torch {info['torch']})")
+    print(f"devices: {', '.join(info['devices'])}   cpu threads: {info['cpu_threads']}")
+    print(f"default model: {info['default_model']}")
+    print("bundled trained models:" if bundled else "bundled trained models: none")
+    for name, meta in bundled.items():
+        print(f"  {name:<22} {meta['arch'] or '?'} ({meta['routing'] or '-'})  {meta['file']}")
+    print("architectures (untrained presets, for training):")
+    for name, text in info["architectures"].items():
+        print(f"  {name:<22} {text}")
+    return 0

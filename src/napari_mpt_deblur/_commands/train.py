@@ -1,0 +1,124 @@
+"""``mpt-deblur train``: supervised training on simulated defocus pairs, in resumable chunks.
+
+Everything about the run is in the config file (``configs/*.yaml``); the options here only steer
+its execution. A run that stops on ``--time-budget`` or Ctrl-C saves its state and continues
+with ``--resume``::
+
+    mpt-deblur train --config configs/mpt-tiny.yaml --time-budget 540
+    mpt-deblur train --config configs/mpt-tiny.yaml --time-budget 540 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "train"
+HELP = "train a deblurring model on simulated defocus pairs (resumable, time-budgeted)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path,
+                        help="training config, JSON or YAML (see configs/)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in the output folder")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="S",
+                        help="stop cleanly (state saved) before S seconds have passed")
+    parser.add_argument("--steps", type=int, default=None, metavar="N",
+                        help="total optimiser steps (overrides the config)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="run folder (overrides the config's out_dir)")
+    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                        help="folder the config's data paths are relative to")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="start from these weights (bundled name or checkpoint file)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    from ..train.config import TrainConfig
+    from ..train.loop import fit
+
+    log = logging.getLogger(__name__)
+    cfg = TrainConfig.from_file(args.config)
+    changes: dict = {}
+    if args.steps is not None:
+        changes["steps"] = args.steps
+    if args.out is not None:
+        changes["out_dir"] = str(args.out)
+    if args.data_root is not None:
+        changes["data_root"] = str(args.data_root)
+    if args.device is not None:
+        changes["device"] = args.device
+    if args.time_budget is not None:
+        changes["time_budget_s"] = args.time_budget
+    cfg = cfg.replace(**changes) if changes else cfg
+
+    model = None
+    if args.init is not None:
+        from ..models.checkpoint import load_model
+
+        model = load_model(args.init, device=cfg.device, routing=cfg.routing)
+        model.train()
+        log.info("starting from %s", args.init)
+
+    # First Ctrl-C: finish the current step, save the state and stop; second: abort.
+    cancel = threading.Event()
+
+    def on_interrupt(_signum, _frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        log.warning("interrupt: stopping after this step and saving the state "
+                    "(press Ctrl-C again to abort)")
+        cancel.set()
+
+    bar = tqdm(total=cfg.steps, unit="step", disable=args.no_progress or None)
+
+    def progress(step: int, total: int, info: dict) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()
+                         if k in ("loss", "lr", "val_psnr")}, refresh=False)
+        bar.refresh()
+
+    def log_event(update) -> None:
+        kind = update.kind.value
+        if kind == "validation":
+            log.info("step %d: validation PSNR %.2f dB, SSIM %.3f", update.step,
+                     update.value["psnr"], update.value["ssim"])
+        elif kind == "loss" and bar.disable and update.step % cfg.log_every == 0:
+            log.info("step %d/%d: loss %.5f", update.step, update.total, update.value["loss"])
+
+    previous = signal.signal(signal.SIGINT, on_interrupt) if _main_thread() else None
+    try:
+        if not args.resume and Path(cfg.out_dir, "state.pt").exists():
+            raise FileExistsError(
+                f"{cfg.out_dir} already holds a run; add --resume to continue it or use --out"
+            )
+        history = fit(cfg, model=model, resume=args.resume, progress=progress, cancel=cancel,
+                      callbacks=log_event)
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    log.info("%s at step %d/%d; best validation PSNR %s dB (step %s) in %s",
+             history.stopped, history.step, history.total_steps,
+             f"{history.best_psnr:.2f}" if history.best_psnr is not None else "n/a",
+             history.best_step, history.best_checkpoint)
+    if history.stopped != "completed":
+        log.info("continue with: mpt-deblur train --config %s --resume%s", args.config,
+                 f" --out {cfg.out_dir}" if args.out is not None else "")
+    return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

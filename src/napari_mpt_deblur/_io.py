@@ -1,0 +1,205 @@
+"""Image files in and out: TIFF/OME-TIFF (metadata and pixel size kept) and PNG.
+
+Writes are atomic (a temporary file in the target folder, then ``os.replace``) and never replace
+an existing file unless asked, so a crash or a kill leaves either the old file or a complete new
+one, and user data is never overwritten by accident.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "atomic_write",
+    "expand_inputs",
+    "read_image",
+    "write_image",
+]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_TIFF = (".tif", ".tiff")
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an image and what is known about it.
+
+    Returns
+    -------
+    array : numpy.ndarray
+    metadata : dict
+        ``axes`` (e.g. ``"ZYX"``; ``None`` when unknown), ``pixel_size_um`` (``(y, x)`` or
+        ``None``), ``ome_xml`` (str or ``None``), ``source`` (path string).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such image file: {path}")
+    suffix = path.suffix.lower()
+    if suffix in _TIFF:
+        return _read_tiff(path)
+    if suffix in IMAGE_SUFFIXES:
+        import imageio.v3 as iio
+
+        array = np.asarray(iio.imread(path))
+        axes = "YXC" if array.ndim == 3 and array.shape[-1] in (3, 4) else None
+        return array, {"axes": axes, "pixel_size_um": None, "ome_xml": None, "source": str(path)}
+    raise ValueError(
+        f"{path.name}: unsupported file type {suffix!r}; supported: {', '.join(IMAGE_SUFFIXES)}"
+    )
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            axes = series.axes
+            ome = tif.ome_metadata if tif.is_ome else None
+            pixel_size = _pixel_size(tif, ome)
+    except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        raise ValueError(f"{path.name} is not a readable TIFF file ({exc})") from None
+    axes = _clean_axes(axes, array.ndim)
+    return array, {"axes": axes, "pixel_size_um": pixel_size, "ome_xml": ome, "source": str(path)}
+
+
+def _clean_axes(axes: str | None, ndim: int) -> str | None:
+    if not axes or len(axes) != ndim:
+        return None
+    axes = axes.upper().replace("S", "C").replace("I", "Q")
+    if "Y" not in axes or "X" not in axes or len(set(axes)) != len(axes):
+        return None
+    if set(axes) - set("TZCYXQ"):
+        return None
+    return axes
+
+
+def _pixel_size(tif: Any, ome: str | None) -> tuple[float, float] | None:
+    if ome:
+        try:
+            from xml.etree import ElementTree as ET
+
+            root = ET.fromstring(ome)
+            for el in root.iter():
+                if el.tag.endswith("Pixels"):
+                    px, py = el.get("PhysicalSizeX"), el.get("PhysicalSizeY")
+                    unit = el.get("PhysicalSizeXUnit", "µm")
+                    if px and py:
+                        scale = {"nm": 1e-3, "mm": 1e3, "m": 1e6}.get(unit, 1.0)
+                        return float(py) * scale, float(px) * scale
+        except Exception:  # malformed OME-XML: fall back to the TIFF tags
+            logger.debug("could not parse OME-XML pixel size", exc_info=True)
+    ij = tif.imagej_metadata or {}
+    try:
+        page = tif.pages[0]
+        xres = page.tags.get("XResolution")
+        yres = page.tags.get("YResolution")
+        if xres is None or yres is None:
+            return None
+        unit = ij.get("unit", "")
+        resunit = page.tags.get("ResolutionUnit")
+        per = {2: 25400.0, 3: 10000.0}.get(int(resunit.value) if resunit else 0)
+        if unit in ("micron", "um", "µm", "\\u00B5m"):
+            per = 1.0
+        if per is None:
+            return None
+        x = xres.value[1] / xres.value[0] * per
+        y = yres.value[1] / yres.value[0] * per
+        return (y, x) if x > 0 and y > 0 and x != per else None
+    except (ZeroDivisionError, TypeError, AttributeError, KeyError):
+        return None
+
+
+def atomic_write(path: str | os.PathLike, writer, *, overwrite: bool = False) -> Path:
+    """Call ``writer(tmp_path)`` then move the result to ``path`` in one step.
+
+    Raises ``FileExistsError`` when ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; refusing to overwrite it (use --overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{path.suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        if path.exists() and not overwrite:  # appeared while we were writing
+            raise FileExistsError(f"{path} appeared while writing; refusing to overwrite it")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_image(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    metadata: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write an image atomically; TIFF output keeps axes and pixel size (OME-TIFF for .ome.tif)."""
+    path = Path(path)
+    metadata = metadata or {}
+    suffix = path.suffix.lower()
+    if suffix in _TIFF:
+        import tifffile
+
+        axes = metadata.get("axes")
+        pixel = metadata.get("pixel_size_um")
+
+        def writer(tmp: str) -> None:
+            kwargs: dict[str, Any] = {"photometric": "minisblack"}
+            if axes and axes.endswith("C") and array.shape[-1] in (3, 4) and array.dtype == np.uint8:
+                kwargs["photometric"] = "rgb"
+            meta: dict[str, Any] = {}
+            if axes:
+                meta["axes"] = axes.replace("Q", "I")
+            if pixel:
+                meta["PhysicalSizeY"], meta["PhysicalSizeX"] = float(pixel[0]), float(pixel[1])
+                meta["PhysicalSizeYUnit"] = meta["PhysicalSizeXUnit"] = "µm"
+                kwargs["resolution"] = (1.0 / float(pixel[1]), 1.0 / float(pixel[0]))
+                kwargs["resolutionunit"] = "MICROMETER"
+            tifffile.imwrite(tmp, array, ome=True, metadata=meta or None, **kwargs)
+
+        return atomic_write(path, writer, overwrite=overwrite)
+    if suffix == ".png":
+        import imageio.v3 as iio
+
+        return atomic_write(path, lambda tmp: iio.imwrite(tmp, array, extension=".png"),
+                            overwrite=overwrite)
+    raise ValueError(f"cannot write {suffix!r} files; use .tif, .ome.tif or .png")
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Files named directly, matched by glob patterns, or found in folders (sorted, unique)."""
+    import glob
+
+    seen: set[Path] = set()
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in text for ch in "*?["):
+            candidates = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+        elif path.exists():
+            candidates = [path]
+        else:
+            raise FileNotFoundError(f"no such file or folder: {text}")
+        for candidate in candidates:
+            resolved = candidate.resolve()
+            if resolved not in seen and candidate.is_file():
+                seen.add(resolved)
+                yield candidate

@@ -1,0 +1,439 @@
+"""The "Defocus Deblur" dock widget: pick an image, a model and a device, deblur, compare.
+
+The widget only collects choices and shows state; the work is the core ``deblur`` driven by
+:mod:`._worker` in a napari thread worker, and the layer bookkeeping is :mod:`._layers`. Sub
+widgets are ``self._name`` attributes so tests (and scripts) can set them directly, then call
+:meth:`DeblurWidget.start` or click ``self._run``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
+
+from ..models.catalog import CHECKPOINT_SUFFIXES, CatalogEvent, ModelCatalog, get_catalog
+from ._compare import CompareWidget, is_comparison_layer
+from ._layers import (
+    METADATA_KEY,
+    PlaneSelection,
+    find_result_layer,
+    input_of_result,
+    layer_axes,
+    make_provenance,
+    result_layer_kwargs,
+    select_plane,
+    stack_axes,
+)
+from ._worker import ActivityProgress, DeblurOutcome, DeblurProgress, DeblurRequest, Stage
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LOAD_CHECKPOINT", "DeblurWidget"]
+
+#: Value of the model picker's last item, which opens a file dialog.
+LOAD_CHECKPOINT = "<load checkpoint>"
+TILE_CHOICES = (
+    ("auto (fits in memory)", "auto"),
+    ("whole plane", "0"),
+    ("128 px", "128"),
+    ("256 px", "256"),
+    ("512 px", "512"),
+    ("1024 px", "1024"),
+    ("2048 px", "2048"),
+)
+SCOPE_CHOICES = (("whole stack", "stack"), ("current slice (preview)", "slice"))
+
+
+@dataclass
+class _Job:
+    """What the widget remembers about the run in flight."""
+
+    layer: Any
+    axes: str
+    plane: PlaneSelection | None
+    cancel: threading.Event
+    activity: ActivityProgress
+    planes: int = 1
+    worker: GeneratorWorker | None = None
+
+
+class DeblurWidget(Container):
+    """Dock widget that deblurs image layers with MPT models.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (napari passes it when the widget is opened from the Plugins menu).
+    catalog : ModelCatalog, optional
+        Where the model choices come from; default: the catalog shared with the reader and the
+        fine-tune panel.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, catalog: ModelCatalog | None = None) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._catalog = catalog if catalog is not None else get_catalog()
+        self._job: _Job | None = None
+        self._last_model: str | None = None
+        self._last_result: Any = None
+
+        self._layer = ComboBox(label="Image", choices=self._layer_choices, nullable=True)
+        self._model = ComboBox(label="Model", choices=self._model_choices, nullable=True)
+        self._device = ComboBox(label="Device", choices=self._device_choices)
+        self._tile = ComboBox(label="Tile size", choices=TILE_CHOICES, value="auto")
+        self._scope = ComboBox(label="Stack", choices=SCOPE_CHOICES, value="stack")
+        self._run = PushButton(text="Deblur")
+        self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
+        self._status = Label(label="Status", value="")
+        self._compare = CompareWidget(viewer, self.comparison_pair)
+        self._layer.tooltip = "Image layer to deblur (follows the layer selection)"
+        self._model.tooltip = "Bundled weights, checkpoints you loaded, or load one from disk"
+        self._device.tooltip = "Where the network runs; 'auto' prefers a GPU"
+        self._tile.tooltip = "Large images are cut into overlapping tiles that fit in memory"
+        self._scope.tooltip = "Deblur every plane, or only the one shown (quick preview)"
+        self.extend([self._layer, self._model, self._device, self._tile, self._scope,
+                     self._run, self._progress, self._status, self._compare])
+
+        self._select_default_model()
+        self._last_model = self._model.value
+        self._select_active_layer()
+        self._update_state()
+
+        self._layer.changed.connect(self._update_state)
+        self._model.changed.connect(self._on_model_changed)
+        self._run.changed.connect(self._on_run_clicked)
+        self._catalog.connect(self._on_catalog_event)
+        layers = viewer.layers
+        layers.selection.events.active.connect(self._on_active_layer)
+        for event in (layers.events.inserted, layers.events.removed, layers.events.moved):
+            event.connect(self._on_layers_changed)
+        for layer in layers:
+            layer.events.name.connect(self._on_layers_changed)
+
+    # ------------------------------------------------------------------ choices
+    def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, Image) and not is_comparison_layer(layer)]
+
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        choices = [(entry.label, entry.name) for entry in self._catalog.entries()]
+        return [*choices, ("Load checkpoint…", LOAD_CHECKPOINT)]
+
+    def _device_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        from .._device import get_device, list_devices
+
+        devices = list_devices()
+        choices = [(f"auto ({get_device('auto')})", "auto")]
+        for name in devices:
+            choices.append((_describe_device(name), name))
+        return choices
+
+    def _select_default_model(self) -> None:
+        default = self._catalog.default_name()
+        self._model.value = default
+
+    def _select_active_layer(self) -> None:
+        layer = self._viewer.layers.selection.active
+        target = self._input_for(layer)
+        if target is not None:
+            self._layer.value = target
+        elif self._layer.value is None:
+            choices = self._layer_choices()
+            if choices:
+                self._layer.value = choices[-1][1]
+
+    def _input_for(self, layer: Any) -> Any:
+        """The layer the picker should show when ``layer`` is selected (a result -> its input)."""
+        from napari.layers import Image
+
+        if not isinstance(layer, Image) or is_comparison_layer(layer):
+            return None
+        source = input_of_result(self._viewer.layers, layer)
+        return source if source is not None else layer
+
+    # ------------------------------------------------------------------ events
+    def _on_active_layer(self, event: Any = None) -> None:
+        if self.running:
+            return
+        active = self._viewer.layers.selection.active
+        target = self._input_for(active)
+        if target is not None:
+            self._layer.reset_choices()
+            self._layer.value = target
+            if not _same(active, target):  # a result was selected: compare it with its input
+                self._last_result = active
+        self._update_state()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        current = self._layer.value
+        self._layer.reset_choices()
+        if current is not None and current in self._viewer.layers:
+            self._layer.value = current
+        elif self._layer.value is None:
+            self._select_active_layer()
+        self._update_state()
+
+    def _on_model_changed(self, value: Any = None) -> None:
+        if value == LOAD_CHECKPOINT:
+            self._browse_checkpoint()
+        elif value is not None:
+            self._last_model = value
+        self._update_state()
+
+    def _on_catalog_event(self, event: CatalogEvent) -> None:
+        """Catalog changes can come from any thread; Qt widgets must change on the GUI thread."""
+        from superqt.utils import ensure_main_thread
+
+        ensure_main_thread(self._apply_catalog_event)(event)
+
+    def _apply_catalog_event(self, event: CatalogEvent) -> None:
+        try:
+            current = self._model.value
+            self._model.reset_choices()
+        except RuntimeError:  # the Qt widget was deleted (closed dock)
+            self._catalog.disconnect(self._on_catalog_event)
+            return
+        if event.select and event.entry is not None and event.entry.name in self._catalog:
+            self._model.value = event.entry.name
+        elif current in self._catalog:
+            self._model.value = current
+        elif self._model.value in (None, LOAD_CHECKPOINT):
+            self._select_default_model()
+        self._update_state()
+
+    # ------------------------------------------------------------------ checkpoint dialog
+    def _ask_checkpoint_path(self) -> str | None:
+        """Ask for a checkpoint file (separate so tests can replace the modal dialog)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        patterns = " ".join(f"*{s}" for s in CHECKPOINT_SUFFIXES)
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Load a deblurring checkpoint", str(Path.home()),
+            f"Checkpoints ({patterns});;All files (*)",
+        )
+        return path or None
+
+    def _browse_checkpoint(self) -> None:
+        from napari.utils.notifications import show_error
+
+        path = self._ask_checkpoint_path()
+        entry = None
+        if path:
+            try:
+                entry = self._catalog.add_checkpoint(path, select=True)
+            except (OSError, ValueError) as exc:
+                show_error(f"Cannot use {Path(path).name} as a model: {exc}")
+        if entry is not None and entry.name in self._catalog:
+            self._model.value = entry.name
+        else:
+            previous = self._last_model if self._last_model in self._catalog else None
+            self._model.value = previous or self._catalog.default_name()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def running(self) -> bool:
+        """True while a deblurring run is in flight."""
+        return self._job is not None
+
+    def _update_state(self, *_: Any) -> None:
+        layer = self._layer.value
+        is_stack = False
+        if layer is not None:
+            try:
+                is_stack = bool(stack_axes(layer_axes(layer)))
+            except ValueError:
+                is_stack = False
+        self._scope.visible = is_stack
+        model_ok = self._model.value not in (None, LOAD_CHECKPOINT)
+        if self.running:
+            self._run.text = "Cancel"
+            self._run.enabled = not self._job.cancel.is_set()
+        else:
+            self._run.text = "Deblur"
+            self._run.enabled = layer is not None and model_ok
+            if not model_ok and not len(self._catalog):
+                self._status.value = "No trained model is installed yet: load a checkpoint."
+        for widget in (self._layer, self._model, self._device, self._tile, self._scope):
+            widget.enabled = not self.running
+        self._compare.update_enabled()
+
+    def _set_status(self, text: str) -> None:
+        self._status.value = text
+
+    # ------------------------------------------------------------------ running
+    def _on_run_clicked(self, *_: Any) -> None:
+        if self.running:
+            self.cancel()
+        else:
+            self.start()
+
+    def start(self) -> None:
+        """Deblur the chosen layer in a background worker (no-op while a run is in flight)."""
+        from napari.utils.notifications import show_warning
+
+        from ._worker import start_worker
+
+        if self.running:
+            return
+        layer, model = self._layer.value, self._model.value
+        if layer is None or model in (None, LOAD_CHECKPOINT):
+            show_warning("Choose an image layer and a model first.")
+            return
+        if layer.multiscale:
+            show_warning(
+                f"{layer.name!r} is a multiscale (pyramid) layer; open its full-resolution level "
+                "as an image, or use the command line (mpt-deblur deblur) for very large data."
+            )
+            return
+        try:
+            axes = layer_axes(layer)
+        except ValueError as exc:
+            show_warning(str(exc))
+            return
+        plane = None
+        image = layer.data
+        if self._scope.value == "slice" and stack_axes(axes):
+            plane = select_plane(layer, tuple(self._viewer.dims.point))
+            image = layer.data[plane.slices(layer.data.ndim)]
+        tile = None if self._tile.value == "auto" else int(self._tile.value)
+        request = DeblurRequest(image=image, axes=axes, model=model, device=self._device.value,
+                                tile=tile, label=layer.name)
+        what = layer.name
+        if plane is not None:
+            what += " (" + ", ".join(f"{k}={v}" for k, v in plane.describe().items()) + ")"
+        planes = 1 if plane is not None else math.prod(
+            layer.data.shape[i] for i in stack_axes(axes))
+        job = _Job(layer=layer, axes=axes, plane=plane, cancel=threading.Event(),
+                   activity=ActivityProgress(f"Deblurring {what}"), planes=planes)
+        self._job = job
+        self._progress.value, self._progress.max = 0, 0
+        self._progress.visible = True
+        self._set_status(f"Loading model {model}…")
+        self._update_state()
+        job.worker = start_worker(
+            request, catalog=self._catalog, cancel=job.cancel,
+            on_progress=lambda update: self._on_progress(job, update),
+            on_returned=lambda outcome: self._on_returned(job, outcome),
+            on_errored=lambda exc: self._on_errored(job, exc),
+            on_finished=lambda: self._on_finished(job),
+        )
+
+    def cancel(self) -> None:
+        """Stop the run after the tile in progress; no layer is added or changed."""
+        job = self._job
+        if job is None:
+            return
+        job.cancel.set()
+        if job.worker is not None:
+            job.worker.quit()
+        self._set_status("Cancelling after the current tile…")
+        self._update_state()
+
+    def _on_progress(self, job: _Job, update: DeblurProgress) -> None:
+        if job is not self._job:
+            return
+        job.activity.update(update)
+        if update.stage is Stage.RUNNING and update.total > 0:
+            self._progress.max = update.total
+            self._progress.value = update.done
+            if not job.cancel.is_set():
+                unit = "tiles" if update.total > job.planes else "planes"
+                self._set_status(f"Deblurring… {update.done}/{update.total} {unit}")
+
+    def _on_returned(self, job: _Job, outcome: DeblurOutcome | None) -> None:
+        from napari.utils.notifications import show_error
+
+        if outcome is None or job.cancel.is_set():
+            self._set_status("Cancelled: nothing was added.")
+            return
+        try:
+            layer = self._show_result(job, outcome)
+        except Exception as exc:  # a bad kwarg must not leave the widget stuck
+            logger.exception("could not add the deblurred layer")
+            show_error(f"Deblurring finished but the result could not be shown: {exc}")
+            self._set_status(f"Failed: {exc}")
+            return
+        report = outcome.report
+        self._set_status(
+            f"Done in {report.get('seconds', 0.0):.1f} s on {report.get('device')} "
+            f"({report.get('n_tiles')} tiles) → {layer.name!r}"
+        )
+
+    def _on_errored(self, job: _Job, exc: BaseException) -> None:
+        # napari's worker has already shown the error as a notification (with its traceback)
+        logger.info("deblurring failed: %s", exc)
+        self._set_status(f"Failed: {exc}")
+
+    def _on_finished(self, job: _Job) -> None:
+        job.activity.close()
+        if job is self._job:
+            self._job = None
+            self._progress.visible = False
+            if job.cancel.is_set() and not self._status.value.startswith("Cancelled"):
+                self._set_status("Cancelled: nothing was added.")
+            self._update_state()
+
+    def _show_result(self, job: _Job, outcome: DeblurOutcome) -> Any:
+        """Add the result as a layer, or update the one from an earlier run with same settings."""
+        provenance = make_provenance(
+            input_name=job.layer.name, axes=job.axes, entry=outcome.entry,
+            model_info=outcome.model_info, report=outcome.report, plane=job.plane,
+        )
+        kwargs = result_layer_kwargs(job.layer, outcome.data, provenance=provenance,
+                                     plane=job.plane)
+        existing = find_result_layer(self._viewer.layers, provenance["key"])
+        if existing is not None:
+            existing.data = outcome.data
+            existing.translate = kwargs["translate"]
+            existing.metadata = kwargs["metadata"]
+            layer = existing
+        else:
+            layer = self._viewer.add_image(outcome.data, **kwargs)
+        self._last_result = layer
+        self._compare.update_enabled()
+        return layer
+
+    # ------------------------------------------------------------------ comparison
+    def comparison_pair(self) -> tuple[Any, Any]:
+        """``(input layer, its latest result)`` for the compare buttons (``None`` if missing)."""
+        source = self._layer.value
+        if source is None:
+            return None, None
+        layers = self._viewer.layers
+        last = self._last_result
+        if last is not None and last in layers and _same(input_of_result(layers, last), source):
+            return source, last
+        results = [layer for layer in layers
+                   if METADATA_KEY in (layer.metadata or {})
+                   and _same(input_of_result(layers, layer), source)]
+        return source, (results[-1] if results else None)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Same layer (``==``, not ``is``: napari hands plugins proxies, a new one per access)."""
+    return a is not None and b is not None and a == b
+
+
+def _describe_device(name: str) -> str:
+    if name.startswith("cuda"):
+        import torch
+
+        index = int(name.split(":")[1]) if ":" in name else 0
+        return f"{name} · {torch.cuda.get_device_name(index)}"
+    if name == "mps":
+        return "mps · Apple GPU"
+    return name

@@ -1,0 +1,305 @@
+"""Run the core ``deblur`` off the GUI thread and report its progress as yielded records.
+
+:func:`deblur_steps` is the one computation, written as a generator: it loads the model (cached
+between runs), starts :func:`napari_mpt_deblur.engine.predict.deblur` in a helper thread whose
+``progress(done, total)`` callbacks arrive through a queue, yields a :class:`DeblurProgress`
+per tile or plane, and *returns* a :class:`DeblurOutcome` (``None`` when cancelled). The widget
+runs it in a napari generator ``thread_worker`` (:func:`start_worker`); tests and the Layers →
+Filter command drive the same generator synchronously (:func:`run_blocking`).
+
+The worker receives a plain :class:`DeblurRequest` (arrays and names, no widgets or layers) and a
+cancel event. Setting the event stops the engine before its next tile; closing the generator
+early (napari's ``worker.quit()``) sets it too, so an abandoned run never keeps computing.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari.qt.threading import GeneratorWorker
+    from torch import nn
+
+    from ..models.catalog import ModelCatalog
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ActivityProgress",
+    "DeblurOutcome",
+    "DeblurProgress",
+    "DeblurRequest",
+    "Stage",
+    "clear_model_cache",
+    "deblur_steps",
+    "run_blocking",
+    "start_worker",
+]
+
+
+@dataclass(frozen=True)
+class DeblurRequest:
+    """Everything one run needs, as plain data.
+
+    Attributes
+    ----------
+    image : array_like
+        The pixels to deblur (numpy, or dask: computed in the worker thread).
+    axes : str
+        Layout of ``image`` (``"YX"``, ``"ZYX"``, ``"YXC"``...).
+    model : str
+        Name of a :class:`~napari_mpt_deblur.models.catalog.ModelCatalog` entry.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda:N"`` or ``"mps"``.
+    tile : int or None
+        Tile side in pixels; ``None`` picks one from free memory, ``0`` forces whole planes.
+    label : str
+        Short description for progress bars (usually the input layer's name).
+    """
+
+    image: Any
+    axes: str
+    model: str
+    device: str = "auto"
+    tile: int | None = None
+    label: str = ""
+
+
+class Stage(enum.Enum):
+    """What a :class:`DeblurProgress` record reports."""
+
+    LOADING = "loading model"
+    RUNNING = "deblurring"
+
+
+@dataclass(frozen=True)
+class DeblurProgress:
+    """Progress of a run: ``done`` of ``total`` tiles (planes when untiled); 0/0 while loading."""
+
+    stage: Stage
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class DeblurOutcome:
+    """A finished run.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        The result, same shape and dtype as the request's image.
+    report : dict
+        :class:`~napari_mpt_deblur.engine.predict.DeblurReport` as a dict.
+    model_info : dict
+        ``model.info`` (name, source, sha256...); empty for a bare in-memory model.
+    entry : dict
+        The catalog entry that was used (:meth:`CatalogEntry.to_dict`).
+    """
+
+    data: np.ndarray
+    report: dict[str, Any]
+    model_info: dict[str, Any] = field(default_factory=dict)
+    entry: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------
+# Model cache: loading an 80 MB checkpoint for every click would dominate short runs.
+# ------------------------------------------------------------------------------------------
+_CACHE_LOCK = threading.Lock()
+_CACHE: dict[tuple, Any] = {}
+
+
+def _entry_key(entry: Any, device: str) -> tuple:
+    if entry.kind == "memory":
+        return ("memory", id(entry.model), device)
+    from pathlib import Path
+
+    stamp: tuple = ()
+    if entry.kind == "checkpoint":
+        try:
+            stat = Path(entry.source).stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = ("missing",)
+    return (entry.kind, entry.source, stamp, device)
+
+
+def _load_cached(catalog: ModelCatalog, name: str, device: str) -> nn.Module:
+    """The model of catalog entry ``name`` on ``device``, reusing the last one loaded."""
+    from .._device import get_device
+
+    resolved = str(get_device(device))
+    entry = catalog.get(name)
+    key = _entry_key(entry, resolved)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    model = catalog.load(name, device=resolved)
+    with _CACHE_LOCK:
+        _CACHE.clear()  # keep one model: GPU memory is precious
+        _CACHE[key] = model
+    return model
+
+
+def clear_model_cache() -> None:
+    """Forget the cached model (frees its memory once nothing else holds it)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+# ------------------------------------------------------------------------------------------
+# The computation
+# ------------------------------------------------------------------------------------------
+def deblur_steps(
+    request: DeblurRequest,
+    *,
+    catalog: ModelCatalog | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[DeblurProgress, None, DeblurOutcome | None]:
+    """Deblur ``request.image``, yielding progress; return the outcome, or ``None`` if cancelled.
+
+    Errors (a corrupt checkpoint, an image the model cannot take) propagate, so that napari's
+    worker reports them as notifications; cancellation is not an error and returns ``None``.
+    """
+    from ..engine.predict import Cancelled, DeblurReport, deblur
+    from ..models.catalog import get_catalog
+
+    catalog = catalog if catalog is not None else get_catalog()
+    stop = threading.Event()  # set when this generator is closed before the engine finished
+
+    def cancelled() -> bool:
+        return stop.is_set() or (cancel is not None and cancel.is_set())
+
+    yield DeblurProgress(Stage.LOADING)
+    model = _load_cached(catalog, request.model, request.device)
+    entry = catalog.get(request.model).to_dict()
+    if cancelled():
+        return None
+    image = np.asarray(request.image)  # a dask layer is computed here, in the worker thread
+    updates: queue.Queue = queue.Queue()
+    report = DeblurReport()
+
+    def run() -> None:
+        try:
+            result = deblur(
+                image, model, axes=request.axes, device=request.device, tile=request.tile,
+                progress=lambda done, total: updates.put(("progress", done, total)),
+                cancel=cancelled, report=report,
+            )
+        except BaseException as exc:  # handed to the generator, which re-raises it
+            updates.put(("error", exc))
+        else:
+            updates.put(("done", result))
+
+    thread = threading.Thread(target=run, name=f"mpt-deblur {request.label}", daemon=True)
+    thread.start()
+    finished = False
+    try:
+        while True:
+            kind, *payload = updates.get()
+            if kind == "progress":
+                yield DeblurProgress(Stage.RUNNING, int(payload[0]), int(payload[1]))
+            elif kind == "error":
+                finished = True
+                if isinstance(payload[0], Cancelled):
+                    logger.info("deblurring %s cancelled", request.label or "image")
+                    return None
+                raise payload[0]
+            else:
+                finished = True
+                data = payload[0]
+                break
+    finally:
+        if not finished:
+            stop.set()
+    if cancelled():
+        return None
+    info = dict(getattr(model, "info", None) or {})
+    info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    return DeblurOutcome(data=data, report=report.to_dict(), model_info=info, entry=entry)
+
+
+def run_blocking(
+    request: DeblurRequest,
+    *,
+    catalog: ModelCatalog | None = None,
+    cancel: threading.Event | None = None,
+    progress: Callable[[DeblurProgress], None] | None = None,
+) -> DeblurOutcome | None:
+    """Drive :func:`deblur_steps` to the end in the calling thread (tests, the filter command)."""
+    steps = deblur_steps(request, catalog=catalog, cancel=cancel)
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(update)
+
+
+def start_worker(
+    request: DeblurRequest,
+    *,
+    catalog: ModelCatalog | None = None,
+    cancel: threading.Event | None = None,
+    on_progress: Callable[[DeblurProgress], None] | None = None,
+    on_returned: Callable[[DeblurOutcome | None], None] | None = None,
+    on_errored: Callable[[BaseException], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+) -> GeneratorWorker:
+    """Start :func:`deblur_steps` in a napari generator worker and return it.
+
+    The callbacks run in the GUI thread (Qt signals). napari itself turns an error into a
+    notification; ``on_errored`` is for resetting the caller's state.
+    """
+    from napari.qt.threading import create_worker
+
+    connect = {
+        name: fn
+        for name, fn in (("yielded", on_progress), ("returned", on_returned),
+                         ("errored", on_errored), ("finished", on_finished))
+        if fn is not None
+    }
+    worker = create_worker(deblur_steps, request, catalog=catalog, cancel=cancel,
+                           _start_thread=False, _connect=connect)
+    worker.start()
+    return worker
+
+
+class ActivityProgress:
+    """A bar in napari's activity dock that follows :class:`DeblurProgress` records.
+
+    Created and updated in the GUI thread only.
+    """
+
+    def __init__(self, description: str) -> None:
+        from napari.utils import progress
+
+        self._bar = progress(total=0, desc=description)
+        self._closed = False
+
+    def update(self, record: DeblurProgress) -> None:
+        """Show ``record`` (indeterminate while the model loads)."""
+        if self._closed or record.stage is not Stage.RUNNING or record.total <= 0:
+            return
+        if self._bar.total != record.total:
+            self._bar.total = record.total
+        delta = record.done - self._bar.n
+        if delta > 0:
+            self._bar.update(delta)
+
+    def close(self) -> None:
+        """Remove the bar from the activity dock (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._bar.close()

@@ -1,0 +1,74 @@
+"""Intensity normalisation shared by training and inference.
+
+Models see images mapped by a robust affine ``(x - lo) / (hi - lo)`` where ``lo`` and ``hi`` are
+low/high percentiles of the *blurred input*. Training applies the same affine (computed on the
+blurred image) to the sharp target, so the network never needs to know the camera's units and the
+engine can map its output straight back to the input's range and dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IntensityNormalization", "denormalize", "normalize", "percentile_range"]
+
+
+@dataclass(frozen=True)
+class IntensityNormalization:
+    """Percentiles defining the affine map to model units (stored in every checkpoint)."""
+
+    method: str = "percentile"
+    low_percentile: float = 0.5
+    high_percentile: float = 99.8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> IntensityNormalization:
+        if not data:
+            return cls()
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def percentile_range(
+    image: np.ndarray, norm: IntensityNormalization | None = None, *, max_samples: int = 2_000_000
+) -> tuple[float, float]:
+    """Robust ``(lo, hi)`` of an image; never a zero-width range.
+
+    Large images are subsampled with a fixed stride (deterministic) so the cost stays bounded.
+    """
+    norm = norm or IntensityNormalization()
+    flat = np.asarray(image).reshape(-1)
+    if flat.size > max_samples:
+        flat = flat[:: int(np.ceil(flat.size / max_samples))]
+    if norm.method == "minmax":
+        lo, hi = float(flat.min()), float(flat.max())
+    elif norm.method == "percentile":
+        lo, hi = (float(v) for v in np.percentile(flat, [norm.low_percentile, norm.high_percentile]))
+    else:
+        raise ValueError(f"unknown normalisation method {norm.method!r}; use 'percentile' or 'minmax'")
+    if not hi > lo:
+        # Constant or nearly constant image: fall back to the full range, then to a unit range.
+        lo, hi = float(flat.min()), float(flat.max())
+        if not hi > lo:
+            hi = lo + 1.0
+    return lo, hi
+
+
+def normalize(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``[lo, hi]`` to ``[0, 1]`` (float32, values outside are kept, not clipped)."""
+    out = np.asarray(image, dtype=np.float32) - np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    return out
+
+
+def denormalize(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Inverse of :func:`normalize` (float32)."""
+    out = np.asarray(image, dtype=np.float32) * np.float32(hi - lo)
+    out += np.float32(lo)
+    return out

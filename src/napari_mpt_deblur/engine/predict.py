@@ -1,0 +1,401 @@
+"""The inference engine: any size, dtype and layout in; same shape and dtype out.
+
+``deblur`` normalises each 2-D plane by robust percentiles, pads it by reflection to the model's
+size multiple, runs the model on the whole plane when it fits in memory and on overlapping,
+smoothly blended tiles otherwise, and maps the result back to the input's range and dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._axes import infer_axes, validate_axes
+from .._validation import check_image_array
+from .normalize import IntensityNormalization, denormalize, normalize, percentile_range
+from .tiling import Tile, blend_window, pad_to_multiple, tile_grid
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Cancelled", "DeblurReport", "deblur", "default_overlap", "estimate_tile"]
+
+MIN_SIDE = 8
+_BYTES_PER_PIXEL_PER_CHANNEL = 900  # measured peak for MPT inference, per level-1 channel
+
+
+class Cancelled(RuntimeError):
+    """Raised by :func:`deblur` when its ``cancel`` event is set; no output is produced."""
+
+
+@dataclass
+class DeblurReport:
+    """What a :func:`deblur` call did (for provenance in napari layer metadata and logs)."""
+
+    model: str = ""
+    device: str = ""
+    tile: int | None = None
+    overlap: int = 0
+    n_tiles: int = 0
+    planes: int = 0
+    seconds: float = 0.0
+    clipped_low: int = 0
+    clipped_high: int = 0
+    retries: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _is_cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event) or hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(name: str, device: str) -> nn.Module:
+    from ..models.checkpoint import load_model
+
+    return load_model(name, device=device)
+
+
+def _resolve_model(model: Any, device: torch.device) -> nn.Module:
+    if model is None or isinstance(model, str):
+        from ..models.checkpoint import default_model_name
+
+        return _cached_model(model or default_model_name(), str(device))
+    if hasattr(model, "__fspath__"):
+        from ..models.checkpoint import load_model
+
+        return load_model(model, device=device)
+    return model
+
+
+def _available_bytes(device: torch.device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available * 0.5)
+    except ImportError:  # pragma: no cover - psutil ships with napari
+        return 4 * 1024**3
+
+
+def estimate_tile(model: nn.Module, height: int, width: int, device: torch.device) -> int | None:
+    """Largest square tile (multiple of the model's size multiple) that fits in memory.
+
+    Returns ``None`` when the whole (padded) plane fits.
+    """
+    dim = getattr(getattr(model, "config", None), "dim", 32)
+    per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL * dim
+    budget = _available_bytes(device)
+    if height * width * per_pixel <= budget:
+        return None
+    multiple = getattr(model, "size_multiple", 128)
+    side = int(math.sqrt(budget / per_pixel)) // multiple * multiple
+    return max(side, multiple)
+
+
+def default_overlap(tile: int) -> int:
+    """Overlap between tiles: a quarter of the tile, at least 32 pixels."""
+    return max(32, tile // 4)
+
+
+def deblur(
+    image: Any,
+    model: nn.Module | str | None = None,
+    *,
+    axes: str | None = None,
+    device: str | torch.device | None = "auto",
+    tile: int | None = None,
+    overlap: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+    amp: bool | str | None = "auto",
+    intensity_range: tuple[float, float] | None = None,
+    report: DeblurReport | None = None,
+) -> np.ndarray:
+    """Remove defocus blur from an image, a stack or a multi-channel image.
+
+    Parameters
+    ----------
+    image : array_like, shape ``(..., M, N)`` with optional channel axis
+        uint8/uint16/other integer or floating-point data; dask and zarr arrays give a lazy
+        dask result (see :func:`napari_mpt_deblur.engine.lazy.deblur_dask`).
+    model : torch.nn.Module or str, optional
+        A loaded model, a bundled model name or a checkpoint path; default: the shipped model.
+    axes : str, optional
+        Layout such as ``"YX"``, ``"ZYX"``, ``"TZYX"``, ``"YXC"``, ``"CYX"``. Planes along T/Z
+        (and any other non-YXC axis) are processed one by one; channels go through a
+        multi-channel model together, or one by one through a 1-channel model. Inferred from
+        the shape when omitted.
+    device : str
+        ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
+    tile : int, optional
+        Tile side in pixels (rounded up to the model's multiple, 128 for MPT). ``None`` runs
+        whole planes when they fit in memory and picks a tile otherwise. ``0`` forces whole
+        planes.
+    overlap : int, optional
+        Tile overlap in pixels (default: :func:`default_overlap`).
+    progress : callable, optional
+        ``progress(done, total)`` after each tile (or plane).
+    cancel : threading.Event or callable, optional
+        Checked between tiles; when set, :class:`Cancelled` is raised and nothing is returned.
+    amp : {"auto", True, False}
+        Mixed precision: ``"auto"`` uses bf16 (or fp16) autocast on CUDA and fp32 elsewhere.
+    intensity_range : (float, float), optional
+        Fixed normalisation ``(lo, hi)`` instead of per-plane percentiles (used by the lazy
+        dask path so every chunk is normalised alike).
+    report : DeblurReport, optional
+        Filled with what was done (tiles, device, time, clipping).
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape and dtype as ``image``. Integer outputs are rounded and clipped to the dtype's
+        range; the number of clipped pixels is logged as a warning and stored in ``report``.
+
+    Raises
+    ------
+    TypeError
+        Unsupported dtype (bool, complex, object).
+    ValueError
+        NaN/Inf values, empty or too small images, bad axes, or channels that do not fit the
+        model.
+    Cancelled
+        ``cancel`` was set.
+    """
+    from .lazy import is_lazy_array
+
+    if is_lazy_array(image):
+        from .lazy import deblur_dask
+
+        return deblur_dask(image, model, axes=axes, device=device, tile=tile, overlap=overlap)
+
+    import torch
+
+    from .._device import get_device
+
+    started = time.perf_counter()
+    array = check_image_array(image)
+    explicit_axes = axes is not None
+    torch_device = get_device(device)
+    net = _resolve_model(model, torch_device)
+    net.eval()
+    _move_model(net, torch_device)
+    in_channels = int(getattr(net, "in_channels", 1))
+    axes = validate_axes(axes, array.ndim) if explicit_axes else infer_axes(array.shape, in_channels)
+    _check_channels(array.shape, axes, in_channels, explicit_axes)
+    h, w = array.shape[axes.index("Y")], array.shape[axes.index("X")]
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise ValueError(
+            f"image planes are {h}x{w} pixels; at least {MIN_SIDE}x{MIN_SIDE} are needed to deblur"
+        )
+
+    planes, restore = _to_planes(array, axes, in_channels)  # (P, Cm, H, W)
+    norm = IntensityNormalization.from_dict(getattr(net, "info", {}).get("normalization"))
+    multiple = int(getattr(net, "size_multiple", 128))
+    if tile is None:
+        ph, pw = (math.ceil(s / multiple) * multiple for s in (h, w))
+        tile = estimate_tile(net, ph, pw, torch_device)
+    elif tile:
+        tile = max(multiple, math.ceil(int(tile) / multiple) * multiple)
+    tile = tile or None
+    ov = default_overlap(tile) if (tile and overlap is None) else int(overlap or 0)
+    rep = report if report is not None else DeblurReport()
+    rep.model = str(getattr(net, "info", {}).get("name", type(net).__name__))
+    rep.device = str(torch_device)
+    rep.planes = planes.shape[0]
+
+    out = np.empty(planes.shape, dtype=np.float32)
+    done, total = 0, None
+    for index, plane in enumerate(planes):
+        while True:
+            try:
+                result, n_tiles = _run_plane(
+                    net, plane, norm, intensity_range, tile, ov, torch_device, amp,
+                    progress_state=(done, total, planes.shape[0]), progress=progress, cancel=cancel,
+                )
+                break
+            except Cancelled:
+                raise
+            except (MemoryError, RuntimeError) as exc:
+                if not _is_oom(exc):
+                    raise
+                tile, ov = _smaller_tile(tile, h, w, multiple, exc)
+                rep.retries.append(f"out of memory; retrying with {tile}px tiles")
+                logger.warning("out of memory on %s; retrying with %d px tiles", torch_device, tile)
+        if total is None:
+            total = n_tiles * planes.shape[0]
+        done += n_tiles
+        out[index] = result
+    rep.tile, rep.overlap, rep.n_tiles = tile, ov if tile else 0, done
+    result = _cast_like(restore(out), array, rep)
+    rep.seconds = time.perf_counter() - started
+    return result
+
+
+def _move_model(net: nn.Module, device: torch.device) -> None:
+    param = next(net.parameters(), None)
+    if param is not None and param.device != device:
+        net.to(device)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _smaller_tile(tile: int | None, h: int, w: int, multiple: int, exc: BaseException) -> tuple:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    current = tile or math.ceil(max(h, w) / multiple) * multiple
+    smaller = (current // 2) // multiple * multiple
+    if smaller < multiple:
+        raise MemoryError(
+            f"out of memory even with the smallest tile ({multiple} px): {exc}"
+        ) from exc
+    return smaller, default_overlap(smaller)
+
+
+def _check_channels(shape: tuple[int, ...], axes: str, in_channels: int, explicit: bool) -> None:
+    if "C" not in axes:
+        if in_channels > 1:
+            raise ValueError(
+                f"the model expects {in_channels}-channel (e.g. RGB) images but the image has no "
+                f"channel axis (axes {axes!r}, shape {shape})"
+            )
+        return
+    channels = shape[axes.index("C")]
+    if in_channels > 1 and channels != in_channels:
+        raise ValueError(
+            f"the model expects {in_channels} channels but the image has {channels} "
+            f"(axes {axes!r}, shape {shape})"
+        )
+    if in_channels == 1 and channels in (3, 4) and not explicit and axes.endswith("C"):
+        raise ValueError(
+            f"the image looks like RGB{'A' if channels == 4 else ''} (shape {shape}) but the model "
+            "has 1 channel. Pass axes='YXC' to deblur each channel separately, or load a "
+            "3-channel model."
+        )
+
+
+def _to_planes(array: np.ndarray, axes: str, in_channels: int):
+    """Reorder to ``(planes, model channels, Y, X)`` and return the inverse mapping."""
+    order = [i for i, a in enumerate(axes) if a not in "CYX"]
+    if "C" in axes:
+        order.append(axes.index("C"))
+    order += [axes.index("Y"), axes.index("X")]
+    moved = np.transpose(array, order)
+    moved_shape = moved.shape
+    group = in_channels if ("C" in axes and in_channels > 1) else 1
+    planes = moved.reshape(-1, group, *moved_shape[-2:])
+    inverse = np.argsort(order)
+
+    def restore(out: np.ndarray) -> np.ndarray:
+        return np.transpose(out.reshape(moved_shape), inverse)
+
+    return planes, restore
+
+
+def _run_plane(net, plane, norm, fixed_range, tile, overlap, device, amp, *, progress_state,
+               progress, cancel):
+    """Deblur one ``(C, H, W)`` plane; returns ``(float32 result, n_tiles)``."""
+    done, total, n_planes = progress_state
+    if fixed_range is not None:
+        ranges = [tuple(map(float, fixed_range))] * plane.shape[0]
+    else:
+        ranges = [percentile_range(channel, norm) for channel in plane]
+    normed = np.stack([normalize(c, lo, hi) for c, (lo, hi) in zip(plane, ranges)])
+    h, w = normed.shape[-2:]
+    multiple = int(getattr(net, "size_multiple", 128))
+    padded, (top, left) = pad_to_multiple(normed, multiple)
+    ph, pw = padded.shape[-2:]
+    tiles = tile_grid(ph, pw, tile, overlap) if tile and (tile < ph or tile < pw) else [
+        Tile(0, ph, 0, pw)
+    ]
+    if total is None:
+        total = len(tiles) * n_planes
+    acc = np.zeros(padded.shape, dtype=np.float32)
+    weight = np.zeros((ph, pw), dtype=np.float32)
+    for i, t in enumerate(tiles):
+        if _is_cancelled(cancel):
+            raise Cancelled("deblurring was cancelled; no output was produced")
+        patch = padded[(slice(None), *t.slices)]
+        result = _forward(net, patch, device, amp)
+        win = blend_window(t, ph, pw, overlap) if len(tiles) > 1 else np.ones(
+            (t.y1 - t.y0, t.x1 - t.x0), np.float32
+        )
+        acc[(slice(None), *t.slices)] += result * win
+        weight[t.slices] += win
+        if progress is not None:
+            progress(done + i + 1, total)
+    if _is_cancelled(cancel):
+        raise Cancelled("deblurring was cancelled; no output was produced")
+    out = acc[:, top : top + h, left : left + w] / weight[top : top + h, left : left + w]
+    out = np.stack([denormalize(c, lo, hi) for c, (lo, hi) in zip(out, ranges)])
+    return out, len(tiles)
+
+
+def _forward(net, patch: np.ndarray, device, amp) -> np.ndarray:
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(patch))[None].to(device, non_blocking=True)
+    dtype = _amp_dtype(device, amp)
+    with torch.inference_mode():
+        if dtype is not None:
+            with torch.autocast(device.type, dtype=dtype):
+                y = net(x)
+        else:
+            y = net(x)
+    return y[0].float().cpu().numpy()
+
+
+def _amp_dtype(device, amp):
+    import torch
+
+    if amp is False or amp is None or device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if amp in ("auto", True, "bf16") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+    if device.type == "mps" and amp in (True, "fp16"):
+        return torch.float16
+    return None
+
+
+def _cast_like(result: np.ndarray, like: np.ndarray, rep: DeblurReport) -> np.ndarray:
+    if like.dtype.kind == "f":
+        return result.astype(like.dtype, copy=False)
+    info = np.iinfo(like.dtype)
+    rounded = np.rint(result)
+    low = int((rounded < info.min).sum())
+    high = int((rounded > info.max).sum())
+    rep.clipped_low, rep.clipped_high = low, high
+    if low or high:
+        logger.warning(
+            "%d pixels fell below %d and %d above %d (the %s range) and were clipped "
+            "(%.3f%% of the image)", low, info.min, high, info.max, like.dtype,
+            100.0 * (low + high) / result.size,
+        )
+    return np.clip(rounded, info.min, info.max).astype(like.dtype)

@@ -1,0 +1,391 @@
+"""Building blocks of the Multi-Pyramid Transformer.
+
+Parameter names follow the authors' released state dict (``norm1.body.weight``,
+``attn.q.0.weight``, ``ffn.project_in1.weight`` ...), so their checkpoints load strictly; the
+computation is written from the paper and ``shared/spec/MPT.md``, not from their code.
+
+Tensor layout: blocks take and return channels-last ``(B, H, W, C)`` maps, so per-pixel linears
+and LayerNorms need no copies and spatial convolutions run on ``channels_last`` views. Inside the
+attention, window tokens are ``(..., tokens, channels)``.
+
+Two routings of cross-scale window attention (CSWA) share the same parameters:
+
+``compat``
+    bit-compatible with the released code. It pairs query window ``j`` (raster order) with pooled
+    key window ``j // g`` (``g = 1 / r**2``) and applies the query depthwise convolution and shift
+    to "pseudo-images" made of raster-consecutive windows. Needed to reproduce the released
+    checkpoints; it is not translation-equivariant.
+``aligned``
+    the routing the paper describes: query window ``(a, b)`` attends to the pooled window
+    ``(a*r, b*r)`` that covers it; the query convolution and the shift act on the true image; the
+    shifted-window mask labels queries and keys by the same wrap-around regions. On shifted
+    blocks the queries are rolled by ``shift / r`` so that query windows stay nested inside their
+    key window.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+__all__ = [
+    "ROUTINGS",
+    "DualAttention",
+    "FEFN",
+    "LayerNorm2d",
+    "PyramidBlock",
+    "relative_position_index",
+    "window_attention",
+]
+
+ROUTINGS = ("compat", "aligned")
+MASK_VALUE = -100.0  # the released code's shifted-window mask value (a soft mask, not -inf)
+_ATTN_CHUNK_ELEMENTS = 2**25  # logits per attention chunk: bounds peak memory on large images
+
+
+class LayerNorm2d(nn.Module):
+    """Per-pixel LayerNorm over channels (biased variance, eps 1e-5), channels-last input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.LayerNorm(channels, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _pointwise(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """A 1x1 convolution or Linear (no bias) applied to a channels-last ``(B, H, W, C)`` map."""
+    return F.linear(x, layer.weight.reshape(layer.weight.shape[0], -1))
+
+
+def _spatial(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """A spatial convolution on a channels-last map (runs as NCHW in channels_last memory)."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+@functools.lru_cache(maxsize=8)
+def relative_position_index(window: int) -> torch.Tensor:
+    """Swin relative-position index ``(w*w, w*w)`` into a ``(2w-1)**2`` bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
+    return rel[..., 0] * (2 * window - 1) + rel[..., 1]
+
+
+def window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Softmax attention over key windows, chunked along the window axis.
+
+    ``q`` is ``(W, h, Lq, d)`` (already scaled by the temperature), ``k``/``v`` are
+    ``(W, h, Lk, d)`` and ``mask`` is an additive ``(W or 1, h or 1, Lq, Lk)`` term. Chunking keeps
+    the logits of the math backend within a fixed budget on large images.
+    """
+    n_windows = q.shape[0]
+    per_window = q.shape[1] * q.shape[2] * k.shape[2]
+    step = max(1, _ATTN_CHUNK_ELEMENTS // max(per_window, 1))
+    if step >= n_windows:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    out = torch.empty_like(q[..., : v.shape[-1]])
+    for start in range(0, n_windows, step):
+        stop = min(start + step, n_windows)
+        chunk_mask = mask
+        if mask is not None and mask.shape[0] != 1:
+            chunk_mask = mask[start:stop]
+        out[start:stop] = F.scaled_dot_product_attention(
+            q[start:stop], k[start:stop], v[start:stop], attn_mask=chunk_mask, scale=1.0
+        )
+    return out
+
+
+def _partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """``(B, H, W, C)`` -> ``(B, nH*nW, w*w, C)`` windows in raster order."""
+    return rearrange(x, "b (nh p) (nw q) c -> b (nh nw) (p q) c", p=window, q=window)
+
+
+def _unpartition(x: torch.Tensor, window: int, height: int) -> torch.Tensor:
+    """Inverse of :func:`_partition` for maps of ``height`` rows."""
+    return rearrange(
+        x, "b (nh nw) (p q) c -> b (nh p) (nw q) c", nh=height // window, p=window, q=window
+    )
+
+
+def _region_labels(size: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Swin's three row (or column) regions of a map rolled by ``-shift``."""
+    labels = torch.zeros(size, dtype=torch.int64, device=device)
+    labels[size - window : size - shift] = 1
+    labels[size - shift :] = 2
+    return labels
+
+
+@functools.lru_cache(maxsize=64)
+def _compat_shift_mask(
+    hp: int, wp: int, window: int, shift: int, groups: int, device: torch.device
+) -> torch.Tensor:
+    """Released-code shift mask, ``(nWp, 1, g*w*w, w*w)``, for the ``compat`` routing.
+
+    The mask is built on the pooled grid only: the ``g`` query windows that share pooled key
+    window ``p`` all receive ``p``'s mask, whatever part of the image they come from.
+    """
+    rows = _region_labels(hp, window, shift, device)
+    cols = _region_labels(wp, window, shift, device)
+    labels = (rows[:, None] * 3 + cols[None, :])[None, :, :, None]
+    windows = _partition(labels, window)[0, :, :, 0]  # (nWp, w*w)
+    mask = (windows[:, None, :] != windows[:, :, None]).float() * MASK_VALUE  # (nWp, N, N)
+    return mask.repeat(1, groups, 1)[:, None]
+
+
+@functools.lru_cache(maxsize=64)
+def _aligned_shift_mask(
+    hp: int, wp: int, window: int, shift: int, inv_rate: int, device: torch.device
+) -> torch.Tensor:
+    """Consistent shift mask, ``(nWp, 1, g*w*w, w*w)``, for the ``aligned`` routing.
+
+    A query and a key interact only if both come from the same side of every wrap-around seam
+    created by rolling queries by ``shift * inv_rate`` and keys by ``shift``.
+    """
+    h, w = hp * inv_rate, wp * inv_rate
+    q_rows = (torch.arange(h, device=device) >= h - shift * inv_rate).long()
+    q_cols = (torch.arange(w, device=device) >= w - shift * inv_rate).long()
+    k_rows = (torch.arange(hp, device=device) >= hp - shift).long()
+    k_cols = (torch.arange(wp, device=device) >= wp - shift).long()
+    q_labels = (q_rows[:, None] * 2 + q_cols[None, :])[None, :, :, None]
+    k_labels = (k_rows[:, None] * 2 + k_cols[None, :])[None, :, :, None]
+    q_win = _group_aligned_queries(_partition(q_labels, window), hp // window, wp // window,
+                                   inv_rate)[0, :, :, 0]  # (nWp, g*N)
+    k_win = _partition(k_labels, window)[0, :, :, 0]  # (nWp, N)
+    mask = (q_win[:, :, None] != k_win[:, None, :]).float() * MASK_VALUE
+    return mask[:, None]
+
+
+def _group_aligned_queries(x: torch.Tensor, nhp: int, nwp: int, inv_rate: int) -> torch.Tensor:
+    """Gather the ``g`` query windows nested in each pooled window: ``(B, nWp, g*N, C)``."""
+    return rearrange(
+        x, "b (hp a wp c) n ch -> b (hp wp) (a c n) ch", hp=nhp, a=inv_rate, wp=nwp, c=inv_rate
+    )
+
+
+def _ungroup_aligned_queries(x: torch.Tensor, nhp: int, nwp: int, inv_rate: int) -> torch.Tensor:
+    """Inverse of :func:`_group_aligned_queries`: back to raster windows ``(B, nW, N, C)``."""
+    return rearrange(
+        x, "b (hp wp) (a c n) ch -> b (hp a wp c) n ch", hp=nhp, a=inv_rate, wp=nwp, c=inv_rate
+    )
+
+
+class DualAttention(nn.Module):
+    """The two attention streams of a pyramid block: ISCA (index 0) and CSWA (index 1).
+
+    Parameters are stored as the released code stores them (``q.0`` / ``q.1`` and so on), so a
+    single module owns both streams. ``forward`` returns ``(isca(y), cswa(y))``.
+
+    Parameters
+    ----------
+    dim : int
+        Channels ``C``.
+    heads : int
+        Attention heads (head width ``C / heads``).
+    window : int
+        CSWA window side (8 in the paper).
+    pool_rate : float
+        CSWA key/value pooling rate ``r`` (1, 1/2, 1/4 or 1/8).
+    shift : int
+        Shifted-window offset (``window // 2`` on odd blocks, else 0).
+    routing : {"compat", "aligned"}
+        Query-to-key routing of CSWA (module docstring).
+    """
+
+    def __init__(
+        self, dim: int, heads: int, window: int, pool_rate: float, shift: int, routing: str
+    ) -> None:
+        super().__init__()
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}; got {routing!r}")
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        inv_rate = round(1 / pool_rate)
+        if not math.isclose(inv_rate * pool_rate, 1.0) or inv_rate < 1:
+            raise ValueError(f"pool_rate must be 1/n for an integer n; got {pool_rate}")
+        self.heads, self.window, self.shift, self.routing = heads, window, shift, routing
+        self.inv_rate = inv_rate
+        self.temperature = nn.ParameterList([nn.Parameter(torch.ones(heads, 1, 1)) for _ in "01"])
+        self.q = nn.ModuleList([nn.Conv2d(dim, dim, 1, bias=False), nn.Linear(dim, dim, bias=False)])
+        self.q_dwconv = nn.ModuleList(
+            [nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False) for _ in "01"]
+        )
+        self.kv = nn.ModuleList(
+            [nn.Conv2d(dim, 2 * dim, 1, bias=False), nn.Linear(dim, 2 * dim, bias=False)]
+        )
+        self.kv_dwconv = nn.ModuleList(
+            [nn.Conv2d(2 * dim, 2 * dim, 3, padding=1, groups=2 * dim, bias=False) for _ in "01"]
+        )
+        self.project_out = nn.ModuleList([nn.Linear(dim, dim, bias=False) for _ in "01"])
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(window).clone())
+        if inv_rate > 1:
+            self.downsamp = KeyValuePool(dim, inv_rate)
+
+    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.isca(y), self.cswa(y)
+
+    # -- ISCA: transposed (channel) attention over the whole image ---------------------------
+    def isca(self, y: torch.Tensor) -> torch.Tensor:
+        height = y.shape[1]
+        q = _spatial(_pointwise(y, self.q[0]), self.q_dwconv[0])
+        k, v = _spatial(_pointwise(y, self.kv[0]), self.kv_dwconv[0]).chunk(2, dim=-1)
+        q, k, v = (rearrange(t, "b y x (h c) -> b h c (y x)", h=self.heads) for t in (q, k, v))
+        q = F.normalize(q, dim=-1) * self.temperature[0]
+        k = F.normalize(k, dim=-1)
+        attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)  # (B, h, c, c): tiny
+        out = rearrange(attn @ v, "b h c (y x) -> b y x (h c)", y=height)
+        return _pointwise(out, self.project_out[0])
+
+    # -- CSWA: window attention from full-resolution queries to pooled keys/values -----------
+    def cswa(self, y: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = y.shape
+        win, shift, inv = self.window, self.shift, self.inv_rate
+        hp, wp = h // inv, w // inv
+        if hp % win or wp % win:
+            raise ValueError(
+                f"CSWA needs the pooled map ({hp}x{wp}) to be a multiple of the window {win}"
+            )
+        source = self.downsamp(y) if inv > 1 else y
+        kv = _spatial(_pointwise(source, self.kv[1]), self.kv_dwconv[1])
+        if shift:
+            kv = torch.roll(kv, (-shift, -shift), dims=(1, 2))
+        kv = _partition(kv, win)  # (B, nWp, N, 2C)
+        q = _pointwise(y, self.q[1])  # (B, H, W, C)
+        if self.routing == "compat":
+            q, mask = self._compat_queries(q, hp, wp)
+        else:
+            q, mask = self._aligned_queries(q, hp, wp)
+        out = self._attend(q, kv, mask)  # (B, nWp, g*N, C)
+        if self.routing == "compat":
+            out = _unpartition(out.reshape(b, -1, win * win, c), win, h)
+            roll = shift
+        else:
+            out = _ungroup_aligned_queries(out, hp // win, wp // win, inv)
+            out = _unpartition(out, win, h)
+            roll = shift * inv
+        out = _pointwise(out, self.project_out[1])
+        if roll:
+            out = torch.roll(out, (roll, roll), dims=(1, 2))
+        return out
+
+    def _compat_queries(
+        self, q: torch.Tensor, hp: int, wp: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, _, _, c = q.shape
+        win, shift, groups = self.window, self.shift, self.inv_rate**2
+        # Raster windows, laid out again as g pseudo-images of the pooled size.
+        pseudo = _unpartition(_partition(q, win).reshape(b * groups, -1, win * win, c), win, hp)
+        pseudo = _spatial(pseudo, self.q_dwconv[1])
+        if shift:
+            pseudo = torch.roll(pseudo, (-shift, -shift), dims=(1, 2))
+        q = _partition(pseudo, win).reshape(b, -1, groups * win * win, c)
+        mask = None
+        if shift:
+            mask = _compat_shift_mask(hp, wp, win, shift, groups, q.device)
+        return q, mask
+
+    def _aligned_queries(
+        self, q: torch.Tensor, hp: int, wp: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        win, shift, inv = self.window, self.shift, self.inv_rate
+        q = _spatial(q, self.q_dwconv[1])
+        if shift:
+            q = torch.roll(q, (-shift * inv, -shift * inv), dims=(1, 2))
+        q = _group_aligned_queries(_partition(q, win), hp // win, wp // win, inv)
+        mask = None
+        if shift:
+            mask = _aligned_shift_mask(hp, wp, win, shift, inv, q.device)
+        return q, mask
+
+    def _attend(
+        self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        b, n_windows, n_queries, c = q.shape
+        k, v = kv.chunk(2, dim=-1)
+        q, k, v = (
+            rearrange(t, "b w n (h d) -> (b w) h n d", h=self.heads) for t in (q, k, v)
+        )
+        q = F.normalize(q, dim=-1) * self.temperature[1]
+        k = F.normalize(k, dim=-1)
+        n_keys = self.window * self.window
+        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+        bias = bias.reshape(n_keys, n_keys, self.heads).permute(2, 0, 1)
+        bias = bias.repeat(1, n_queries // n_keys, 1)[None]  # (1, h, g*N, N)
+        if mask is not None:
+            bias = (mask + bias).to(q.dtype)
+            if b > 1:
+                bias = bias.repeat(b, 1, 1, 1)
+        else:
+            bias = bias.to(q.dtype)
+        out = window_attention(q, k, v, bias)
+        return rearrange(out, "(b w) h n d -> b w n (h d)", b=b)
+
+
+class KeyValuePool(nn.Module):
+    """CSWA key/value source at rate ``1/n``: ``P + Conv1x1(P)`` with ``P = AvgPool_n(Y)``."""
+
+    def __init__(self, dim: int, inv_rate: int) -> None:
+        super().__init__()
+        self.inv_rate = inv_rate
+        self.downproj = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        pooled = F.avg_pool2d(y.permute(0, 3, 1, 2), self.inv_rate).permute(0, 2, 3, 1)
+        return pooled + _pointwise(pooled, self.downproj)
+
+
+class FEFN(nn.Module):
+    """Asymmetric feed-forward fusing the two streams: ``W_out(GELU(DW(W1 a)) * (W2 b))``."""
+
+    def __init__(self, dim: int, expansion: float) -> None:
+        super().__init__()
+        hidden = int(dim * expansion)
+        self.project_in1 = nn.Conv2d(dim, hidden, 1, bias=False)
+        self.project_in2 = nn.Linear(dim, hidden, bias=False)
+        self.dwconv1 = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
+        self.project_out = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, channel_stream: torch.Tensor, window_stream: torch.Tensor) -> torch.Tensor:
+        gate = F.gelu(_spatial(_pointwise(channel_stream, self.project_in1), self.dwconv1))
+        value = _pointwise(window_stream, self.project_in2)
+        return _pointwise(gate * value, self.project_out)
+
+
+class PyramidBlock(nn.Module):
+    """One MPT block: ISCA and CSWA streams from a shared LayerNorm, fused by the FEFN.
+
+    ``Xc = X + ISCA(LN1 X)``, ``Xs = X + CSWA(LN1 X)``,
+    ``out = Xc + FEFN(LN2a Xc, LN2b Xs)`` (the released code's wiring, which its weights need).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        expansion: float,
+        window: int,
+        pool_rate: float,
+        shift: int,
+        routing: str,
+    ) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim)
+        self.attn = DualAttention(dim, heads, window, pool_rate, shift, routing)
+        self.norm2 = nn.ModuleList([LayerNorm2d(dim), LayerNorm2d(dim)])
+        self.ffn = FEFN(dim, expansion)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channel_attn, window_attn = self.attn(self.norm1(x))
+        xc = x + channel_attn
+        xs = x + window_attn
+        return xc + self.ffn(self.norm2[0](xc), self.norm2[1](xs))

@@ -1,0 +1,73 @@
+"""Physically based widefield defocus simulation: PSFs, camera noise, 3-D haze, training pairs.
+
+NumPy/SciPy only (no torch), so it is cheap to import and safe to use in data-loader workers.
+See :mod:`napari_mpt_deblur.simulate.pairs` for the intensity convention of simulated pairs.
+"""
+
+from __future__ import annotations
+
+from .camera import (
+    CameraConfig,
+    apply_camera,
+    as_generator,
+    camera_response,
+    camera_to_float,
+)
+from .optics import (
+    OpticsConfig,
+    blur,
+    clear_psf_cache,
+    defocus_psf,
+    geometric_blur_radius_um,
+    psf_cache_info,
+    psf_stack,
+)
+from .pairs import (
+    SIMULATION_PRESETS,
+    SimulatedPair,
+    SimulationConfig,
+    camera_from_params,
+    get_simulation_preset,
+    list_simulation_presets,
+    make_pair,
+    optics_from_params,
+    sample_parameters,
+    write_pairs,
+)
+from .volume import (
+    apply_haze_layer,
+    pseudo_volume,
+    sample_haze_layers,
+    widefield_image,
+    widefield_stack,
+)
+
+__all__ = [
+    "SIMULATION_PRESETS",
+    "CameraConfig",
+    "OpticsConfig",
+    "SimulatedPair",
+    "SimulationConfig",
+    "apply_camera",
+    "apply_haze_layer",
+    "as_generator",
+    "blur",
+    "camera_from_params",
+    "camera_response",
+    "camera_to_float",
+    "clear_psf_cache",
+    "defocus_psf",
+    "geometric_blur_radius_um",
+    "get_simulation_preset",
+    "list_simulation_presets",
+    "make_pair",
+    "optics_from_params",
+    "pseudo_volume",
+    "psf_cache_info",
+    "psf_stack",
+    "sample_haze_layers",
+    "sample_parameters",
+    "widefield_image",
+    "widefield_stack",
+    "write_pairs",
+]

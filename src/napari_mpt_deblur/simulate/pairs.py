@@ -1,0 +1,810 @@
+"""Training and evaluation pairs: real in-focus images seen through a simulated microscope.
+
+Pipeline for one pair (:func:`make_pair`)::
+
+    source crop ──percentile map──> x ──jitter──> x' = scale·x**gamma + background
+        sharp   = camera_to_float(camera_response(x'))                 (no blur, no noise)
+        blurred = camera_to_float(apply_camera(x' ⊛ PSF(defocus), rng))
+
+Normalisation convention (used by the trainer and the evaluation harness)
+-------------------------------------------------------------------------
+Both images come back as float32 in *signal units*: ``(ADU - offset_adu) / (photons_per_unit ·
+gain_adu_per_e)``, i.e. camera counts with the offset removed, divided by the expected count of
+the source's full scale. Full scale (1.0) is the source's high percentile
+(``source_percentiles[1]``, default 99.9) and 0 its low percentile (default 0.5), before the
+intensity jitter. So:
+
+* the sharp target is ``min(x', saturation_level)``: in ``[0, ~1]`` (up to ``intensity_scale``
+  plus ``background``), exactly the blurred image's units, without noise;
+* the blurred input has the same mean as the sharp target (the PSF has unit sum; borders are
+  mirrored), lower peaks, shot and read noise (so it can dip slightly below 0) and 12/16-bit
+  quantisation;
+* one affine map applied to both (e.g. the inference engine's percentile normalisation computed
+  on the blurred image) keeps them consistent. Evaluation computes PSNR/SSIM with
+  ``data_range`` = the sharp image's range, on these units.
+
+Pass ``source_range`` (e.g. percentiles of the *whole* source image) when making pairs from
+crops: per-crop percentiles would stretch an empty background crop to full scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .camera import CameraConfig, apply_camera, as_generator, camera_response, camera_to_float
+from .optics import OpticsConfig, blur, defocus_psf
+from .volume import pseudo_volume, sample_haze_layers, widefield_stack
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SIMULATION_PRESETS",
+    "SimulatedPair",
+    "SimulationConfig",
+    "camera_from_params",
+    "get_simulation_preset",
+    "list_simulation_presets",
+    "make_pair",
+    "optics_from_params",
+    "sample_parameters",
+    "write_pairs",
+]
+
+_DEFOCUS_SIDES = ("both", "positive", "negative")
+
+
+def _range(value: Any, name: str, *, minimum: float | None = None) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a (low, high) pair of numbers; got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ValueError(
+            f"{name} must be a finite (low, high) pair with low <= high; got {value!r}"
+        )
+    if minimum is not None and lo < minimum:
+        raise ValueError(f"{name} must not go below {minimum}; got {value!r}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Ranges from which each simulated pair's microscope and camera are drawn.
+
+    Every ``*_range`` is ``(low, high)``; equal ends fix the value. Draws are quantised
+    (``na_step``, ``defocus_step_um``, 1 nm) so that PSFs repeat and hit the PSF cache.
+
+    Parameters
+    ----------
+    name : str
+        Label recorded with every pair and checkpoint.
+    numerical_aperture_range : (float, float)
+        Objective NA.
+    wavelength_nm_choices : tuple of float
+        Emission wavelengths to pick from (e.g. 460 Hoechst, 620 Alexa 594 / actin). Empty to
+        draw from ``wavelength_nm_range`` instead.
+    wavelength_nm_range : (float, float)
+        Used only when ``wavelength_nm_choices`` is empty.
+    immersion_index, sample_index : float
+        Refractive indices (``sample_index=None``: matched).
+    depth_um_range : (float, float)
+        Emitter depth below the coverslip (matters only with an index mismatch).
+    pixel_size_um : float
+        Camera pixel in the sample plane.
+    defocus_um_range : (float, float)
+        Nominal defocus magnitude, µm.
+    defocus_sides : {"both", "positive", "negative"}
+        Sign of the defocus (both: 50/50).
+    defocus_scale_range : (float, float)
+        Effective defocus = nominal × scale (BBBC006's real defocus is 1.0-1.3× the nominal).
+    defocus_step_um, na_step : float
+        Quantisation of the effective defocus and the NA.
+    photons_per_unit_range : (float, float)
+        Photo-electrons at full scale, drawn log-uniformly (the photon budget).
+    read_noise_e_range : (float, float)
+        Read noise, electrons rms.
+    offset_adu_range : (float, float)
+        Camera offset, ADU (drawn as an integer).
+    bit_depth_choices : tuple of int
+        ADC bit depths to pick from.
+    full_scale_fraction_range : (float, float)
+        Fraction of the ADU range above offset that full scale occupies; sets the gain, so
+        values above ``1/fraction`` saturate.
+    intensity_scale_range, intensity_gamma_range : (float, float)
+        Intensity jitter ``scale·x**gamma`` (gamma drawn log-uniformly).
+    background_range : (float, float)
+        Uniform background (autofluorescence) added to the signal, in full-scale units.
+    haze_probability : float
+        Probability that a pair gets out-of-focus haze layers (3-D widefield model).
+    haze_layers_range : (int, int)
+        Number of haze layers when it does.
+    haze_distance_um_range, haze_weight_range : (float, float)
+        Distance of haze layers from the in-focus plane, and their relative brightness.
+    source_percentiles : (float, float)
+        Percentiles of the source mapped to 0 and 1.
+    """
+
+    name: str = "custom"
+    numerical_aperture_range: tuple[float, float] = (0.40, 0.60)
+    wavelength_nm_choices: tuple[float, ...] = (460.0, 620.0)
+    wavelength_nm_range: tuple[float, float] = (450.0, 650.0)
+    immersion_index: float = 1.0
+    sample_index: float | None = None
+    depth_um_range: tuple[float, float] = (0.0, 0.0)
+    pixel_size_um: float = 0.645
+    defocus_um_range: tuple[float, float] = (2.0, 32.0)
+    defocus_sides: str = "both"
+    defocus_scale_range: tuple[float, float] = (1.0, 1.3)
+    defocus_step_um: float = 0.25
+    na_step: float = 0.01
+    photons_per_unit_range: tuple[float, float] = (300.0, 5000.0)
+    read_noise_e_range: tuple[float, float] = (1.0, 8.0)
+    offset_adu_range: tuple[float, float] = (100.0, 120.0)
+    bit_depth_choices: tuple[int, ...] = (12, 16)
+    full_scale_fraction_range: tuple[float, float] = (0.3, 0.85)
+    intensity_scale_range: tuple[float, float] = (0.8, 1.1)
+    intensity_gamma_range: tuple[float, float] = (0.8, 1.25)
+    background_range: tuple[float, float] = (0.0, 0.05)
+    haze_probability: float = 0.0
+    haze_layers_range: tuple[int, int] = (1, 2)
+    haze_distance_um_range: tuple[float, float] = (4.0, 16.0)
+    haze_weight_range: tuple[float, float] = (0.1, 0.4)
+    source_percentiles: tuple[float, float] = (0.5, 99.9)
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        positive = dict(
+            numerical_aperture_range=0.0,
+            wavelength_nm_range=0.0,
+            defocus_scale_range=0.0,
+            photons_per_unit_range=0.0,
+            full_scale_fraction_range=0.0,
+            intensity_scale_range=0.0,
+            intensity_gamma_range=0.0,
+        )
+        for name in (
+            "numerical_aperture_range", "wavelength_nm_range", "depth_um_range",
+            "defocus_um_range", "defocus_scale_range", "photons_per_unit_range",
+            "read_noise_e_range", "offset_adu_range", "full_scale_fraction_range",
+            "intensity_scale_range", "intensity_gamma_range", "background_range",
+            "haze_distance_um_range", "haze_weight_range", "source_percentiles",
+        ):  # fmt: skip
+            lo, hi = _range(getattr(self, name), name, minimum=0.0)
+            if name in positive and lo <= 0:
+                raise ValueError(f"{name} must be positive; got {(lo, hi)}")
+            set_(name, (lo, hi))
+        if self.numerical_aperture_range[1] >= self.immersion_index:
+            raise ValueError(
+                f"numerical_aperture_range {self.numerical_aperture_range} must stay below "
+                f"immersion_index {self.immersion_index}"
+            )
+        if self.full_scale_fraction_range[1] > 1:
+            raise ValueError(
+                "full_scale_fraction_range must lie in (0, 1]; "
+                f"got {self.full_scale_fraction_range}"
+            )
+        p_lo, p_hi = self.source_percentiles
+        if p_hi > 100 or p_lo >= p_hi:
+            raise ValueError(
+                "source_percentiles must be (low, high) with 0 <= low < high <= 100; "
+                f"got {self.source_percentiles}"
+            )
+        set_("wavelength_nm_choices", tuple(float(v) for v in self.wavelength_nm_choices))
+        if any(not v > 0 for v in self.wavelength_nm_choices):
+            raise ValueError(
+                f"wavelength_nm_choices must be positive; got {self.wavelength_nm_choices}"
+            )
+        set_("bit_depth_choices", tuple(int(v) for v in self.bit_depth_choices))
+        if not self.bit_depth_choices or any(not 8 <= v <= 16 for v in self.bit_depth_choices):
+            raise ValueError(
+                f"bit_depth_choices must be non-empty, each in 8..16; got {self.bit_depth_choices}"
+            )
+        lo, hi = (int(v) for v in self.haze_layers_range)
+        if not 0 <= lo <= hi:
+            raise ValueError(f"haze_layers_range must be 0 <= low <= high; got {(lo, hi)}")
+        set_("haze_layers_range", (lo, hi))
+        if not 0 <= self.haze_probability <= 1:
+            raise ValueError(f"haze_probability must be in [0, 1]; got {self.haze_probability}")
+        if self.defocus_sides not in _DEFOCUS_SIDES:
+            raise ValueError(
+                f"defocus_sides must be one of {', '.join(map(repr, _DEFOCUS_SIDES))}; "
+                f"got {self.defocus_sides!r}"
+            )
+        for name in ("immersion_index", "pixel_size_um", "defocus_step_um", "na_step"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number; got {value!r}")
+        if self.sample_index is not None and not self.sample_index > 0:
+            raise ValueError(f"sample_index must be positive or None; got {self.sample_index!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dictionary (tuples become lists)."""
+        items = dataclasses.asdict(self).items()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in items}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SimulationConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown SimulationConfig keys {unknown}; expected some of {sorted(names)}"
+            )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def replace(self, **overrides: Any) -> SimulationConfig:
+        """Copy with some fields replaced (lists accepted for ranges, as from JSON/YAML)."""
+        return SimulationConfig.from_dict({**self.to_dict(), **overrides})
+
+
+SIMULATION_PRESETS: dict[str, SimulationConfig] = {
+    # BBBC006 (Broad): 20x dry widefield, 2x2 binning, 0.645 µm/px, z planes every 2 µm up to
+    # ±32 µm, 12-bit camera with offset ≈110. NA and defocus scale are randomised because the
+    # real pair fits NA 0.45-0.55 / 1.0-1.25x nominal defocus (data/README.md).
+    "bbbc006": SimulationConfig(
+        name="bbbc006",
+        numerical_aperture_range=(0.40, 0.60),
+        wavelength_nm_choices=(460.0, 620.0),
+        immersion_index=1.0,
+        pixel_size_um=0.645,
+        defocus_um_range=(2.0, 32.0),
+        defocus_scale_range=(1.0, 1.3),
+        photons_per_unit_range=(300.0, 5000.0),
+        read_noise_e_range=(2.0, 10.0),
+        offset_adu_range=(100.0, 120.0),
+        bit_depth_choices=(12,),
+        full_scale_fraction_range=(0.4, 0.9),
+    ),
+    # Generic dry widefield (10x-40x), for users whose optics are not BBBC006.
+    "widefield-dry": SimulationConfig(
+        name="widefield-dry",
+        numerical_aperture_range=(0.25, 0.80),
+        wavelength_nm_choices=(),
+        wavelength_nm_range=(450.0, 680.0),
+        immersion_index=1.0,
+        pixel_size_um=0.325,
+        defocus_um_range=(1.0, 16.0),
+        defocus_scale_range=(1.0, 1.0),
+        photons_per_unit_range=(200.0, 10000.0),
+        read_noise_e_range=(1.0, 8.0),
+        offset_adu_range=(0.0, 500.0),
+        bit_depth_choices=(12, 16),
+    ),
+    # Oil immersion NA 1.2 at 0.1 µm/px and small defocus: the domain-shift benchmark (a
+    # model trained on "bbbc006" has never seen PSFs like these).
+    "oil-1.2": SimulationConfig(
+        name="oil-1.2",
+        numerical_aperture_range=(1.2, 1.2),
+        wavelength_nm_choices=(),
+        wavelength_nm_range=(450.0, 650.0),
+        immersion_index=1.515,
+        pixel_size_um=0.1,
+        defocus_um_range=(0.5, 4.0),
+        defocus_scale_range=(1.0, 1.0),
+        defocus_step_um=0.05,
+        haze_distance_um_range=(1.0, 4.0),
+        photons_per_unit_range=(300.0, 5000.0),
+        read_noise_e_range=(1.0, 3.0),
+        offset_adu_range=(90.0, 110.0),
+        bit_depth_choices=(16,),
+    ),
+}
+
+
+def list_simulation_presets() -> list[str]:
+    """Names of the simulation presets, sorted."""
+    return sorted(SIMULATION_PRESETS)
+
+
+def get_simulation_preset(name: str) -> SimulationConfig:
+    """The preset called ``name``; ``ValueError`` listing the valid names otherwise."""
+    try:
+        return SIMULATION_PRESETS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown simulation preset {name!r}; choose one of "
+            f"{', '.join(map(repr, list_simulation_presets()))}"
+        ) from None
+
+
+def _as_config(cfg: SimulationConfig | str) -> SimulationConfig:
+    if isinstance(cfg, str):
+        return get_simulation_preset(cfg)
+    if not isinstance(cfg, SimulationConfig):
+        raise TypeError(f"cfg must be a SimulationConfig or preset name; got {type(cfg).__name__}")
+    return cfg
+
+
+def _quantise(value: float, step: float) -> float:
+    return round(round(value / step) * step, 6)
+
+
+def _log_uniform(gen: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(gen.uniform(math.log(lo), math.log(hi)))) if hi > lo else float(lo)
+
+
+def sample_parameters(
+    cfg: SimulationConfig | str,
+    rng: np.random.Generator | int | None = None,
+    *,
+    defocus_um: float | None = None,
+    defocus_scale: float | None = None,
+) -> dict[str, Any]:
+    """Draw one concrete microscope + camera from the ranges of ``cfg``.
+
+    Parameters
+    ----------
+    cfg : SimulationConfig or str
+        Ranges (or a preset name).
+    rng : numpy.random.Generator, int or None
+        Same seed, same parameters.
+    defocus_um : float, optional
+        Fix the *nominal* signed defocus (µm) instead of drawing it, e.g. the 4/8/16/24 µm
+        levels of the evaluation table.
+    defocus_scale : float, optional
+        Fix the nominal-to-effective defocus factor (1.0 for exact defocus levels).
+
+    Returns
+    -------
+    dict
+        JSON-serialisable; keys named after :class:`OpticsConfig` / :class:`CameraConfig`
+        fields plus ``defocus_nominal_um``, ``defocus_scale``, ``full_scale_fraction``,
+        ``intensity_scale``, ``intensity_gamma``, ``background``, ``haze_layers``,
+        ``source_percentiles`` and ``preset``. ``defocus_um`` is the effective defocus.
+    """
+    cfg = _as_config(cfg)
+    gen = as_generator(rng)
+    # Every draw happens in a fixed order whatever is fixed, so fixing one parameter does not
+    # change the others for the same seed.
+    na = _quantise(gen.uniform(*cfg.numerical_aperture_range), cfg.na_step)
+    na = min(max(na, cfg.numerical_aperture_range[0]), cfg.numerical_aperture_range[1])
+    if cfg.wavelength_nm_choices:
+        wavelength = float(cfg.wavelength_nm_choices[gen.integers(len(cfg.wavelength_nm_choices))])
+    else:
+        wavelength = float(round(gen.uniform(*cfg.wavelength_nm_range)))
+    depth = round(float(gen.uniform(*cfg.depth_um_range)), 2)
+    magnitude = float(gen.uniform(*cfg.defocus_um_range))
+    sign_draw = gen.random()
+    scale_draw = float(gen.uniform(*cfg.defocus_scale_range))
+    if cfg.defocus_sides == "both":
+        sign = 1.0 if sign_draw < 0.5 else -1.0
+    else:
+        sign = 1.0 if cfg.defocus_sides == "positive" else -1.0
+    nominal = sign * magnitude if defocus_um is None else float(defocus_um)
+    scale = scale_draw if defocus_scale is None else float(defocus_scale)
+    if not (math.isfinite(nominal) and math.isfinite(scale) and scale > 0):
+        raise ValueError(
+            f"defocus_um must be finite and defocus_scale positive; got {defocus_um!r}, "
+            f"{defocus_scale!r}"
+        )
+
+    photons = _log_uniform(gen, *cfg.photons_per_unit_range)
+    read_noise = float(gen.uniform(*cfg.read_noise_e_range))
+    offset = float(round(gen.uniform(*cfg.offset_adu_range)))
+    bit_depth = int(cfg.bit_depth_choices[gen.integers(len(cfg.bit_depth_choices))])
+    fraction = float(gen.uniform(*cfg.full_scale_fraction_range))
+    max_adu = 2**bit_depth - 1
+    if offset >= max_adu:
+        raise ValueError(f"offset {offset} ADU leaves no range on a {bit_depth}-bit camera")
+    gain = fraction * (max_adu - offset) / photons
+
+    intensity_scale = float(gen.uniform(*cfg.intensity_scale_range))
+    gamma = _log_uniform(gen, *cfg.intensity_gamma_range)
+    background = float(gen.uniform(*cfg.background_range))
+    haze: list[dict[str, Any]] = []
+    if gen.random() < cfg.haze_probability:
+        n_layers = int(gen.integers(cfg.haze_layers_range[0], cfg.haze_layers_range[1] + 1))
+        haze = sample_haze_layers(
+            gen,
+            n_layers=n_layers,
+            distance_um_range=cfg.haze_distance_um_range,
+            weight_range=cfg.haze_weight_range,
+        )
+        for layer in haze:  # on the defocus grid, so haze PSFs repeat and hit the cache
+            layer["z_um"] = _quantise(layer["z_um"], cfg.defocus_step_um)
+
+    return {
+        "preset": cfg.name,
+        "numerical_aperture": na,
+        "wavelength_nm": wavelength,
+        "immersion_index": float(cfg.immersion_index),
+        "sample_index": None if cfg.sample_index is None else float(cfg.sample_index),
+        "depth_um": depth,
+        "pixel_size_um": float(cfg.pixel_size_um),
+        "defocus_nominal_um": round(nominal, 4),
+        "defocus_scale": round(scale, 4),
+        "defocus_um": _quantise(nominal * scale, cfg.defocus_step_um),
+        "photons_per_unit": round(photons, 2),
+        "read_noise_e": round(read_noise, 3),
+        "offset_adu": offset,
+        "bit_depth": bit_depth,
+        "full_scale_fraction": round(fraction, 4),
+        "gain_adu_per_e": gain,
+        "intensity_scale": round(intensity_scale, 4),
+        "intensity_gamma": round(gamma, 4),
+        "background": round(background, 5),
+        "haze_layers": haze,
+        "source_percentiles": list(cfg.source_percentiles),
+    }
+
+
+_OPTICS_KEYS = ("numerical_aperture", "wavelength_nm", "immersion_index", "sample_index",
+                "depth_um", "pixel_size_um", "defocus_um")  # fmt: skip
+_CAMERA_KEYS = ("photons_per_unit", "read_noise_e", "offset_adu", "gain_adu_per_e", "bit_depth")
+
+
+def _require(params: Mapping[str, Any], keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in params]
+    if missing:
+        raise ValueError(f"simulation parameters lack {missing}; use sample_parameters() output")
+
+
+def optics_from_params(params: Mapping[str, Any]) -> OpticsConfig:
+    """The :class:`OpticsConfig` of a parameter dict from :func:`sample_parameters`."""
+    _require(params, _OPTICS_KEYS)
+    return OpticsConfig(**{k: params[k] for k in _OPTICS_KEYS})
+
+
+def camera_from_params(params: Mapping[str, Any]) -> CameraConfig:
+    """The :class:`CameraConfig` of a parameter dict from :func:`sample_parameters`."""
+    _require(params, _CAMERA_KEYS)
+    return CameraConfig(**{k: params[k] for k in _CAMERA_KEYS})
+
+
+@dataclass(frozen=True, eq=False)
+class SimulatedPair:
+    """One simulated pair. Unpacks as ``blurred, sharp = make_pair(...)``.
+
+    Attributes
+    ----------
+    blurred : (M, N) float32 ndarray
+        Defocused, noisy camera image in signal units (see the module notes).
+    sharp : (M, N) float32 ndarray
+        Target in the same units, without blur and noise.
+    psf : (K, K) float64 ndarray
+        The unit-sum PSF that blurred the in-focus plane (for Richardson-Lucy baselines).
+    params : dict
+        The parameters used (JSON-serialisable), including ``source_range``.
+    """
+
+    blurred: np.ndarray
+    sharp: np.ndarray
+    psf: np.ndarray
+    params: dict[str, Any]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.blurred, self.sharp))
+
+
+def _source_range(
+    image: np.ndarray, percentiles: Sequence[float], source_range: Sequence[float] | None
+) -> tuple[float, float]:
+    if source_range is not None:
+        lo, hi = _range(source_range, "source_range")
+    else:
+        lo, hi = (float(v) for v in np.percentile(image, list(percentiles)))
+    if not hi > lo:
+        # Constant crop: map it to 0 (empty field) rather than amplifying rounding noise.
+        logger.debug("source has no intensity range (%s, %s); using unit range", lo, hi)
+        hi = lo + 1.0
+    return lo, hi
+
+
+def make_pair(
+    sharp: np.ndarray,
+    params_or_cfg: Mapping[str, Any] | SimulationConfig | str,
+    rng: np.random.Generator | int | None = None,
+    *,
+    defocus_um: float | None = None,
+    defocus_scale: float | None = None,
+    source_range: tuple[float, float] | None = None,
+) -> SimulatedPair:
+    """Simulate a defocused camera image of an in-focus image, and the matching target.
+
+    Parameters
+    ----------
+    sharp : (M, N) array_like
+        Real in-focus image (any real dtype; e.g. a training crop).
+    params_or_cfg : dict, SimulationConfig or str
+        Concrete parameters (from :func:`sample_parameters`, reproduced exactly), or ranges /
+        a preset name to draw them from with ``rng``.
+    rng : numpy.random.Generator, int or None
+        Drives the parameter draw (if any) and the camera noise: same seed, same pair.
+    defocus_um, defocus_scale : float, optional
+        Fix the nominal defocus and the nominal-to-effective factor (evaluation at fixed
+        levels); with a params dict they replace its defocus.
+    source_range : (float, float), optional
+        Source values mapped to 0 and 1, instead of the source percentiles of ``sharp``.
+        Use the whole image's percentiles when ``sharp`` is a crop.
+
+    Returns
+    -------
+    SimulatedPair
+        ``blurred`` and ``sharp`` float32 in signal units (module notes), ``psf``, ``params``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For non-2-D or non-numeric images, non-finite values, or incomplete parameters.
+    """
+    image = np.asarray(sharp)
+    if image.dtype.kind not in "uif":
+        raise TypeError(f"sharp must be a real numeric image; got dtype {image.dtype}")
+    if image.ndim != 2:
+        raise ValueError(f"sharp must be 2-D (M, N); got shape {image.shape}")
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise ValueError("sharp contains NaN or infinite values")
+    gen = as_generator(rng)
+    if isinstance(params_or_cfg, (SimulationConfig, str)):
+        params = sample_parameters(
+            params_or_cfg, gen, defocus_um=defocus_um, defocus_scale=defocus_scale
+        )
+    elif isinstance(params_or_cfg, Mapping):
+        params = json.loads(json.dumps(dict(params_or_cfg)))  # deep copy; proves serialisable
+        if defocus_um is not None or defocus_scale is not None:
+            _require(params, ("defocus_nominal_um", "defocus_scale"))
+            nominal = params["defocus_nominal_um"] if defocus_um is None else float(defocus_um)
+            scale = params["defocus_scale"] if defocus_scale is None else float(defocus_scale)
+            params.update(
+                defocus_nominal_um=nominal, defocus_scale=scale, defocus_um=nominal * scale
+            )
+    else:
+        raise TypeError(
+            "params_or_cfg must be a parameter dict, a SimulationConfig or a preset name; "
+            f"got {type(params_or_cfg).__name__}"
+        )
+    optics = optics_from_params(params)
+    camera = camera_from_params(params)
+
+    lo, hi = _source_range(image, params.get("source_percentiles", (0.5, 99.9)), source_range)
+    params["source_range"] = [lo, hi]
+    x = (image.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    np.maximum(x, 0.0, out=x)
+    gamma = float(params.get("intensity_gamma", 1.0))
+    if gamma != 1.0:
+        np.power(x, gamma, out=x)
+    x *= np.float32(params.get("intensity_scale", 1.0))
+    x += np.float32(params.get("background", 0.0))
+
+    psf = defocus_psf(optics)
+    signal = blur(x, psf.astype(np.float32))
+    target = x
+    haze = params.get("haze_layers") or []
+    if haze:
+        volume, z_um = pseudo_volume(x, haze)
+        # Focus 0 images the section in focus; focus -d puts the section at defocus +d, like
+        # the PSF above (which matters only with an index mismatch).
+        hazy = widefield_stack(
+            volume[1:],
+            optics,
+            focus_um=[0.0, -optics.defocus_um],
+            z_um=z_um[1:],
+            warn_truncation=False,  # faint, far-out-of-focus haze: cut tails do not matter
+        )
+        target = x + hazy[0]
+        signal = signal + hazy[1]
+
+    blurred = camera_to_float(apply_camera(signal, camera, gen), camera)
+    target = camera_to_float(camera_response(target, camera), camera)
+    return SimulatedPair(blurred=blurred, sharp=target, psf=psf, params=params)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing pair folders
+
+
+def _collect_sources(sources: Any) -> list[tuple[str, np.ndarray | None]]:
+    """Expand files/folders/globs into (label, array-or-None) entries (files are read later)."""
+    from .._io import expand_inputs
+
+    if isinstance(sources, (str, os.PathLike, np.ndarray)):
+        sources = [sources]
+    entries: list[tuple[str, np.ndarray | None]] = []
+    for item in sources:
+        if isinstance(item, np.ndarray):
+            entries.append((f"array[{len(entries)}]", item))
+            continue
+        files = list(expand_inputs([item]))
+        if not files:
+            raise ValueError(f"source {str(item)!r} holds no image files")
+        entries.extend((str(p), None) for p in files)
+    if not entries:
+        raise ValueError("sources is empty; give in-focus image files, folders or arrays")
+    return entries
+
+
+def _as_plane(array: np.ndarray, label: str) -> np.ndarray:
+    plane = np.squeeze(np.asarray(array))
+    if plane.ndim != 2:
+        raise ValueError(
+            f"source {label} must be a single 2-D plane; got shape {np.shape(array)} "
+            "(split channels / z planes into separate files first)"
+        )
+    return plane
+
+
+def _crop_shape(crop: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if crop is None:
+        return None
+    if isinstance(crop, (int, np.integer)):
+        crop = (int(crop), int(crop))
+    shape = tuple(int(c) for c in crop)
+    if len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"crop must be a positive int or (height, width); got {crop!r}")
+    return shape  # type: ignore[return-value]
+
+
+def _write_json_new(path: Path, data: Any) -> None:
+    """Write JSON atomically, refusing to replace an existing file (even in a race)."""
+    text = json.dumps(data, indent=2, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        try:
+            os.link(tmp, path)  # atomic, and fails with FileExistsError instead of overwriting
+        except FileExistsError:
+            raise
+        except OSError:  # file systems without hard links: check, then rename
+            if path.exists():
+                raise FileExistsError(f"{str(path)!r} already exists") from None
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_pairs(
+    sources: Any,
+    out_dir: str | os.PathLike,
+    n: int,
+    cfg: SimulationConfig | str,
+    rng: np.random.Generator | int | None = None,
+    crop: int | Sequence[int] | None = None,
+    *,
+    defocus_um: float | None = None,
+    defocus_scale: float | None = None,
+    save_psf: bool = False,
+    prefix: str = "pair",
+    start_index: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Write ``n`` simulated pairs as ``blurred/``, ``sharp/`` TIFF folders plus parameters.
+
+    Layout: ``out_dir/blurred/<name>.tif``, ``out_dir/sharp/<name>.tif`` (float32, signal units,
+    see the module notes), ``out_dir/params/<name>.json`` (the parameters, source file and crop
+    box), optionally ``out_dir/psf/<name>.tif``, and ``out_dir/simulation.json`` (the config).
+    Nothing existing is overwritten: clashing names raise ``FileExistsError`` before any file
+    is written (use ``prefix`` / ``start_index`` to add more pairs to a folder).
+
+    Parameters
+    ----------
+    sources : path, array or sequence of them
+        In-focus images: files, folders (their TIFF/PNG files), glob patterns or 2-D arrays.
+    out_dir : path
+        Output folder (created).
+    n : int
+        Number of pairs.
+    cfg : SimulationConfig or str
+        Parameter ranges or preset name.
+    rng : numpy.random.Generator, int or None
+        Drives source choice, crop position, parameters and noise.
+    crop : int or (int, int), optional
+        Random crop size; ``None`` uses whole images.
+    defocus_um, defocus_scale : float, optional
+        Fix the nominal defocus / defocus scale (see :func:`make_pair`).
+    save_psf : bool
+        Also write each pair's PSF.
+    prefix, start_index : str, int
+        Pair names are ``f"{prefix}_{index:05d}"`` from ``start_index``.
+    progress : callable(done, total), optional
+        Called after each pair.
+
+    Returns
+    -------
+    list of str
+        The pair names written.
+    """
+    from .._io import read_image, write_image
+
+    cfg = _as_config(cfg)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer; got {n!r}")
+    crop_shape = _crop_shape(crop)
+    gen = as_generator(rng)
+    entries = _collect_sources(sources)
+    out = Path(out_dir).expanduser()
+    names = [f"{prefix}_{i:05d}" for i in range(start_index, start_index + int(n))]
+    folders = ["blurred", "sharp", "params"] + (["psf"] if save_psf else [])
+    suffix = {"params": ".json"}
+    targets = [out / f / (name + suffix.get(f, ".tif")) for name in names for f in folders]
+    clashes = [str(p) for p in targets if p.exists()]
+    if clashes:
+        raise FileExistsError(
+            f"{len(clashes)} output files already exist (e.g. {clashes[0]!r}); choose another "
+            "out_dir, prefix or start_index"
+        )
+    sim_json = out / "simulation.json"
+    if sim_json.exists():
+        existing = json.loads(sim_json.read_text(encoding="utf-8"))
+        if existing != cfg.to_dict():
+            raise FileExistsError(
+                f"{str(sim_json)!r} describes a different simulation config; use another out_dir"
+            )
+
+    def prepare_output() -> None:
+        # Only once the first pair exists, so a bad source leaves no half-made output folder.
+        for folder in folders:
+            (out / folder).mkdir(parents=True, exist_ok=True)
+        if not sim_json.exists():
+            _write_json_new(sim_json, cfg.to_dict())
+
+    planes: dict[int, tuple[np.ndarray, tuple[float, float]]] = {}
+
+    def load(index: int) -> tuple[np.ndarray, tuple[float, float]]:
+        if index not in planes:
+            label, array = entries[index]
+            data = array if array is not None else read_image(label)[0]
+            plane = _as_plane(data, label)
+            lo, hi = (float(v) for v in np.percentile(plane, list(cfg.source_percentiles)))
+            planes[index] = (plane, (lo, hi))
+        return planes[index]
+
+    for done, name in enumerate(names, start=1):
+        index = int(gen.integers(len(entries)))
+        plane, source_range = load(index)
+        box = [0, 0, plane.shape[0], plane.shape[1]]
+        if crop_shape is not None:
+            ch, cw = crop_shape
+            if ch > plane.shape[0] or cw > plane.shape[1]:
+                raise ValueError(
+                    f"crop {crop_shape} is larger than source {entries[index][0]} "
+                    f"of shape {plane.shape}"
+                )
+            y = int(gen.integers(plane.shape[0] - ch + 1))
+            x = int(gen.integers(plane.shape[1] - cw + 1))
+            box = [y, x, ch, cw]
+            view = plane[y : y + ch, x : x + cw]
+        else:
+            view = plane
+        pair = make_pair(
+            view,
+            cfg,
+            gen,
+            defocus_um=defocus_um,
+            defocus_scale=defocus_scale,
+            source_range=source_range,
+        )
+        if done == 1:
+            prepare_output()
+        pixel = pair.params["pixel_size_um"]
+        meta = {"axes": "YX", "pixel_size_um": (pixel, pixel)}
+        write_image(out / "blurred" / f"{name}.tif", pair.blurred, metadata=meta, overwrite=False)
+        write_image(out / "sharp" / f"{name}.tif", pair.sharp, metadata=meta, overwrite=False)
+        if save_psf:
+            write_image(
+                out / "psf" / f"{name}.tif", pair.psf.astype(np.float32), metadata=meta,
+                overwrite=False,
+            )  # fmt: skip
+        record = {
+            **pair.params,
+            "source": entries[index][0],
+            "crop_box_yxhw": box,
+        }
+        _write_json_new(out / "params" / f"{name}.json", record)
+        logger.debug("wrote pair %s (defocus %.2f µm)", name, pair.params["defocus_um"])
+        if progress is not None:
+            progress(done, int(n))
+    return names

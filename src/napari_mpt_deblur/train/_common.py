@@ -1,0 +1,263 @@
+"""Pieces shared by :func:`~napari_mpt_deblur.train.loop.fit` and the fine-tuning engine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = "napari_mpt_deblur.train_state"
+STATE_VERSION = 1
+
+CancelLike = threading.Event | Callable[[], bool] | None
+
+METRIC_CONVENTION = (
+    "per patch, PSNR = 10·log10(d² / MSE) and SSIM (scikit-image, 7x7 uniform window) with "
+    "data_range d = max - min of the sharp patch, i.e. both images normalised by the sharp "
+    "image's range; model output not clipped; mean over patches"
+)
+
+
+def is_cancelled(cancel: CancelLike) -> bool:
+    """True when ``cancel`` (an Event, a zero-argument callable or None) asks to stop."""
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    if callable(cancel):
+        return bool(cancel())
+    raise TypeError(f"cancel must be a threading.Event, a callable or None; got {type(cancel)}")
+
+
+def step_generator(seed: int, stream: int, step: int) -> torch.Generator:
+    """A CPU torch generator for the random choices of one training step (resumable)."""
+    mixed = np.random.SeedSequence([int(seed), int(stream), int(step)]).generate_state(2)
+    g = torch.Generator()
+    g.manual_seed(int(mixed[0]) << 32 | int(mixed[1]))
+    return g
+
+
+# --------------------------------------------------------------------------------------------
+# Optimisation
+# --------------------------------------------------------------------------------------------
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices/kernels, none on norms, biases, temperatures
+    and position-bias tables (decaying them only shrinks scales the network relies on)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "relative_position_bias" in name or "temperature" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": float(weight_decay)}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, total_steps: int,
+          schedule: str = "cosine") -> float:
+    """Learning rate for the update made at ``step`` (0-based): linear warm-up, then cosine
+    decay to ``min_lr`` at ``total_steps`` (or constant). A pure function of the step, so a
+    resumed run needs no scheduler object to agree with an uninterrupted one."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return lr
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``mode`` on ``device``; ``None`` means full float32.
+
+    Mixed precision is used on CUDA only: bf16 where the GPU supports it (no loss scaling
+    needed), fp16 with a GradScaler otherwise. CPU autocast is slower than float32 for these
+    models and is never used.
+    """
+    if mode not in ("auto", "off", "bf16", "fp16"):
+        raise ValueError(f"amp must be one of 'auto', 'off', 'bf16', 'fp16'; got {mode!r}")
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def psnr_ssim(pred: np.ndarray, sharp: np.ndarray) -> tuple[float, float]:
+    """PSNR (dB) and SSIM of one 2-D patch with the sharp patch's range (METRIC_CONVENTION)."""
+    from skimage.metrics import structural_similarity
+
+    pred = np.asarray(pred, dtype=np.float64)
+    sharp = np.asarray(sharp, dtype=np.float64)
+    d = float(sharp.max() - sharp.min())
+    if not d > 0:
+        d = 1.0
+    mse = float(np.mean((pred - sharp) ** 2))
+    psnr = 10.0 * math.log10(d * d / max(mse, 1e-12))
+    ssim = float(structural_similarity(sharp, pred, data_range=d))
+    return psnr, ssim
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, inputs: torch.Tensor, *, device: torch.device,
+                    amp_dtype: torch.dtype | None, batch_size: int = 4) -> torch.Tensor:
+    """Run ``model`` over ``inputs`` (N, C, H, W) in eval mode; returns float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        for i in range(0, inputs.shape[0], batch_size):
+            x = inputs[i : i + batch_size].to(device)
+            with autocast(device, amp_dtype):
+                y = model(x)
+            outs.append(y.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outs)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+
+    A crash or a killed job leaves either the old file or the new one, never a torn file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        # mkstemp creates the file private (0600); give it the permissions of a normal file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_state_file(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """Load a resumable state written by :func:`atomic_torch_save` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no resumable state at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a napari-mpt-deblur training state file")
+    if state.get("kind") != kind:
+        raise ValueError(f"{path} holds a {state.get('kind')!r} state, not a {kind!r} state")
+    if int(state.get("version", 0)) > STATE_VERSION:
+        raise ValueError(
+            f"{path} was written by a newer version (state version {state.get('version')})"
+        )
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (Python, NumPy, torch CPU and CUDA) in a weights_only-safe form."""
+    py = random.getstate()
+    np_state = np.random.get_state()  # noqa: NPY002 - saving the legacy global state
+    state: dict[str, Any] = {
+        "python": json.dumps([py[0], list(py[1]), py[2]]),
+        "numpy": json.dumps([np_state[0], np_state[1].tolist(), *[
+            v if not isinstance(v, np.generic) else v.item() for v in np_state[2:]
+        ]]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved (missing parts are left alone)."""
+    if "python" in state:
+        version, internal, gauss = json.loads(state["python"])
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = json.loads(state["numpy"])
+        np.random.set_state((name,  # noqa: NPY002 - restoring the legacy global state
+                             np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class JsonlLog:
+    """Append-only JSON-lines log (one object per line; flushed so a killed run keeps it)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        if not self.path.is_file():
+            return
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    yield json.loads(line)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return obj.item()
+    if isinstance(obj, (Path, os.PathLike)):
+        return os.fspath(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)

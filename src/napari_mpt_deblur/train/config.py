@@ -1,0 +1,330 @@
+"""Training configuration: one frozen dataclass that fully describes a supervised run.
+
+A run is reproducible from its config alone (plus the data it names), so the config is stored in
+every checkpoint and in the resumable state, and read from JSON or YAML files in ``configs/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AMP_MODES", "SCHEDULES", "TrainConfig"]
+
+logger = logging.getLogger(__name__)
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+SCHEDULES = ("cosine", "constant")
+_PIXEL_LOSSES = ("l1", "mse", "charbonnier")
+_ROUTINGS = ("aligned", "compat")
+
+# Fields that only steer how a run is executed; they may differ when a run is resumed.
+RUN_CONTROL_FIELDS = frozenset(
+    {
+        "steps",
+        "time_budget_s",
+        "out_dir",
+        "val_every",
+        "ckpt_every",
+        "log_every",
+        "num_workers",
+        "device",
+        "data_root",
+    }
+)
+
+_TUPLE_FIELDS = (
+    "train_dirs",
+    "extra_dirs",
+    "paired_dirs",
+    "unlabeled_dirs",
+    "val_dirs",
+    "reblur_defocus_dof",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a supervised training run on simulated (and real) pairs.
+
+    Attributes
+    ----------
+    model : str
+        Model preset name for ``create_model`` (e.g. ``"mpt-tiny"``).
+    model_overrides : dict
+        Architecture fields that replace the preset's (e.g. ``{"dim": 24}``).
+    routing : {"aligned", "compat"}
+        CSWA routing; the project trains "aligned" (the paper's), "compat" exists only to
+        fine-tune the authors' checkpoints.
+    data_root : str
+        Folder that relative data paths are resolved against (``~`` and ``$VARS`` expand).
+    train_dirs : tuple of str
+        In-focus image sources for simulated pairs: folders (TIFF/PNG inside), files or glob
+        patterns. The default is the BBBC006 w2 training folder and ExampleHuman d1/d2.
+    extra_dirs : tuple of str
+        More in-focus sources, sampled together with ``train_dirs``.
+    paired_dirs : tuple of str
+        Folders with real pairs in ``blur/`` and ``sharp/`` subfolders, matched by file name.
+    paired_fraction : float
+        Fraction of each batch drawn from ``paired_dirs`` when there are any.
+    unlabeled_dirs : tuple of str
+        Blurry images without ground truth for EFCR's relative term (and, with
+        ``reblur_weight > 0``, for self-supervised re-blur pairs ``f(G(E)) ≈ E``).
+    unlabeled_batch_size : int
+        Unlabeled patches per step (only used with ``unlabeled_dirs``).
+    reblur_weight : float
+        Weight of the self-supervised re-blur pixel loss on unlabeled patches.
+    reblur_defocus_dof : tuple of float
+        Defocus of the small re-blur PSFs (EFCR negatives and re-blur pairs), in multiples of
+        the axial depth of field ``λ·n/NA²`` of the simulation optics.
+    val_dirs : tuple of str
+        In-focus images for the fixed validation set (never the evaluation set).
+    simulation : str
+        Simulation preset name (``get_simulation_preset``), e.g. ``"bbbc006"``.
+    simulation_overrides : dict
+        Fields of the simulation config to replace (nested dicts for nested configs).
+    patch_size : int
+        Training patch side in pixels; must be a multiple of the model's ``size_multiple``.
+    val_patch_size : int or None
+        Validation patch side; ``None`` uses ``patch_size``.
+    batch_size : int
+        Patches per step.
+    steps : int
+        Optimiser steps of the whole run (also the length of the cosine schedule).
+    lr, min_lr : float
+        Peak and final learning rate (AdamW).
+    weight_decay : float
+        AdamW decoupled weight decay, applied to weight matrices and kernels only.
+    warmup_steps : int
+        Linear warm-up steps from 0 to ``lr``.
+    schedule : {"cosine", "constant"}
+        Learning-rate decay after warm-up.
+    grad_clip : float
+        Maximum global gradient norm; 0 disables clipping.
+    efcr_weight : float
+        λ in ``L = pixel + λ·CR`` (authors: 5e-4); 0 disables EFCR.
+    efcr_rel_weight : float
+        Factor on the relative term inside CR (paper: 0.1).
+    pixel_loss : {"l1", "mse", "charbonnier"}
+        Pixel reconstruction loss.
+    amp : {"auto", "off", "bf16", "fp16"}
+        Mixed precision on CUDA; "auto" picks bf16 where supported, otherwise fp16. Always off on
+        the CPU.
+    device : str
+        Torch device name, or "auto".
+    seed : int
+        Seeds model initialisation and every random choice of the data stream.
+    val_every, ckpt_every, log_every : int
+        Steps between validations (and best-checkpoint updates), resumable-state saves and
+        log lines.
+    num_val_patches : int
+        Size of the fixed validation set.
+    num_workers : int
+        DataLoader workers (0 = in the main process; the default for 2-core machines).
+    time_budget_s : float or None
+        Stop cleanly (saving resumable state) after this many seconds of this invocation.
+    out_dir : str
+        Run folder: ``best.safetensors``, ``state.pt``, ``log.jsonl``, ``config.json``.
+    """
+
+    model: str = "mpt-tiny"
+    model_overrides: Mapping[str, Any] = field(default_factory=dict)
+    routing: str = "aligned"
+    data_root: str = "data"
+    train_dirs: tuple[str, ...] = (
+        "train/bbbc006_w2",
+        "train/examplehuman/d1.tif",
+        "train/examplehuman/d2.tif",
+    )
+    extra_dirs: tuple[str, ...] = ()
+    paired_dirs: tuple[str, ...] = ()
+    paired_fraction: float = 0.25
+    unlabeled_dirs: tuple[str, ...] = ()
+    unlabeled_batch_size: int = 2
+    reblur_weight: float = 0.0
+    reblur_defocus_dof: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    val_dirs: tuple[str, ...] = ("val/bbbc006_w2",)
+    simulation: str = "bbbc006"
+    simulation_overrides: Mapping[str, Any] = field(default_factory=dict)
+    patch_size: int = 128
+    val_patch_size: int | None = None
+    batch_size: int = 4
+    steps: int = 20000
+    lr: float = 3e-4
+    min_lr: float = 1e-6
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    efcr_weight: float = 5e-4
+    efcr_rel_weight: float = 0.1
+    pixel_loss: str = "l1"
+    amp: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    val_every: int = 500
+    ckpt_every: int = 500
+    log_every: int = 10
+    num_val_patches: int = 32
+    num_workers: int = 0
+    time_budget_s: float | None = None
+    out_dir: str = "runs/mpt-tiny"
+
+    def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes, os.PathLike)):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
+        for name in ("model_overrides", "simulation_overrides"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{name} must be a mapping; got {type(value).__name__}")
+            object.__setattr__(self, name, dict(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        def choice(name: str, choices: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
+                )
+
+        choice("routing", _ROUTINGS)
+        choice("schedule", SCHEDULES)
+        choice("pixel_loss", _PIXEL_LOSSES)
+        choice("amp", AMP_MODES)
+        for name in ("patch_size", "batch_size", "steps", "val_every", "ckpt_every", "log_every",
+                     "num_val_patches", "unlabeled_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}")
+        if self.val_patch_size is not None and (
+            not isinstance(self.val_patch_size, int) or self.val_patch_size < 1
+        ):
+            raise ValueError(
+                f"val_patch_size must be a positive integer or None; got {self.val_patch_size!r}"
+            )
+        for name in ("warmup_steps", "num_workers", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
+        for name in ("lr",):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)!r}")
+        for name in ("min_lr", "weight_decay", "grad_clip", "efcr_weight", "efcr_rel_weight",
+                     "reblur_weight"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.paired_fraction) <= 1.0:
+            raise ValueError(f"paired_fraction must be in [0, 1]; got {self.paired_fraction!r}")
+        if self.time_budget_s is not None and not float(self.time_budget_s) > 0:
+            raise ValueError(f"time_budget_s must be > 0 or None; got {self.time_budget_s!r}")
+        if not self.train_dirs and not self.extra_dirs and not self.paired_dirs:
+            raise ValueError("train_dirs, extra_dirs and paired_dirs are all empty: no data")
+        if any(float(v) <= 0 for v in self.reblur_defocus_dof) or not self.reblur_defocus_dof:
+            raise ValueError(
+                "reblur_defocus_dof must be a non-empty list of positive numbers; got "
+                f"{self.reblur_defocus_dof!r}"
+            )
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def effective_val_patch_size(self) -> int:
+        """Validation patch side (``val_patch_size`` or ``patch_size``)."""
+        return self.val_patch_size or self.patch_size
+
+    def resolve_path(self, path: str | os.PathLike[str]) -> Path:
+        """Resolve a data path: ``~``/``$VARS`` expanded, relative paths under ``data_root``."""
+        p = Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))
+        if p.is_absolute():
+            return p
+        root = Path(os.path.expandvars(os.path.expanduser(self.data_root)))
+        return root / p
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        unknown = set(changes) - set(self.field_names())
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig fields {sorted(unknown)}; valid fields: "
+                f"{', '.join(self.field_names())}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of all config fields, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = json.loads(json.dumps(dict(value)))
+            out[name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping; unknown keys raise ``ValueError`` listing the valid ones."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"TrainConfig data must be a mapping; got {type(data).__name__}")
+        valid = cls.field_names()
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig keys {unknown}; valid keys: {', '.join(valid)}"
+            )
+        return cls(**dict(data))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Read a JSON (``.json``) or YAML (``.yaml``/``.yml``) config file.
+
+        Keys not given keep their defaults. Unknown keys raise ``ValueError`` listing the
+        valid keys, so a typo never silently trains with a default.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise ValueError(
+                f"config file {path} must end in .json, .yaml or .yml; got {suffix or 'none'!r}"
+            )
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"config file {path} must hold a mapping of keys to values; got "
+                f"{type(data).__name__}"
+            )
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the config as JSON (written to a temporary file, then renamed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path

@@ -1,0 +1,196 @@
+"""Inference engine: shapes, dtypes, layouts, tiling, progress, cancel, bad input."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mpt_deblur import Cancelled, create_model, deblur
+from napari_mpt_deblur.engine import predict
+from napari_mpt_deblur.engine.predict import DeblurReport
+
+
+class Scale(torch.nn.Module):
+    """A stand-in 'model' with the engine's contract: multiplies by a constant."""
+
+    size_multiple = 128
+    in_channels = 1
+
+    def __init__(self, factor: float = 1.0) -> None:
+        super().__init__()
+        self.factor = torch.nn.Parameter(torch.tensor(float(factor)))
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        return x * self.factor
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float16, np.float32,
+                                   np.float64])
+def test_same_shape_and_dtype_for_every_dtype(tiny_model, rng, dtype):
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    high = min(info.max, 4000) if info else 1.0
+    image = (rng.random((70, 133)) * high).astype(dtype)
+    out = deblur(image, tiny_model, device="cpu")
+    assert out.shape == image.shape and out.dtype == image.dtype
+    assert np.isfinite(out.astype(np.float64)).all()
+
+
+def test_identity_model_returns_the_input(rng):
+    image = (rng.random((150, 260)) * 3000 + 100).astype(np.uint16)
+    out = deblur(image, Scale(1.0), device="cpu")
+    np.testing.assert_array_equal(out, image)
+
+
+@pytest.mark.parametrize(("shape", "axes", "planes"), [
+    ((3, 64, 80), "ZYX", 3),
+    ((2, 3, 64, 80), "TZYX", 6),
+    ((64, 80, 3), "YXC", 3),
+    ((2, 64, 80), "CYX", 2),
+    ((64, 2, 80), "YCX", 2),
+])
+def test_stacks_and_channels_are_processed_plane_by_plane(rng, shape, axes, planes):
+    model = Scale(1.0)
+    image = rng.random(shape).astype(np.float32)
+    out = deblur(image, model, axes=axes, device="cpu")
+    assert out.shape == image.shape
+    assert len(model.calls) == planes
+    np.testing.assert_allclose(out, image, atol=1e-5)
+
+
+def test_planes_are_not_mixed_up(rng):
+    class AddPlaneMean(Scale):
+        def forward(self, x):  # output depends on the plane only
+            return x + x.mean()
+
+    image = np.stack([np.full((40, 40), v, np.float32) for v in (1.0, 5.0, 9.0)])
+    image += rng.random(image.shape).astype(np.float32)
+    out = deblur(image, AddPlaneMean(), axes="ZYX", device="cpu")
+    means = out.reshape(3, -1).mean(1)
+    assert np.all(np.diff(means) > 3)
+
+
+def test_multichannel_model_gets_channels_together(rng):
+    model = create_model("mpt-test", in_channels=3, out_channels=3).eval()
+    image = rng.random((3, 64, 64)).astype(np.float32)
+    assert deblur(image, model, device="cpu").shape == (3, 64, 64)  # CYX inferred
+    assert deblur(image.transpose(1, 2, 0), model, axes="YXC", device="cpu").shape == (64, 64, 3)
+    with pytest.raises(ValueError, match="expects 3 channels"):
+        deblur(rng.random((2, 64, 64)).astype(np.float32), model, axes="CYX", device="cpu")
+    with pytest.raises(ValueError, match="no channel axis"):
+        deblur(rng.random((64, 64)).astype(np.float32), model, device="cpu")
+
+
+def test_tiles_cover_everything_and_blend_to_identity(rng):
+    model = Scale(1.0)
+    image = rng.random((300, 420)).astype(np.float32)
+    report = DeblurReport()
+    out = deblur(image, model, tile=128, overlap=32, device="cpu", report=report)
+    np.testing.assert_allclose(out, image, atol=1e-5)
+    assert report.n_tiles == len(model.calls) > 4
+    assert all(c[-2:] == (128, 128) for c in model.calls)
+
+
+def test_no_seams_at_tile_borders_on_a_smooth_image(tiny_model):
+    yy, xx = np.mgrid[0:384, 0:512].astype(np.float32)
+    smooth = 0.3 + 0.5 * np.exp(-((yy - 190) ** 2 + (xx - 250) ** 2) / (2 * 140.0**2))
+    whole = deblur(smooth, tiny_model, tile=0, device="cpu")
+    tiled = deblur(smooth, tiny_model, tile=128, device="cpu")
+    # A step shows up as a spike in the second difference; compare its worst value with the
+    # whole-image result's own worst value (interior only, away from padding effects).
+    def worst_curvature(img):
+        inner = img[16:-16, 16:-16]
+        return max(np.abs(np.diff(inner, 2, axis=0)).max(), np.abs(np.diff(inner, 2, axis=1)).max())
+
+    assert worst_curvature(tiled) <= 3 * worst_curvature(whole) + 1e-3
+    assert np.abs(tiled - whole).mean() < 0.05 * np.abs(whole).mean()
+
+
+def test_progress_is_monotonic_and_complete(tiny_model, rng):
+    calls = []
+    deblur(rng.random((2, 200, 200)).astype(np.float32), tiny_model, axes="ZYX", tile=128,
+           device="cpu", progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == calls[-1][1] == len(calls)
+
+
+@pytest.mark.parametrize("kind", ["event", "callable"])
+def test_cancel_stops_between_tiles_without_output(rng, kind):
+    model = Scale(1.0)
+    event = threading.Event()
+    cancel = event if kind == "event" else event.is_set
+
+    def progress(done, total):
+        if done == 2:
+            event.set()
+
+    with pytest.raises(Cancelled, match="cancelled"):
+        deblur(rng.random((400, 400)).astype(np.float32), model, tile=128, device="cpu",
+               progress=progress, cancel=cancel)
+    assert len(model.calls) == 2
+
+
+def test_out_of_memory_falls_back_to_smaller_tiles(rng, caplog):
+    class Picky(Scale):
+        def forward(self, x):
+            if x.shape[-1] > 128:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+            return super().forward(x)
+
+    report = DeblurReport()
+    image = rng.random((256, 512)).astype(np.float32)
+    with caplog.at_level(logging.WARNING):
+        out = deblur(image, Picky(), tile=512, device="cpu", report=report)
+    np.testing.assert_allclose(out, image, atol=1e-5)
+    assert report.retries and report.tile == 128
+    assert "out of memory" in caplog.text
+
+
+def test_clipping_is_reported_not_silent(rng, caplog):
+    image = (rng.random((64, 64)) * 200 + 20).astype(np.uint8)
+    report = DeblurReport()
+    with caplog.at_level(logging.WARNING):
+        out = deblur(image, Scale(4.0), device="cpu", report=report)
+    assert out.dtype == np.uint8 and out.max() == 255
+    assert report.clipped_high > 0 and "clipped" in caplog.text
+
+
+@pytest.mark.parametrize(("image", "error", "match"), [
+    (np.full((32, 32), np.nan, np.float32), ValueError, "NaN"),
+    (np.array([[1.0, np.inf]] * 16, np.float32), ValueError, "infinite"),
+    (np.zeros((32, 32), np.complex64), TypeError, "complex"),
+    (np.zeros((32, 32), bool), TypeError, "bool"),
+    (np.zeros((0, 32), np.float32), ValueError, "empty"),
+    (np.zeros((1, 1), np.float32), ValueError, "at least"),
+    (np.zeros(32, np.float32), ValueError, "at least 2 dimensions"),
+    (np.zeros((64, 64, 3), np.uint8), ValueError, "looks like RGB"),
+])
+def test_bad_input_gets_a_clear_error(tiny_model, image, error, match):
+    with pytest.raises(error, match=match):
+        deblur(image, tiny_model, device="cpu")
+
+
+@pytest.mark.parametrize(("axes", "match"), [("YXZ", "3 letters"), ("YY", "repeats"),
+                                             ("ZX", "both 'Y' and 'X'"), ("AB", "unknown")])
+def test_wrong_axes_are_rejected(tiny_model, axes, match):
+    image = np.zeros((16, 16), np.float32)
+    with pytest.raises(ValueError, match=match):
+        deblur(image, tiny_model, axes=axes, device="cpu")
+
+
+def test_unknown_device_is_rejected(tiny_model):
+    with pytest.raises(ValueError, match="choose one of"):
+        deblur(np.zeros((16, 16), np.float32), tiny_model, device="tpu")
+
+
+def test_estimate_tile_respects_memory(tiny_model, monkeypatch):
+    monkeypatch.setattr(predict, "_available_bytes", lambda device: 10**12)
+    assert predict.estimate_tile(tiny_model, 1024, 1024, torch.device("cpu")) is None
+    monkeypatch.setattr(predict, "_available_bytes", lambda device: 64 * 1024**2)
+    side = predict.estimate_tile(tiny_model, 8192, 8192, torch.device("cpu"))
+    assert side is not None and side % 128 == 0 and 128 <= side < 8192

@@ -1,0 +1,28 @@
+"""The core never imports napari or Qt, and importing the package does not import torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CORE = ["napari_mpt_deblur", "napari_mpt_deblur.models", "napari_mpt_deblur.engine.predict",
+        "napari_mpt_deblur.simulate", "napari_mpt_deblur.train", "napari_mpt_deblur.detect",
+        "napari_mpt_deblur.cli", "napari_mpt_deblur.metrics"]
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_modules_do_not_import_napari_or_qt(module):
+    code = (f"import sys, importlib; importlib.import_module({module!r}); "
+            "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'magicgui') if m in sys.modules]; "
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
+
+
+def test_package_import_is_cheap():
+    code = "import sys, napari_mpt_deblur; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

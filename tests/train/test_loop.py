@@ -1,0 +1,188 @@
+"""Tests of TrainConfig and fit(): learning, checkpoints, resume, cancel and time budget."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyNet
+
+from napari_mpt_deblur.train.config import TrainConfig
+from napari_mpt_deblur.train.loop import History, fit
+from napari_mpt_deblur.train.updates import UpdateKind
+
+
+def _config(root, out, **changes) -> TrainConfig:
+    base = dict(
+        model="mpt-test", data_root=str(root), train_dirs=["train"], val_dirs=["val"],
+        out_dir=str(out), patch_size=32, batch_size=4, steps=6, lr=2e-3, warmup_steps=0,
+        val_every=3, ckpt_every=3, log_every=1, num_val_patches=4, efcr_weight=5e-4,
+        device="cpu",
+    )
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def _tiny(seed=0) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet()
+
+
+# -------------------------------------------------------------------------------- config
+
+
+def test_config_round_trips_through_yaml_and_json(tmp_path):
+    cfg = TrainConfig(model="mpt-test", steps=7, train_dirs=["a", "b"], efcr_weight=0.0,
+                      model_overrides={"dim": 8}, simulation_overrides={"defocus_um_range": [2, 8]})
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert TrainConfig.from_file(tmp_path / "c.json") == cfg
+    assert TrainConfig.from_file(tmp_path / "c.yaml") == cfg
+    assert cfg.train_dirs == ("a", "b")
+
+
+def test_config_unknown_keys_and_bad_values(tmp_path):
+    (tmp_path / "bad.yaml").write_text("steps: 5\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['learning_rate'\].*lr"):
+        TrainConfig.from_file(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="pixel_loss must be one of"):
+        TrainConfig(pixel_loss="l3")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(FileNotFoundError):
+        TrainConfig.from_file(tmp_path / "missing.yaml")
+
+
+def test_config_paths_resolve_under_data_root(tmp_path):
+    cfg = TrainConfig(data_root=str(tmp_path))
+    assert cfg.resolve_path("train/x") == tmp_path / "train" / "x"
+    assert cfg.resolve_path("/abs/x").as_posix() == "/abs/x"
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(folder.glob("*.yaml")) + sorted(folder.glob("*.json"))
+    assert any(f.name == "smoke.yaml" for f in files) and any(f.name == "mpt-tiny.yaml"
+                                                               for f in files)
+    for f in files:
+        TrainConfig.from_file(f)
+
+
+# -------------------------------------------------------------------------------- fit
+
+
+def test_fit_learns_logs_and_keeps_best(tiny_data_root, tmp_path):
+    updates = []
+    cfg = _config(tiny_data_root, tmp_path / "run", steps=30, val_every=10, ckpt_every=10,
+                  lr=3e-3)
+    history = fit(cfg, model=_tiny(), callbacks=updates.append)
+    assert history.stopped == "completed" and history.step == 30
+    losses = history.losses
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert len(history.validation) == 3
+    assert history.best_psnr == max(v["psnr"] for v in history.validation)
+    kinds = [u.kind for u in updates]
+    assert kinds.count(UpdateKind.LOSS) == 30 and kinds[-1] is UpdateKind.DONE
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    events = {r["event"] for r in log}
+    assert {"baseline", "train", "validation", "best", "state", "stop"} <= events
+    for name in ("best.safetensors", "last.safetensors", "state.pt", "config.json"):
+        assert (tmp_path / "run" / name).is_file()
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["step"] == 30 and state["kind"] == "fit"
+    assert History.from_dict(json.loads(state["history"])).best_psnr == history.best_psnr
+
+
+def test_fit_checkpoint_loads_with_load_model(tiny_data_root, tmp_path):
+    from napari_mpt_deblur.models.checkpoint import load_model, read_header
+
+    torch.manual_seed(0)
+    cfg = _config(tiny_data_root, tmp_path / "mpt", patch_size=128, batch_size=1, steps=2,
+                  val_every=2, ckpt_every=2, num_val_patches=1)
+    from napari_mpt_deblur.train.loop import build_model
+
+    model = build_model(cfg)
+    history = fit(cfg, model=model)
+    loaded = load_model(history.last_checkpoint, device="cpu")
+    assert loaded.config.routing == "aligned"
+    x = torch.rand(1, 1, 128, 128)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    header = read_header(history.best_checkpoint)
+    assert header["training"]["config"]["steps"] == 2
+    assert header["simulation"]["preset"] == "bbbc006"
+    assert "psnr" in header["metrics"] and "convention" in header["metrics"]
+    assert header["normalization"]["method"] == "percentile"
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_data_root, tmp_path):
+    straight = _tiny()
+    fit(_config(tiny_data_root, tmp_path / "a"), model=straight)
+
+    calls = {"n": 0}
+
+    def stop_after_three() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    first = fit(_config(tiny_data_root, tmp_path / "b"), model=_tiny(), cancel=stop_after_three)
+    assert first.stopped == "cancelled" and first.step == 3
+    steps = []
+    resumed_model = _tiny(seed=123)  # different init: the state must replace it
+    second = fit(_config(tiny_data_root, tmp_path / "b"), model=resumed_model, resume=True,
+                 progress=lambda step, total, info: steps.append(step))
+    assert steps[0] == 4 and second.step == 6 and second.stopped == "completed"
+    for (name, a), b in zip(straight.state_dict().items(), resumed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert [r["step"] for r in second.train] == list(range(1, 7))
+
+
+def test_existing_run_needs_resume_and_same_config(tiny_data_root, tmp_path):
+    cfg = _config(tiny_data_root, tmp_path / "r", steps=1, val_every=1)
+    fit(cfg, model=_tiny())
+    with pytest.raises(FileExistsError, match="resume"):
+        fit(cfg, model=_tiny())
+    with pytest.raises(ValueError, match=r"differs .*\['lr'\]"):
+        fit(cfg.replace(lr=1e-2, steps=2), model=_tiny(), resume=True)
+
+
+def test_cancel_event_stops_and_keeps_best(tiny_data_root, tmp_path):
+    event = threading.Event()
+
+    def progress(step, total, info):
+        if step == 2:
+            event.set()
+
+    history = fit(_config(tiny_data_root, tmp_path / "c", steps=50, val_every=1),
+                  model=_tiny(), cancel=event, progress=progress)
+    assert history.stopped == "cancelled" and history.step == 2
+    assert history.best_step in (1, 2)
+    assert (tmp_path / "c" / "best.safetensors").is_file()
+    assert torch.load(tmp_path / "c" / "state.pt", weights_only=True)["step"] == 2
+
+
+def test_time_budget_stops_cleanly_and_resumes(tiny_data_root, tmp_path):
+    cfg = _config(tiny_data_root, tmp_path / "t", steps=10_000, val_every=10_000,
+                  ckpt_every=10_000)
+    history = fit(cfg, model=_tiny(), time_budget_s=0.5)
+    assert history.stopped == "time_budget"
+    assert 0 < history.step < 10_000
+    again = fit(cfg, model=_tiny(), time_budget_s=0.3, resume=True)
+    assert again.stopped == "time_budget" and again.step > history.step
+
+
+def test_fit_with_unlabeled_images_uses_efcr_rel_and_reblur(tiny_data_root, tmp_path):
+    cfg = _config(tiny_data_root, tmp_path / "u", steps=2, val_every=2,
+                  unlabeled_dirs=["unlabeled"], reblur_weight=1.0, efcr_weight=1e-2)
+    history = fit(cfg, model=_tiny())
+    record = history.train[-1]
+    assert record["efcr_rel"] > 0 and record["reblur"] > 0 and record["efcr"] > 0
