@@ -17,16 +17,31 @@ from napari_mpt_deblur._io import read_image, write_image
 def tiff_520x696(tmp_path, rng):
     folder = tmp_path / "in"
     image = (rng.random((520, 696)) * 3000 + 110).astype(np.uint16)
-    path = write_image(folder / "cells.ome.tif", image, {"axes": "YX", "pixel_size_um": (0.645, 0.645)})
+    path = write_image(
+        folder / "cells.ome.tif", image, {"axes": "YX", "pixel_size_um": (0.645, 0.645)}
+    )
     return path, image
 
 
-def test_deblur_round_trip_keeps_shape_dtype_and_pixel_size(tiff_520x696, tiny_checkpoint, tmp_path):
+def test_deblur_round_trip_keeps_shape_dtype_and_pixel_size(
+    tiff_520x696, tiny_checkpoint, tmp_path
+):
     src, image = tiff_520x696
     out_dir = tmp_path / "out"
     before = src.read_bytes()
-    code = cli.main(["deblur", str(src.parent), "-o", str(out_dir), "--model", str(tiny_checkpoint),
-                     "--device", "cpu", "--no-progress"])
+    code = cli.main(
+        [
+            "deblur",
+            str(src.parent),
+            "-o",
+            str(out_dir),
+            "--model",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     result, meta = read_image(out_dir / "cells_deblurred.ome.tif")
     assert result.shape == image.shape and result.dtype == np.uint16
@@ -36,8 +51,17 @@ def test_deblur_round_trip_keeps_shape_dtype_and_pixel_size(tiff_520x696, tiny_c
     assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
     # A second run refuses to overwrite; --overwrite replaces.
-    again = ["deblur", str(src), "-o", str(out_dir), "--model", str(tiny_checkpoint),
-             "--device", "cpu", "--no-progress"]
+    again = [
+        "deblur",
+        str(src),
+        "-o",
+        str(out_dir),
+        "--model",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert cli.main(again) == 1
     assert cli.main([*again, "--overwrite"]) == 0
 
@@ -45,8 +69,21 @@ def test_deblur_round_trip_keeps_shape_dtype_and_pixel_size(tiff_520x696, tiny_c
 def test_output_may_never_replace_an_input(tiff_520x696, tiny_checkpoint):
     src, _ = tiff_520x696
     before = src.read_bytes()
-    code = cli.main(["deblur", str(src), "-o", str(src.parent), "--suffix", "",
-                     "--model", str(tiny_checkpoint), "--device", "cpu", "--overwrite"])
+    code = cli.main(
+        [
+            "deblur",
+            str(src),
+            "-o",
+            str(src.parent),
+            "--suffix",
+            "",
+            "--model",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--overwrite",
+        ]
+    )
     assert code == 1 and src.read_bytes() == before
 
 
@@ -54,8 +91,19 @@ def test_bad_files_fail_clearly_and_others_still_run(tmp_path, tiny_checkpoint, 
     folder = tmp_path / "in"
     write_image(folder / "good.tif", (rng.random((64, 64)) * 100).astype(np.uint8))
     tifffile.imwrite(folder / "nan.tif", np.full((64, 64), np.nan, np.float32))
-    code = cli.main(["deblur", str(folder), "-o", str(tmp_path / "out"), "--model",
-                     str(tiny_checkpoint), "--device", "cpu", "--no-progress"])
+    code = cli.main(
+        [
+            "deblur",
+            str(folder),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(tiny_checkpoint),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     assert (tmp_path / "out" / "good_deblurred.tif").exists()
     assert not (tmp_path / "out" / "nan_deblurred.tif").exists()
@@ -66,7 +114,9 @@ def test_missing_inputs_and_models_are_errors(tmp_path):
     assert cli.main(["deblur", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o")]) == 1
     folder = tmp_path / "in"
     write_image(folder / "a.tif", np.zeros((32, 32), np.uint8))
-    assert cli.main(["deblur", str(folder), "-o", str(tmp_path / "o"), "--model", "nonexistent"]) == 1
+    assert (
+        cli.main(["deblur", str(folder), "-o", str(tmp_path / "o"), "--model", "nonexistent"]) == 1
+    )
 
 
 def test_info_lists_devices_and_models(capsys):
@@ -86,12 +136,18 @@ def test_demo_without_weights_stops_with_a_message(monkeypatch, tmp_path, caplog
 
 def test_demo_with_a_checkpoint_writes_results(tmp_path, tiny_checkpoint):
     out = tmp_path / "demo"
-    assert cli.main(["demo", "-o", str(out), "--model", str(tiny_checkpoint), "--device", "cpu"]) == 0
+    assert (
+        cli.main(["demo", "-o", str(out), "--model", str(tiny_checkpoint), "--device", "cpu"]) == 0
+    )
     names = sorted(p.name for p in out.iterdir())
     assert names == ["before_after.png", "sample_blurred.tif", "sample_deblurred.tif"]
 
 
 def test_console_entry_point_runs():
-    proc = subprocess.run([sys.executable, "-m", "napari_mpt_deblur", "--version"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_mpt_deblur", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "mpt-deblur" in proc.stdout

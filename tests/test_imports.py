@@ -7,16 +7,25 @@ import sys
 
 import pytest
 
-CORE = ["napari_mpt_deblur", "napari_mpt_deblur.models", "napari_mpt_deblur.engine.predict",
-        "napari_mpt_deblur.simulate", "napari_mpt_deblur.train", "napari_mpt_deblur.detect",
-        "napari_mpt_deblur.cli", "napari_mpt_deblur.metrics"]
+CORE = [
+    "napari_mpt_deblur",
+    "napari_mpt_deblur.models",
+    "napari_mpt_deblur.engine.predict",
+    "napari_mpt_deblur.simulate",
+    "napari_mpt_deblur.train",
+    "napari_mpt_deblur.detect",
+    "napari_mpt_deblur.cli",
+    "napari_mpt_deblur.metrics",
+]
 
 
 @pytest.mark.parametrize("module", CORE)
 def test_core_modules_do_not_import_napari_or_qt(module):
-    code = (f"import sys, importlib; importlib.import_module({module!r}); "
-            "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'magicgui') if m in sys.modules]; "
-            "print(','.join(bad))")
+    code = (
+        f"import sys, importlib; importlib.import_module({module!r}); "
+        "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'magicgui') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""

@@ -22,7 +22,9 @@ def validate_axes(axes: str, ndim: int) -> str:
             "(T time, Z depth, C channel, Y rows, X columns, Q other)"
         )
     if len(norm) != ndim:
-        raise ValueError(f"axes {axes!r} has {len(norm)} letters but the image has {ndim} dimensions")
+        raise ValueError(
+            f"axes {axes!r} has {len(norm)} letters but the image has {ndim} dimensions"
+        )
     if len(set(norm)) != len(norm):
         raise ValueError(f"axes {axes!r} repeats a letter")
     if "Y" not in norm or "X" not in norm:

@@ -36,7 +36,9 @@ def list_devices() -> list[str]:
     return names
 
 
-def get_device(device: str | torch.device | None = "auto", *, fallback: bool = True) -> torch.device:
+def get_device(
+    device: str | torch.device | None = "auto", *, fallback: bool = True
+) -> torch.device:
     """Resolve a device name.
 
     ``"auto"`` (or ``None``) picks CUDA, then MPS, then CPU. An explicit GPU that is not present
@@ -62,8 +64,9 @@ def get_device(device: str | torch.device | None = "auto", *, fallback: bool = T
             try:
                 index = int(name.split(":", 1)[1])
             except ValueError:
+                choices = ", ".join(DEVICE_CHOICES)
                 raise ValueError(
-                    f"device {device!r} is not understood; choose one of {', '.join(DEVICE_CHOICES)}"
+                    f"device {device!r} is not understood; choose one of {choices}"
                 ) from None
         if torch.cuda.is_available() and index < torch.cuda.device_count():
             return torch.device("cuda", index)
@@ -89,5 +92,5 @@ def seed_everything(seed: int) -> None:
     import torch
 
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds legacy global users too
     torch.manual_seed(seed)

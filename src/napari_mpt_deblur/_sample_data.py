@@ -36,8 +36,13 @@ def load_sample() -> Sample:
     with resources.as_file(folder / "sample_infocus.tif") as p:
         sharp = tifffile.imread(p)
     params = json.loads((folder / "sample_params.json").read_text())
-    return Sample("BBBC006 U2OS actin, 8 µm defocus (simulated)", blurred, sharp,
-                  float(params.get("pixel_size_um", 0.645)), params)
+    return Sample(
+        "BBBC006 U2OS actin, 8 µm defocus (simulated)",
+        blurred,
+        sharp,
+        float(params.get("pixel_size_um", 0.645)),
+        params,
+    )
 
 
 def make_sample_data() -> list[tuple[np.ndarray, dict[str, Any], str]]:
@@ -50,7 +55,10 @@ def make_sample_data() -> list[tuple[np.ndarray, dict[str, Any], str]]:
         "simulation": sample.params,
     }
     return [
-        (sample.sharp, {**common, "name": "in focus (reference)", "visible": False,
-                        "metadata": provenance}, "image"),
+        (
+            sample.sharp,
+            {**common, "name": "in focus (reference)", "visible": False, "metadata": provenance},
+            "image",
+        ),
         (sample.blurred, {**common, "name": "defocused sample", "metadata": provenance}, "image"),
     ]

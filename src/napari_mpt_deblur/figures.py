@@ -47,8 +47,9 @@ def before_after_png(
         row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
         import imageio.v3 as iio
 
-        return atomic_write(path, lambda tmp: iio.imwrite(tmp, row, extension=".png"),
-                            overwrite=overwrite)
+        return atomic_write(
+            path, lambda tmp: iio.imwrite(tmp, row, extension=".png"), overwrite=overwrite
+        )
 
     h, w = tiles[0].shape[:2]
     fig, axes = plt.subplots(1, len(tiles), figsize=(4 * len(tiles), 4 * h / w + 0.4), dpi=100)

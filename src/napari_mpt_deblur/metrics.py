@@ -34,6 +34,7 @@ def ssim(image: np.ndarray, reference: np.ndarray) -> float:
 
     img, ref = _normalise_pair(image, reference)
     return float(
-        structural_similarity(img, ref, data_range=1.0, gaussian_weights=True, sigma=1.5,
-                              use_sample_covariance=False)
+        structural_similarity(
+            img, ref, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
     )

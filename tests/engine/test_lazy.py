@@ -12,8 +12,7 @@ da = pytest.importorskip("dask.array")
 
 def test_dask_input_gives_a_lazy_result_matching_numpy(tiny_model, rng):
     image = (rng.random((2, 300, 260)) * 1000).astype(np.float32)
-    lazy = deblur(da.from_array(image, chunks=(1, 150, 130)), tiny_model, axes="ZYX",
-                  device="cpu")
+    lazy = deblur(da.from_array(image, chunks=(1, 150, 130)), tiny_model, axes="ZYX", device="cpu")
     assert isinstance(lazy, da.Array) and lazy.shape == image.shape and lazy.dtype == image.dtype
     result = lazy.compute(scheduler="synchronous")
     assert np.isfinite(result).all()
@@ -24,8 +23,9 @@ def test_dask_input_gives_a_lazy_result_matching_numpy(tiny_model, rng):
 
 def test_zarr_input(tiny_model, rng, tmp_path):
     zarr = pytest.importorskip("zarr")
-    z = zarr.open(str(tmp_path / "x.zarr"), mode="w", shape=(200, 200), chunks=(100, 100),
-                  dtype="uint16")
+    z = zarr.open(
+        str(tmp_path / "x.zarr"), mode="w", shape=(200, 200), chunks=(100, 100), dtype="uint16"
+    )
     z[:] = (rng.random((200, 200)) * 4000).astype(np.uint16)
     out = deblur(z, tiny_model, device="cpu")
     assert out.shape == (200, 200) and out.dtype == np.uint16

@@ -30,8 +30,9 @@ class Scale(torch.nn.Module):
         return x * self.factor
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float16, np.float32,
-                                   np.float64])
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.uint16, np.int16, np.float16, np.float32, np.float64]
+)
 def test_same_shape_and_dtype_for_every_dtype(tiny_model, rng, dtype):
     info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
     high = min(info.max, 4000) if info else 1.0
@@ -47,13 +48,16 @@ def test_identity_model_returns_the_input(rng):
     np.testing.assert_array_equal(out, image)
 
 
-@pytest.mark.parametrize(("shape", "axes", "planes"), [
-    ((3, 64, 80), "ZYX", 3),
-    ((2, 3, 64, 80), "TZYX", 6),
-    ((64, 80, 3), "YXC", 3),
-    ((2, 64, 80), "CYX", 2),
-    ((64, 2, 80), "YCX", 2),
-])
+@pytest.mark.parametrize(
+    ("shape", "axes", "planes"),
+    [
+        ((3, 64, 80), "ZYX", 3),
+        ((2, 3, 64, 80), "TZYX", 6),
+        ((64, 80, 3), "YXC", 3),
+        ((2, 64, 80), "CYX", 2),
+        ((64, 2, 80), "YCX", 2),
+    ],
+)
 def test_stacks_and_channels_are_processed_plane_by_plane(rng, shape, axes, planes):
     model = Scale(1.0)
     image = rng.random(shape).astype(np.float32)
@@ -101,6 +105,7 @@ def test_no_seams_at_tile_borders_on_a_smooth_image(tiny_model):
     smooth = 0.3 + 0.5 * np.exp(-((yy - 190) ** 2 + (xx - 250) ** 2) / (2 * 140.0**2))
     whole = deblur(smooth, tiny_model, tile=0, device="cpu")
     tiled = deblur(smooth, tiny_model, tile=128, device="cpu")
+
     # A step shows up as a spike in the second difference; compare its worst value with the
     # whole-image result's own worst value (interior only, away from padding effects).
     def worst_curvature(img):
@@ -113,8 +118,14 @@ def test_no_seams_at_tile_borders_on_a_smooth_image(tiny_model):
 
 def test_progress_is_monotonic_and_complete(tiny_model, rng):
     calls = []
-    deblur(rng.random((2, 200, 200)).astype(np.float32), tiny_model, axes="ZYX", tile=128,
-           device="cpu", progress=lambda done, total: calls.append((done, total)))
+    deblur(
+        rng.random((2, 200, 200)).astype(np.float32),
+        tiny_model,
+        axes="ZYX",
+        tile=128,
+        device="cpu",
+        progress=lambda done, total: calls.append((done, total)),
+    )
     done = [d for d, _ in calls]
     assert done == sorted(done) and done[-1] == calls[-1][1] == len(calls)
 
@@ -130,8 +141,14 @@ def test_cancel_stops_between_tiles_without_output(rng, kind):
             event.set()
 
     with pytest.raises(Cancelled, match="cancelled"):
-        deblur(rng.random((400, 400)).astype(np.float32), model, tile=128, device="cpu",
-               progress=progress, cancel=cancel)
+        deblur(
+            rng.random((400, 400)).astype(np.float32),
+            model,
+            tile=128,
+            device="cpu",
+            progress=progress,
+            cancel=cancel,
+        )
     assert len(model.calls) == 2
 
 
@@ -160,23 +177,28 @@ def test_clipping_is_reported_not_silent(rng, caplog):
     assert report.clipped_high > 0 and "clipped" in caplog.text
 
 
-@pytest.mark.parametrize(("image", "error", "match"), [
-    (np.full((32, 32), np.nan, np.float32), ValueError, "NaN"),
-    (np.array([[1.0, np.inf]] * 16, np.float32), ValueError, "infinite"),
-    (np.zeros((32, 32), np.complex64), TypeError, "complex"),
-    (np.zeros((32, 32), bool), TypeError, "bool"),
-    (np.zeros((0, 32), np.float32), ValueError, "empty"),
-    (np.zeros((1, 1), np.float32), ValueError, "at least"),
-    (np.zeros(32, np.float32), ValueError, "at least 2 dimensions"),
-    (np.zeros((64, 64, 3), np.uint8), ValueError, "looks like RGB"),
-])
+@pytest.mark.parametrize(
+    ("image", "error", "match"),
+    [
+        (np.full((32, 32), np.nan, np.float32), ValueError, "NaN"),
+        (np.array([[1.0, np.inf]] * 16, np.float32), ValueError, "infinite"),
+        (np.zeros((32, 32), np.complex64), TypeError, "complex"),
+        (np.zeros((32, 32), bool), TypeError, "bool"),
+        (np.zeros((0, 32), np.float32), ValueError, "empty"),
+        (np.zeros((1, 1), np.float32), ValueError, "at least"),
+        (np.zeros(32, np.float32), ValueError, "at least 2 dimensions"),
+        (np.zeros((64, 64, 3), np.uint8), ValueError, "looks like RGB"),
+    ],
+)
 def test_bad_input_gets_a_clear_error(tiny_model, image, error, match):
     with pytest.raises(error, match=match):
         deblur(image, tiny_model, device="cpu")
 
 
-@pytest.mark.parametrize(("axes", "match"), [("YXZ", "3 letters"), ("YY", "repeats"),
-                                             ("ZX", "both 'Y' and 'X'"), ("AB", "unknown")])
+@pytest.mark.parametrize(
+    ("axes", "match"),
+    [("YXZ", "3 letters"), ("YY", "repeats"), ("ZX", "both 'Y' and 'X'"), ("AB", "unknown")],
+)
 def test_wrong_axes_are_rejected(tiny_model, axes, match):
     image = np.zeros((16, 16), np.float32)
     with pytest.raises(ValueError, match=match):

@@ -19,8 +19,11 @@ from napari_mpt_deblur.models.checkpoint import (
 
 
 def test_round_trip_keeps_weights_and_header(tiny_model, tmp_path):
-    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model,
-                           metadata={"name": "round-trip", "training": {"steps": 3}})
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        tiny_model,
+        metadata={"name": "round-trip", "training": {"steps": 3}},
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp files left
     header = read_header(path)
     assert header["arch"] == "mpt" and header["routing"] == "aligned"
@@ -93,7 +96,7 @@ def test_truncated_and_empty_files_give_clear_errors(tiny_model, tmp_path, suffi
     data = good.read_bytes()
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt|truncated|not a valid"):
+    with pytest.raises(CheckpointError, match=r"corrupt|truncated|not a valid"):
         load_model(truncated, device="cpu")
     empty = tmp_path / f"empty{suffix}"
     empty.write_bytes(b"")

@@ -19,8 +19,11 @@ def _fixture(shared_dir, name):
 
 
 def _fixture_cases():
-    return [(f, i) for f, n in (("mpt_ref_small_gray.pt", 2), ("mpt_ref_small_rgb.pt", 1))
-            for i in range(n)]
+    return [
+        (f, i)
+        for f, n in (("mpt_ref_small_gray.pt", 2), ("mpt_ref_small_rgb.pt", 1))
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize(("name", "index"), _fixture_cases())
@@ -118,7 +121,7 @@ def test_registry_lists_presets_and_rejects_unknown_names():
     for expected in ("mpt-base", "mpt-small", "mpt-tiny", "mpt-test"):
         assert expected in names
     assert list_models("mpt-t*") == ["mpt-test", "mpt-tiny"]
-    with pytest.raises(ValueError, match="available models: .*mpt-base"):
+    with pytest.raises(ValueError, match=r"available models: .*mpt-base"):
         create_model("mpt-huge")
 
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet, _cells
+from _train_helpers import TinyNet, cells
 from scipy.ndimage import gaussian_filter
 
 from napari_mpt_deblur.train.finetune import (
@@ -27,7 +27,7 @@ def blurry_images():
     rng = np.random.default_rng(7)
     out = []
     for _ in range(2):
-        sharp = _cells(rng, (160, 160)).astype(np.float32)
+        sharp = cells(rng, (160, 160)).astype(np.float32)
         blurred = gaussian_filter(sharp, 2.5) + rng.normal(0, 15, sharp.shape)
         out.append(np.clip(blurred, 0, 65535).astype(np.uint16))
     return out

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet
+from _train_helpers import TinyNet
 
 from napari_mpt_deblur.train.config import TrainConfig
 from napari_mpt_deblur.train.loop import History, fit

@@ -257,6 +257,7 @@ def test_picker_follows_selection_and_results_map_to_inputs(
 
 def test_compare_views_and_back(make_napari_viewer, plugin_registered, shared_catalog,
                                 smooth_image):
+    from napari_mpt_deblur._widgets._compare import grid_of
     from napari_mpt_deblur._widgets._layers import METADATA_KEY
 
     viewer = make_napari_viewer()
@@ -269,10 +270,11 @@ def test_compare_views_and_back(make_napari_viewer, plugin_registered, shared_ca
                               metadata={METADATA_KEY: {"input": "blobs", "key": "k"}})
     widget = open_widget(viewer)
     compare = widget._compare
+    grid = grid_of(viewer)
     assert compare._side_by_side.enabled
 
     compare._side_by_side.native.click()
-    assert viewer.grid.enabled and tuple(viewer.grid.shape) == (1, 2)
+    assert grid.enabled and tuple(grid.shape) == (1, 2)
     assert not other.visible and source.visible and result.visible
     assert tuple(result.contrast_limits) == (100, 1500)  # linked to the input
     source.contrast_limits = (200, 1000)
@@ -280,12 +282,14 @@ def test_compare_views_and_back(make_napari_viewer, plugin_registered, shared_ca
     assert compare._normal_view.enabled
 
     compare._swipe.native.click()
-    assert not viewer.grid.enabled
+    assert not grid.enabled
     swipe = viewer.layers["blobs [deblurred] [swipe]"]
     compare._swipe_position.value = 0.25
     assert swipe.data.shape == (128, 96)
     assert swipe.translate[-1] == pytest.approx(32 * 0.5)
     np.testing.assert_array_equal(swipe.data, result.data[:, 32:])
+    line = viewer.layers["blobs [deblurred] [swipe line]"]
+    np.testing.assert_allclose(line.data[0][:, 1], (32 - 0.5) * 0.5)  # at the split
 
     compare._difference.native.click()
     assert "blobs [deblurred] [swipe]" not in viewer.layers
@@ -293,10 +297,10 @@ def test_compare_views_and_back(make_napari_viewer, plugin_registered, shared_ca
     np.testing.assert_allclose(diff.data, sharper.astype(np.float32) - smooth_image)
     lo, hi = diff.contrast_limits
     assert lo == pytest.approx(-hi)
-    assert tuple(viewer.grid.shape) == (1, 3)
+    assert tuple(grid.shape) == (1, 3)
 
     compare._normal_view.native.click()
-    assert not viewer.grid.enabled
+    assert not grid.enabled
     assert [layer.name for layer in viewer.layers] == ["other", "blobs", "blobs [deblurred]"]
     assert other.visible and source.visible and result.visible
     assert tuple(result.contrast_limits) == (0, 4000)

@@ -12,11 +12,18 @@ HELP = "deblur image files (TIFF/OME-TIFF/PNG), folders or glob patterns"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", help="files, folders or glob patterns")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
-    parser.add_argument("--model", default=None,
-                        help="bundled model name or checkpoint file (default: the shipped model)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="bundled model name or checkpoint file (default: the shipped model)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--tile", type=int, default=None,
-                        help="tile size in pixels (default: whole image when it fits in memory)")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="tile size in pixels (default: whole image when it fits in memory)",
+    )
     parser.add_argument("--axes", default=None, help="layout, e.g. YX, ZYX, TZYX, YXC")
     parser.add_argument("--suffix", default="_deblurred", help="added to output file names")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -37,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .._io import expand_inputs, read_image, write_image
+    from .._io import expand_inputs, read_image, remove_stale_temp_files, write_image
     from ..engine.predict import DeblurReport, deblur
     from ..models.checkpoint import load_model
 
@@ -46,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise FileNotFoundError("no input images found (supported: .tif, .tiff, .png, .jpg)")
     out_dir = args.output
+    remove_stale_temp_files(out_dir)  # hidden leftovers of a run that was killed mid-write
     targets = [output_path(f, out_dir, args.suffix) for f in files]
     inputs = {f.resolve() for f in files}
     for target in targets:
@@ -68,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
                 bar.refresh()
 
             report = DeblurReport()
-            result = deblur(image, model, axes=axes, device=args.device, tile=args.tile,
-                            progress=progress, report=report)
+            result = deblur(
+                image,
+                model,
+                axes=axes,
+                device=args.device,
+                tile=args.tile,
+                progress=progress,
+                report=report,
+            )
             bar.close()
             write_image(dst, result, meta, overwrite=args.overwrite)
             log.info("%s -> %s (%.1f s, %d tiles)", src, dst, report.seconds, report.n_tiles)

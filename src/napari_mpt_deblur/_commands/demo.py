@@ -10,8 +10,13 @@ HELP = "deblur the bundled sample image with the default model; writes TIFFs and
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", type=Path, default=Path("mpt-deblur-demo"),
-                        help="output folder (default: ./mpt-deblur-demo)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("mpt-deblur-demo"),
+        help="output folder (default: ./mpt-deblur-demo)",
+    )
     parser.add_argument("--model", default=None, help="model name or checkpoint (default model)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -52,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
         from ..metrics import psnr
 
         ref = sample.sharp.astype(np.float32)
-        log.info("PSNR vs in-focus reference: input %.2f dB, deblurred %.2f dB",
-                 psnr(sample.blurred, ref), psnr(result, ref))
+        log.info(
+            "PSNR vs in-focus reference: input %.2f dB, deblurred %.2f dB",
+            psnr(sample.blurred, ref),
+            psnr(result, ref),
+        )
     log.info("deblurred %s in %.1f s on %s", sample.name, report.seconds, report.device)
     for p in paths:
         print(p)

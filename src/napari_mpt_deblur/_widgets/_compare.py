@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CompareView", "CompareWidget"]
+__all__ = ["CompareView", "CompareWidget", "grid_of", "is_comparison_layer"]
 
 SWIPE_SUFFIX = " [swipe]"
+SWIPE_LINE_SUFFIX = " [swipe line]"
 DIFFERENCE_SUFFIX = " [difference]"
 
 
@@ -55,6 +56,7 @@ class CompareView:
         self._unlink: list[Callable[[], None]] = []
         self._pair: tuple[Any, Any] | None = None
         self._swipe_layer: Any = None
+        self._swipe_line: Any = None
         self.mode: str | None = None
 
     @property
@@ -74,7 +76,7 @@ class CompareView:
               link_contrast: bool = True) -> None:
         """Overlay: input everywhere, result right of ``position`` (0 = left edge, 1 = right)."""
         self._begin(input_layer, result, link_contrast)
-        self._viewer.grid.enabled = False
+        grid_of(self._viewer).enabled = False
         layer = self._viewer.add_image(
             self._swipe_data(result, 0), name=result.name + SWIPE_SUFFIX,
             metadata={"comparison": "swipe"}, **_display_kwargs(result),
@@ -82,7 +84,19 @@ class CompareView:
         self._temporary.append(layer)
         self._swipe_layer = layer
         self._unlink.append(_link_contrast(result, layer))
-        self._show_only(input_layer, layer)
+        shown = [input_layer, layer]
+        if _is_plain_2d(result):  # a divider line; in n-D it would need a slice of its own
+            height, width = _height(result) * result.scale[0], _width(result) * result.scale[1]
+            self._swipe_line = self._viewer.add_shapes(
+                [self._divider(result, 0)], shape_type="line", edge_color="yellow",
+                edge_width=max(height, width) / 400.0, opacity=0.8,
+                name=result.name + SWIPE_LINE_SUFFIX, metadata={"comparison": "swipe line"},
+                units=tuple(result.units),
+            )
+            self._temporary.append(self._swipe_line)
+            shown.append(self._swipe_line)
+        self._show_only(*shown)
+        self._viewer.layers.selection.active = input_layer  # its contrast drives both (linked)
         self.mode = "swipe"
         self.set_swipe_position(position)
 
@@ -98,6 +112,15 @@ class CompareView:
         offset = _column_offset(result, column)
         layer.data = self._swipe_data(result, column)
         layer.translate = tuple(np.asarray(result.translate, dtype=float) + offset)
+        if self._swipe_line is not None:
+            self._swipe_line.data = [self._divider(result, column)]
+
+    @staticmethod
+    def _divider(result: Any, column: int) -> np.ndarray:
+        """World coordinates of a vertical line at ``column`` over the whole image height."""
+        (sy, sx), (ty, tx) = result.scale, result.translate
+        x = tx + (column - 0.5) * sx
+        return np.array([[ty - 0.5 * sy, x], [ty + (_height(result) - 0.5) * sy, x]])
 
     def difference(self, input_layer: Any, result: Any) -> Any:
         """Input, result and ``result - input`` side by side; returns the difference layer."""
@@ -134,9 +157,9 @@ class CompareView:
             if layer in layers:
                 layers.remove(layer)
         self._temporary.clear()
-        self._swipe_layer = None
+        self._swipe_layer = self._swipe_line = None
         saved, self._saved = self._saved, None
-        grid = self._viewer.grid
+        grid = grid_of(self._viewer)
         grid.enabled = False
         grid.shape, grid.stride = saved["grid_shape"], saved["grid_stride"]
         grid.enabled = saved["grid_enabled"]
@@ -159,7 +182,7 @@ class CompareView:
         if input_layer is None or result is None:
             raise ValueError("comparing needs an input layer and its deblurred result")
         self.restore()
-        grid = self._viewer.grid
+        grid = grid_of(self._viewer)
         self._saved = {
             "grid_enabled": grid.enabled,
             "grid_shape": tuple(grid.shape),
@@ -180,7 +203,7 @@ class CompareView:
     def _grid(self, *panels: Any) -> None:
         layers = self._viewer.layers
         order = [layers.index(p) for p in panels]
-        grid = self._viewer.grid
+        grid = grid_of(self._viewer)
         grid.stride = 1 if order == sorted(order) else -1
         if grid.stride == -1 and order != sorted(order, reverse=True):
             # neither order works: move the panels to the top, in the wanted order
@@ -195,6 +218,24 @@ class CompareView:
     def _swipe_data(result: Any, column: int) -> np.ndarray:
         data = result.data
         return data[..., column:, :] if result.rgb else data[..., column:]
+
+
+def grid_of(viewer: Any) -> Any:
+    """The viewer's grid settings: ``viewer.canvas.grid`` (napari >= 0.9) or ``viewer.grid``."""
+    canvas = getattr(viewer, "canvas", None)
+    grid = getattr(canvas, "grid", None)
+    return grid if grid is not None else viewer.grid
+
+
+def _height(layer: Any) -> int:
+    shape = np.shape(layer.data)
+    return int(shape[-3] if layer.rgb else shape[-2])
+
+
+def _is_plain_2d(layer: Any) -> bool:
+    """2-D, and placed by scale and translate only (no rotation, shear or affine)."""
+    return (layer.ndim == 2 and np.allclose(layer.rotate, np.eye(2))
+            and np.allclose(layer.shear, 0) and np.allclose(layer.affine.affine_matrix, np.eye(3)))
 
 
 def _width(layer: Any) -> int:

@@ -30,7 +30,14 @@ from ._layers import (
     select_plane,
     stack_axes,
 )
-from ._worker import ActivityProgress, DeblurOutcome, DeblurProgress, DeblurRequest, Stage
+from ._worker import (
+    ActivityProgress,
+    DeblurFailed,
+    DeblurOutcome,
+    DeblurProgress,
+    DeblurRequest,
+    Stage,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -95,6 +102,7 @@ class DeblurWidget(Container):
         self._run = PushButton(text="Deblur")
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self._status = Label(label="Status", value="")
+        self._status.native.setWordWrap(True)  # long messages must not widen the dock
         self._compare = CompareWidget(viewer, self.comparison_pair)
         self._layer.tooltip = "Image layer to deblur (follows the layer selection)"
         self._model.tooltip = "Bundled weights, checkpoints you loaded, or load one from disk"
@@ -328,7 +336,6 @@ class DeblurWidget(Container):
             request, catalog=self._catalog, cancel=job.cancel,
             on_progress=lambda update: self._on_progress(job, update),
             on_returned=lambda outcome: self._on_returned(job, outcome),
-            on_errored=lambda exc: self._on_errored(job, exc),
             on_finished=lambda: self._on_finished(job),
         )
 
@@ -346,17 +353,25 @@ class DeblurWidget(Container):
     def _on_progress(self, job: _Job, update: DeblurProgress) -> None:
         if job is not self._job:
             return
-        job.activity.update(update)
         if update.stage is Stage.RUNNING and update.total > 0:
             self._progress.max = update.total
             self._progress.value = update.done
             if not job.cancel.is_set():
                 unit = "tiles" if update.total > job.planes else "planes"
                 self._set_status(f"Deblurring… {update.done}/{update.total} {unit}")
+        # last: napari's activity dock may process pending Qt events while it repaints, which
+        # can deliver this run's end (status "Done", job cleared) before this call returns
+        job.activity.update(update)
 
-    def _on_returned(self, job: _Job, outcome: DeblurOutcome | None) -> None:
-        from napari.utils.notifications import show_error
+    def _on_returned(self, job: _Job, outcome: DeblurOutcome | DeblurFailed | None) -> None:
+        from napari.utils.notifications import notification_manager, show_error
 
+        if isinstance(outcome, DeblurFailed):
+            exc = outcome.error
+            self._set_status(f"Failed: {exc}")
+            # a notification with the traceback behind its "details" button
+            notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+            return
         if outcome is None or job.cancel.is_set():
             self._set_status("Cancelled: nothing was added.")
             return
@@ -368,15 +383,8 @@ class DeblurWidget(Container):
             self._set_status(f"Failed: {exc}")
             return
         report = outcome.report
-        self._set_status(
-            f"Done in {report.get('seconds', 0.0):.1f} s on {report.get('device')} "
-            f"({report.get('n_tiles')} tiles) → {layer.name!r}"
-        )
-
-    def _on_errored(self, job: _Job, exc: BaseException) -> None:
-        # napari's worker has already shown the error as a notification (with its traceback)
-        logger.info("deblurring failed: %s", exc)
-        self._set_status(f"Failed: {exc}")
+        self._set_status(f"Done: {report.get('seconds', 0.0):.1f} s on {report.get('device')}, "
+                         f"{report.get('n_tiles')} tiles → {layer.name}")
 
     def _on_finished(self, job: _Job) -> None:
         job.activity.close()

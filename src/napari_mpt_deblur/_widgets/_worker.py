@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ActivityProgress",
+    "DeblurFailed",
     "DeblurOutcome",
     "DeblurProgress",
     "DeblurRequest",
@@ -109,6 +110,19 @@ class DeblurOutcome:
     report: dict[str, Any]
     model_info: dict[str, Any] = field(default_factory=dict)
     entry: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeblurFailed:
+    """A run that raised; returned (not raised) by the worker generator, see :func:`start_worker`.
+
+    Attributes
+    ----------
+    error : Exception
+        What was raised, with its traceback.
+    """
+
+    error: Exception
 
 
 # ------------------------------------------------------------------------------------------
@@ -247,30 +261,46 @@ def run_blocking(
             progress(update)
 
 
+def _returning_errors(
+    request: DeblurRequest, *, catalog: ModelCatalog | None, cancel: threading.Event | None
+) -> Generator[DeblurProgress, None, DeblurOutcome | DeblurFailed | None]:
+    """:func:`deblur_steps`, with an exception turned into a returned :class:`DeblurFailed`.
+
+    superqt's ``GeneratorWorker`` reads a ``RuntimeError`` escaping the generator as "the worker
+    was deleted" and then emits neither ``errored`` nor ``finished``. Most torch failures are
+    ``RuntimeError``s, so errors must travel as values for the GUI to hear about them.
+    """
+    try:
+        return (yield from deblur_steps(request, catalog=catalog, cancel=cancel))
+    except Exception as exc:
+        logger.debug("deblurring failed", exc_info=True)
+        return DeblurFailed(exc)
+
+
 def start_worker(
     request: DeblurRequest,
     *,
     catalog: ModelCatalog | None = None,
     cancel: threading.Event | None = None,
     on_progress: Callable[[DeblurProgress], None] | None = None,
-    on_returned: Callable[[DeblurOutcome | None], None] | None = None,
-    on_errored: Callable[[BaseException], None] | None = None,
+    on_returned: Callable[[DeblurOutcome | DeblurFailed | None], None] | None = None,
     on_finished: Callable[[], None] | None = None,
 ) -> GeneratorWorker:
     """Start :func:`deblur_steps` in a napari generator worker and return it.
 
-    The callbacks run in the GUI thread (Qt signals). napari itself turns an error into a
-    notification; ``on_errored`` is for resetting the caller's state.
+    The callbacks run in the GUI thread (Qt signals). ``on_returned`` receives a
+    :class:`DeblurOutcome`, a :class:`DeblurFailed` (the caller shows the error) or ``None``
+    (cancelled); ``on_finished`` is called after it in every case, including ``worker.quit()``.
     """
     from napari.qt.threading import create_worker
 
     connect = {
         name: fn
         for name, fn in (("yielded", on_progress), ("returned", on_returned),
-                         ("errored", on_errored), ("finished", on_finished))
+                         ("finished", on_finished))
         if fn is not None
     }
-    worker = create_worker(deblur_steps, request, catalog=catalog, cancel=cancel,
+    worker = create_worker(_returning_errors, request, catalog=catalog, cancel=cancel,
                            _start_thread=False, _connect=connect)
     worker.start()
     return worker

@@ -62,9 +62,7 @@ def deblur_dask(
     if arr.dtype.kind not in "uif":
         raise TypeError(f"image has dtype {arr.dtype}; supported are integers and floats")
     axes = validate_axes(axes, arr.ndim) if axes else infer_axes(arr.shape)
-    chunks = tuple(
-        chunk if a in "YX" else (-1 if a == "C" else 1) for a in axes
-    )
+    chunks = tuple(chunk if a in "YX" else (-1 if a == "C" else 1) for a in axes)
     arr = arr.rechunk(chunks)
     step = max(1, int(np.ceil((arr.size / 2_000_000) ** 0.5)))
     sample_index = tuple(slice(None, None, step) if a in "YX" else slice(None) for a in axes)
@@ -77,8 +75,21 @@ def deblur_dask(
     def run_block(block: np.ndarray) -> np.ndarray:
         if block.size == 0:
             return block
-        return deblur(block, model, axes=axes, device=device, tile=tile, overlap=overlap,
-                      intensity_range=(lo, hi))
+        return deblur(
+            block,
+            model,
+            axes=axes,
+            device=device,
+            tile=tile,
+            overlap=overlap,
+            intensity_range=(lo, hi),
+        )
 
-    return da.map_overlap(run_block, arr, depth=depths, boundary="reflect", dtype=arr.dtype,
-                          meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
+    return da.map_overlap(
+        run_block,
+        arr,
+        depth=depths,
+        boundary="reflect",
+        dtype=arr.dtype,
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+    )

@@ -49,9 +49,13 @@ def percentile_range(
     if norm.method == "minmax":
         lo, hi = float(flat.min()), float(flat.max())
     elif norm.method == "percentile":
-        lo, hi = (float(v) for v in np.percentile(flat, [norm.low_percentile, norm.high_percentile]))
+        lo, hi = (
+            float(v) for v in np.percentile(flat, [norm.low_percentile, norm.high_percentile])
+        )
     else:
-        raise ValueError(f"unknown normalisation method {norm.method!r}; use 'percentile' or 'minmax'")
+        raise ValueError(
+            f"unknown normalisation method {norm.method!r}; use 'percentile' or 'minmax'"
+        )
     if not hi > lo:
         # Constant or nearly constant image: fall back to the full range, then to a unit range.
         lo, hi = float(flat.min()), float(flat.max())

@@ -104,8 +104,10 @@ def estimate_tile(model: nn.Module, height: int, width: int, device: torch.devic
 
     Returns ``None`` when the whole (padded) plane fits.
     """
-    dim = getattr(getattr(model, "config", None), "dim", 32)
-    per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL * dim
+    per_pixel = getattr(model, "inference_bytes_per_pixel", None)
+    if per_pixel is None:
+        dim = getattr(getattr(model, "config", None), "dim", 32)
+        per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL * dim
     budget = _available_bytes(device)
     if height * width * per_pixel <= budget:
         return None
@@ -190,7 +192,6 @@ def deblur(
 
         return deblur_dask(image, model, axes=axes, device=device, tile=tile, overlap=overlap)
 
-    import torch
 
     from .._device import get_device
 
@@ -202,7 +203,9 @@ def deblur(
     net.eval()
     _move_model(net, torch_device)
     in_channels = int(getattr(net, "in_channels", 1))
-    axes = validate_axes(axes, array.ndim) if explicit_axes else infer_axes(array.shape, in_channels)
+    axes = (
+        validate_axes(axes, array.ndim) if explicit_axes else infer_axes(array.shape, in_channels)
+    )
     _check_channels(array.shape, axes, in_channels, explicit_axes)
     h, w = array.shape[axes.index("Y")], array.shape[axes.index("X")]
     if h < MIN_SIDE or w < MIN_SIDE:
@@ -231,8 +234,17 @@ def deblur(
         while True:
             try:
                 result, n_tiles = _run_plane(
-                    net, plane, norm, intensity_range, tile, ov, torch_device, amp,
-                    progress_state=(done, total, planes.shape[0]), progress=progress, cancel=cancel,
+                    net,
+                    plane,
+                    norm,
+                    intensity_range,
+                    tile,
+                    ov,
+                    torch_device,
+                    amp,
+                    progress_state=(done, total, planes.shape[0]),
+                    progress=progress,
+                    cancel=cancel,
                 )
                 break
             except Cancelled:
@@ -317,8 +329,9 @@ def _to_planes(array: np.ndarray, axes: str, in_channels: int):
     return planes, restore
 
 
-def _run_plane(net, plane, norm, fixed_range, tile, overlap, device, amp, *, progress_state,
-               progress, cancel):
+def _run_plane(
+    net, plane, norm, fixed_range, tile, overlap, device, amp, *, progress_state, progress, cancel
+):
     """Deblur one ``(C, H, W)`` plane; returns ``(float32 result, n_tiles)``."""
     done, total, n_planes = progress_state
     if fixed_range is not None:
@@ -330,9 +343,11 @@ def _run_plane(net, plane, norm, fixed_range, tile, overlap, device, amp, *, pro
     multiple = int(getattr(net, "size_multiple", 128))
     padded, (top, left) = pad_to_multiple(normed, multiple)
     ph, pw = padded.shape[-2:]
-    tiles = tile_grid(ph, pw, tile, overlap) if tile and (tile < ph or tile < pw) else [
-        Tile(0, ph, 0, pw)
-    ]
+    tiles = (
+        tile_grid(ph, pw, tile, overlap)
+        if tile and (tile < ph or tile < pw)
+        else [Tile(0, ph, 0, pw)]
+    )
     if total is None:
         total = len(tiles) * n_planes
     acc = np.zeros(padded.shape, dtype=np.float32)
@@ -342,8 +357,10 @@ def _run_plane(net, plane, norm, fixed_range, tile, overlap, device, amp, *, pro
             raise Cancelled("deblurring was cancelled; no output was produced")
         patch = padded[(slice(None), *t.slices)]
         result = _forward(net, patch, device, amp)
-        win = blend_window(t, ph, pw, overlap) if len(tiles) > 1 else np.ones(
-            (t.y1 - t.y0, t.x1 - t.x0), np.float32
+        win = (
+            blend_window(t, ph, pw, overlap)
+            if len(tiles) > 1
+            else np.ones((t.y1 - t.y0, t.x1 - t.x0), np.float32)
         )
         acc[(slice(None), *t.slices)] += result * win
         weight[t.slices] += win
@@ -395,7 +412,12 @@ def _cast_like(result: np.ndarray, like: np.ndarray, rep: DeblurReport) -> np.nd
     if low or high:
         logger.warning(
             "%d pixels fell below %d and %d above %d (the %s range) and were clipped "
-            "(%.3f%% of the image)", low, info.min, high, info.max, like.dtype,
+            "(%.3f%% of the image)",
+            low,
+            info.min,
+            high,
+            info.max,
+            like.dtype,
             100.0 * (low + high) / result.size,
         )
     return np.clip(rounded, info.min, info.max).astype(like.dtype)

@@ -32,7 +32,7 @@ def register_model(name: str, description: str = "") -> Callable[[Callable], Cal
 
 def _ensure_builtin_models() -> None:
     # Importing the model modules runs their @register_model decorators.
-    from . import mpt  # noqa: F401
+    from . import htcsf, mpt  # noqa: F401
 
 
 def list_models(pattern: str | None = None) -> list[str]:

@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -275,7 +276,7 @@ class ModelCatalog:
         """Call ``callback(event)`` after every change; returns ``callback`` (decorator use)."""
         if not callable(callback):
             raise TypeError(f"callback must be callable; got {type(callback).__name__}")
-        ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else callback
+        ref = weakref.WeakMethod(callback) if isinstance(callback, MethodType) else callback
         with self._lock:
             self._callbacks.append(ref)
         return callback

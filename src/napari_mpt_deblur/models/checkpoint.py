@@ -70,8 +70,10 @@ def save_checkpoint(
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(
-            ".safetensors"
+        path = (
+            path.with_suffix(path.suffix + ".safetensors")
+            if path.suffix
+            else path.with_suffix(".safetensors")
         )
     info = dict(getattr(model, "info", {}) or {})
     header: dict[str, Any] = {
@@ -93,6 +95,9 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; checkpoints are shared files
         save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(header, default=_json_default)})
         os.replace(tmp, path)
     except BaseException:
@@ -136,7 +141,9 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the file is truncated or not a checkpoint")
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): the file is truncated or not a checkpoint"
+        )
     if size > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(
             f"{path} is {size / 1e9:.1f} GB, larger than any supported model "
@@ -165,7 +172,9 @@ def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
         raise CheckpointError(f"{path} has a corrupt header ({exc})") from None
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def load_checkpoint(
+    path: str | os.PathLike,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Read a checkpoint's tensors and header without executing anything from the file.
 
     Returns ``(state_dict, header)``; ``header`` is ``None`` for the authors' files.
@@ -200,10 +209,14 @@ def _load_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
             f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is corrupt, truncated or not a PyTorch file ({exc})") from None
+        raise CheckpointError(
+            f"{path} is corrupt, truncated or not a PyTorch file ({exc})"
+        ) from None
     header = None
     if isinstance(obj, dict) and HEADER_KEY in obj:
-        header = json.loads(obj[HEADER_KEY]) if isinstance(obj[HEADER_KEY], str) else obj[HEADER_KEY]
+        header = (
+            json.loads(obj[HEADER_KEY]) if isinstance(obj[HEADER_KEY], str) else obj[HEADER_KEY]
+        )
     return _find_state_dict(obj, path), header
 
 
@@ -266,7 +279,7 @@ def infer_mpt_config(state_dict: dict[str, torch.Tensor], routing: str = "compat
     hidden = int(state_dict["encoder_level1.0.ffn.project_in1.weight"].shape[0])
     factor = 2.6 if int(dim * 2.6) == hidden else hidden / dim
     table = int(state_dict["encoder_level1.0.attn.relative_position_bias_table"].shape[0])
-    window = (int(round(table**0.5)) + 1) // 2
+    window = (round(table**0.5) + 1) // 2
     return MPTConfig(
         dim=dim,
         num_blocks=tuple(num_blocks),
@@ -420,7 +433,7 @@ def load_model(
         pass
     elif header is None:
         config = infer_mpt_config(strip_prefixes(state_dict), routing=routing or "compat")
-    elif routing is not None:
+    elif routing is not None and hasattr(_config_from_header(header), "routing"):
         config = _config_from_header(header).replace(routing=routing)
     model = model_from_state_dict(state_dict, header, config=config)
     info: dict[str, Any] = dict(header or {})

@@ -34,9 +34,9 @@ from einops import rearrange
 from torch import nn
 
 __all__ = [
+    "FEFN",
     "ROUTINGS",
     "DualAttention",
-    "FEFN",
     "LayerNorm2d",
     "PyramidBlock",
     "relative_position_index",
@@ -157,8 +157,9 @@ def _aligned_shift_mask(
     k_cols = (torch.arange(wp, device=device) >= wp - shift).long()
     q_labels = (q_rows[:, None] * 2 + q_cols[None, :])[None, :, :, None]
     k_labels = (k_rows[:, None] * 2 + k_cols[None, :])[None, :, :, None]
-    q_win = _group_aligned_queries(_partition(q_labels, window), hp // window, wp // window,
-                                   inv_rate)[0, :, :, 0]  # (nWp, g*N)
+    q_win = _group_aligned_queries(
+        _partition(q_labels, window), hp // window, wp // window, inv_rate
+    )[0, :, :, 0]  # (nWp, g*N)
     k_win = _partition(k_labels, window)[0, :, :, 0]  # (nWp, N)
     mask = (q_win[:, :, None] != k_win[:, None, :]).float() * MASK_VALUE
     return mask[:, None]
@@ -214,7 +215,9 @@ class DualAttention(nn.Module):
         self.heads, self.window, self.shift, self.routing = heads, window, shift, routing
         self.inv_rate = inv_rate
         self.temperature = nn.ParameterList([nn.Parameter(torch.ones(heads, 1, 1)) for _ in "01"])
-        self.q = nn.ModuleList([nn.Conv2d(dim, dim, 1, bias=False), nn.Linear(dim, dim, bias=False)])
+        self.q = nn.ModuleList(
+            [nn.Conv2d(dim, dim, 1, bias=False), nn.Linear(dim, dim, bias=False)]
+        )
         self.q_dwconv = nn.ModuleList(
             [nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=False) for _ in "01"]
         )
@@ -307,14 +310,10 @@ class DualAttention(nn.Module):
             mask = _aligned_shift_mask(hp, wp, win, shift, inv, q.device)
         return q, mask
 
-    def _attend(
-        self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        b, n_windows, n_queries, c = q.shape
+    def _attend(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, _, n_queries, _ = q.shape
         k, v = kv.chunk(2, dim=-1)
-        q, k, v = (
-            rearrange(t, "b w n (h d) -> (b w) h n d", h=self.heads) for t in (q, k, v)
-        )
+        q, k, v = (rearrange(t, "b w n (h d) -> (b w) h n d", h=self.heads) for t in (q, k, v))
         q = F.normalize(q, dim=-1) * self.temperature[1]
         k = F.normalize(k, dim=-1)
         n_keys = self.window * self.window

@@ -237,6 +237,11 @@ class MPT(nn.Module):
         return self.config.in_channels
 
     @property
+    def inference_bytes_per_pixel(self) -> int:
+        """Conservative peak inference memory per input pixel (for choosing tile sizes)."""
+        return 900 * self.config.dim
+
+    @property
     def out_channels(self) -> int:
         return self.config.out_channels
 
@@ -312,4 +317,3 @@ def preset_config(name: str, **overrides: Any) -> MPTConfig:
         raise ValueError(f"unknown MPT preset {name!r}; choose from {', '.join(_PRESETS)}")
     cfg = MPTConfig(**_PRESETS[name][1])
     return cfg.replace(**overrides) if overrides else cfg
-

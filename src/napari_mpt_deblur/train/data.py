@@ -174,6 +174,9 @@ def load_sources(
 ) -> list[SourceImage]:
     """Read image files into :class:`SourceImage` planes with their whole-image range.
 
+    Multi-plane files (z stacks, channels, time points) contribute every plane, so give only
+    in-focus material: a widefield z stack's out-of-focus planes would teach blur as "sharp".
+
     Planes smaller than ``min_size`` on a side, or with no intensity range at all, are skipped
     with a warning (they cannot teach anything).
     """

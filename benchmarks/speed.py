@@ -1,0 +1,137 @@
+"""Throughput and peak memory of MPT inference: our engine vs. a port of the released algorithm.
+
+Each measurement runs in a fresh subprocess (so peak RSS is its own), with random weights of the
+preset in ``compat`` routing — the function the released code computes — and checks that both
+implementations agree to 1e-4 before timing them.
+
+    python benchmarks/speed.py                       # default table (CPU, 2 threads)
+    python benchmarks/speed.py --presets mpt-base --sizes 256 512 --device cpu --threads 2
+    python benchmarks/speed.py --device cuda --sizes 512 2048 4096 --no-reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+_CHILD = r"""
+import json, resource, sys, time
+import torch
+sys.path.insert(0, {bench!r})
+from napari_mpt_deblur import create_model
+preset, size, impl, device, threads, repeats, dtype = {args!r}
+torch.set_num_threads(threads)
+torch.manual_seed(0)
+model = create_model(preset, routing="compat").eval().to(device)
+x = torch.rand(1, 1, size, size, device=device)
+if impl == "reference":
+    from reference_mpt import reference_forward
+    run = lambda: reference_forward(model, x)
+else:
+    amp = {{"bf16": torch.bfloat16, "fp16": torch.float16}}.get(dtype)
+    def run():
+        with torch.inference_mode():
+            if amp is not None:
+                with torch.autocast(device.split(":")[0], dtype=amp):
+                    return model(x)
+            return model(x)
+def sync():
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+out = run(); sync()  # warm-up: kernels, caches
+if device.startswith("cuda"):
+    torch.cuda.reset_peak_memory_stats()
+times = []
+for _ in range(repeats):
+    t = time.perf_counter(); out = run(); sync(); times.append(time.perf_counter() - t)
+peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+torch.save(out.float().cpu(), {tmp!r})
+print(json.dumps({{"seconds": min(times), "peak_bytes": peak}}))
+"""
+
+
+def measure(preset, size, impl, device, threads, repeats, dtype="fp32"):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as fh:
+        tmp = fh.name
+    code = _CHILD.format(
+        bench=str(HERE), args=(preset, size, impl, device, threads, repeats, dtype), tmp=tmp
+    )
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["output"] = tmp
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["mpt-base", "mpt-tiny"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--dtypes", nargs="+", default=["fp32"], help="fp32, bf16, fp16 (GPU)")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+
+    import torch
+
+    head = (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch threads, "
+        f"device {args.device}, torch {torch.__version__}, {datetime.date.today()}. "
+        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`"
+    )
+    rows = [
+        "| preset | size | implementation | dtype | time (s) | MPix/s | peak memory (MB) | "
+        "max abs diff to reference | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for preset in args.presets:
+        for size in args.sizes:
+            ref = None
+            if not args.no_reference:
+                ref = measure(preset, size, "reference", args.device, args.threads, args.repeats)
+                rows.append(_row(preset, size, "released algorithm (port)", "fp32", ref, None, ref))
+            for dtype in args.dtypes:
+                ours = measure(preset, size, "ours", args.device, args.threads, args.repeats, dtype)
+                rows.append(_row(preset, size, "napari-mpt-deblur", dtype, ours, ref, ref))
+            print("\n".join(rows[-(1 + len(args.dtypes) + (ref is not None)) :]), flush=True)
+    text = head + "\n\n" + "\n".join(rows)
+    print("\n" + text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+def _row(preset, size, impl, dtype, result, ref, ref_for_diff):
+    import torch
+
+    mpix = size * size / 1e6 / result["seconds"]
+    diff = "–"
+    speedup = "1.0×" if ref is None and impl.startswith("released") else "–"
+    if ref_for_diff is not None and result is not ref_for_diff:
+        a, b = torch.load(result["output"]), torch.load(ref_for_diff["output"])
+        diff = f"{(a - b).abs().max().item():.1e}"
+        speedup = f"{ref_for_diff['seconds'] / result['seconds']:.2f}×"
+    return (
+        f"| {preset} | {size}² | {impl} | {dtype} | {result['seconds']:.2f} | {mpix:.3f} | "
+        f"{result['peak_bytes'] / 1e6:.0f} | {diff} | {speedup} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
