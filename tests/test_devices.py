@@ -1,7 +1,9 @@
-"""Device choice: a missing GPU falls back to the CPU with a logged notice; bad names fail clearly.
+"""Resource faults: a missing GPU falls back to the CPU with a logged notice, bad device names
+fail clearly, and running out of memory falls back to smaller tiles (or fails clearly).
 
-CUDA and MPS are hidden by monkeypatching what torch reports, so these tests mean the same on a
-laptop, a CI runner and a GPU workstation.
+CUDA and MPS are hidden by monkeypatching what torch reports, and out-of-memory errors are
+raised by stand-in models, so these tests mean the same on a laptop, a CI runner and a GPU
+workstation.
 """
 
 from __future__ import annotations
@@ -128,3 +130,99 @@ def test_cli_deblur_with_a_missing_gpu_still_writes_output(no_gpu, tiny_checkpoi
     out, _ = read_image(tmp_path / "out" / "x_deblurred.tif")
     assert out.shape == image.shape and out.dtype == np.uint8
     assert any("CPU instead" in m for m in _warnings(caplog))
+
+
+# ------------------------------------------------------------------------- out of memory
+class OutOfMemoryAbove(Scale):
+    """Identity model that runs out of memory on inputs wider than ``limit`` pixels."""
+
+    def __init__(self, limit: int, error: type[BaseException] = torch.cuda.OutOfMemoryError):
+        super().__init__()
+        self.limit, self.error, self.widths = limit, error, []
+
+    def forward(self, x):
+        self.widths.append(int(x.shape[-1]))
+        if x.shape[-1] > self.limit:
+            raise self.error("CUDA out of memory. Tried to allocate 12.00 GiB")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, MemoryError])
+def test_out_of_memory_halves_the_tile_until_it_fits(rng, caplog, error):
+    image = (rng.random((300, 520)) * 4000).astype(np.uint16)
+    model = OutOfMemoryAbove(limit=256, error=error)
+    report = DeblurReport()
+    with caplog.at_level(logging.WARNING):
+        out = deblur(image, model, device="cpu", tile=0, report=report)  # whole plane first
+    np.testing.assert_array_equal(out, image)  # the smaller tiles still give the full result
+    assert model.widths[0] == 640 and report.tile == 256 and len(report.retries) == 1
+    assert "out of memory" in caplog.text and "256 px tiles" in caplog.text
+
+
+def test_out_of_memory_even_with_the_smallest_tile_is_a_clear_memory_error(rng):
+    model = OutOfMemoryAbove(limit=64)  # below the model multiple: nothing can fit
+    report = DeblurReport()
+    with pytest.raises(MemoryError, match=r"even with the smallest tile \(128 px\)"):
+        deblur(rng.random((300, 300)).astype(np.float32), model, device="cpu", report=report)
+    assert report.retries  # it tried smaller tiles first
+
+
+def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(rng):
+    class Broken(Scale):
+        def forward(self, x):
+            raise RuntimeError("Expected all tensors to be on the same device")
+
+    with pytest.raises(RuntimeError, match="same device"):
+        deblur(rng.random((64, 64)).astype(np.float32), Broken(), device="cpu")
+
+
+def test_cli_finishes_a_batch_after_out_of_memory(tmp_path, rng, monkeypatch, caplog):
+    from napari_mpt_deblur import cli
+    from napari_mpt_deblur._io import read_image, write_image
+    from napari_mpt_deblur.models import checkpoint
+
+    model = OutOfMemoryAbove(limit=128)
+    model.info = {"name": "oom-prone"}
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: model)
+    images = {"small": (rng.random((60, 70)) * 255).astype(np.uint8),
+              "large": (rng.random((300, 280)) * 255).astype(np.uint8)}
+    for name, image in images.items():
+        write_image(tmp_path / "in" / f"{name}.tif", image)
+    with caplog.at_level(logging.WARNING):
+        code = cli.main(["deblur", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                         "--model", "whatever", "--device", "cpu", "--no-progress"])
+    assert code == 0
+    for name, image in images.items():
+        np.testing.assert_array_equal(read_image(tmp_path / "out" / f"{name}_deblurred.tif")[0],
+                                      image)
+    assert "out of memory" in caplog.text
+
+
+def test_cli_reports_an_image_that_never_fits_and_goes_on(tmp_path, rng, monkeypatch, caplog):
+    from napari_mpt_deblur import cli
+    from napari_mpt_deblur._io import read_image, write_image
+    from napari_mpt_deblur.models import checkpoint
+
+    class OutOfMemoryOnFlatImages(Scale):  # stands in for "this one image is too big"
+        def forward(self, x):
+            if float(x.std()) == 0.0:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return super().forward(x)
+
+    model = OutOfMemoryOnFlatImages()
+    model.info = {"name": "oom-on-one-image"}
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: model)
+    images = {"a": (rng.random((60, 70)) * 255).astype(np.uint8),
+              "b": np.full((60, 70), 7, np.uint8),
+              "c": (rng.random((50, 40)) * 255).astype(np.uint8)}
+    for name, image in images.items():
+        write_image(tmp_path / "in" / f"{name}.tif", image)
+    with caplog.at_level(logging.WARNING):
+        code = cli.main(["deblur", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                         "--model", "whatever", "--device", "cpu", "--no-progress"])
+    assert code == 1  # the batch reports the failure ...
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_deblurred.tif",
+                                                                   "c_deblurred.tif"]
+    np.testing.assert_array_equal(read_image(tmp_path / "out" / "c_deblurred.tif")[0],
+                                  images["c"])  # ... and still did the rest
+    assert "smallest tile" in caplog.text and "1 of 3 files failed" in caplog.text

@@ -230,9 +230,6 @@ def test_only_our_stale_temp_files_are_removed(tmp_path):
     assert remove_stale_temp_files(tmp_path, min_age_s=0) == [fresh]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_io.expand_inputs lists every *.tif in a folder, hidden ones included, so a temp file "
-    "left by a killed write (or a macOS '._name.tif' file) is read as an input and fails"))
 def test_folder_inputs_skip_hidden_partial_files(tmp_path, rng):
     tifffile.imwrite(tmp_path / "cells.tif", _blobs(rng, (32, 32)))
     (tmp_path / ".cells_deblurred.abcdefgh.part.tif").write_bytes(b"II*\x00partial")
@@ -274,7 +271,9 @@ def test_killed_training_resumes_from_its_last_state(tmp_path, train_data):
     saved = int(state["step"])
     assert 3 <= saved < 1000 and state["kind"] == "fit"
     best = load_model(run / "best.safetensors", device="cpu")  # complete checkpoint
-    assert best.info["training"]["step"] <= saved
+    # Each step writes its best checkpoint just before its state, so a kill in between can
+    # leave the best file one step ahead of the state (ckpt_every=1); never further.
+    assert best.info["training"]["step"] <= saved + 1
     leftovers = _hidden(run)
     _age(leftovers)
     assert sorted(remove_stale_temp_files(run)) == leftovers  # only our temp files

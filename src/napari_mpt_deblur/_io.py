@@ -208,7 +208,12 @@ def expand_inputs(items: Iterable[str | os.PathLike]) -> Iterator[Path]:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            # Hidden files are temp files of interrupted writes or OS metadata ("._x.tif").
+            candidates = sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            )
         elif any(ch in text for ch in "*?["):
             candidates = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
         elif path.exists():

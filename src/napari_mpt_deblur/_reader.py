@@ -204,7 +204,6 @@ def read_checkpoints(path: PathOrPaths) -> list[LayerDataTuple]:
         entry = catalog.add_checkpoint(item, select=True)
         logger.info("checkpoint %s listed as model %r", item, entry.name)
         show_info(
-            f"Model '{entry.name}' is now available in Defocus Deblur "
-            "(Plugins → MPT Deblur → Defocus Deblur)."
+            f"Model '{entry.name}' is now available in the Defocus Deblur widget (Plugins menu)."
         )
     return [(None,)]

@@ -101,8 +101,8 @@ class DeblurWidget(Container):
         self._scope = ComboBox(label="Stack", choices=SCOPE_CHOICES, value="stack")
         self._run = PushButton(text="Deblur")
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
-        self._status = Label(label="Status", value="")
-        self._status.native.setWordWrap(True)  # long messages must not widen the dock
+        self._status = Label(label="Status", value="Ready.")
+        _wrap_label(self._status)  # long messages must not widen the dock
         self._compare = CompareWidget(viewer, self.comparison_pair)
         self._layer.tooltip = "Image layer to deblur (follows the layer selection)"
         self._model.tooltip = "Bundled weights, checkpoints you loaded, or load one from disk"
@@ -434,6 +434,14 @@ class DeblurWidget(Container):
 def _same(a: Any, b: Any) -> bool:
     """Same layer (``==``, not ``is``: napari hands plugins proxies, a new one per access)."""
     return a is not None and b is not None and a == b
+
+
+def _wrap_label(label: Label) -> None:
+    """Let a magicgui label use the row's width and wrap, instead of its fixed text width."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
 
 def _describe_device(name: str) -> str:

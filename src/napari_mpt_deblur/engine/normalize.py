@@ -60,19 +60,27 @@ def percentile_range(
         # Constant or nearly constant image: fall back to the full range, then to a unit range.
         lo, hi = float(flat.min()), float(flat.max())
         if not hi > lo:
-            hi = lo + 1.0
+            hi = lo + max(1.0, abs(lo) * 1e-6)  # +1.0 alone vanishes for |lo| >= 2**53
     return lo, hi
 
 
 def normalize(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map ``[lo, hi]`` to ``[0, 1]`` (float32, values outside are kept, not clipped)."""
-    out = np.asarray(image, dtype=np.float32) - np.float32(lo)
-    out *= np.float32(1.0 / (hi - lo))
-    return out
+    """Map ``[lo, hi]`` to ``[0, 1]`` (float32, values outside are kept, not clipped).
+
+    The affine is computed in float64, so data far outside float32's range (or with a range
+    far below float32's resolution) still maps to well-scaled model units.
+    """
+    out = (np.asarray(image, dtype=np.float64) - lo) * (1.0 / (hi - lo))
+    return out.astype(np.float32)
 
 
-def denormalize(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Inverse of :func:`normalize` (float32)."""
-    out = np.asarray(image, dtype=np.float32) * np.float32(hi - lo)
-    out += np.float32(lo)
-    return out
+def denormalize(
+    image: np.ndarray, lo: float, hi: float, dtype: np.dtype | type = np.float32
+) -> np.ndarray:
+    """Inverse of :func:`normalize`, computed in float64 and returned as ``dtype``.
+
+    Use ``dtype=np.float64`` for inputs that float32 cannot represent (wide integers, float64
+    data beyond float32's range).
+    """
+    out = np.asarray(image, dtype=np.float64) * (hi - lo) + lo
+    return out.astype(dtype, copy=False)

@@ -293,17 +293,56 @@ def infer_mpt_config(state_dict: dict[str, torch.Tensor], routing: str = "compat
     )
 
 
-def _config_from_header(header: dict[str, Any]):
+def _config_from_header(header: Any):
+    """The architecture config recorded in a header; anything malformed is a CheckpointError."""
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"checkpoint header must be a JSON object, not {type(header).__name__}"
+        )
     arch = header.get("arch", "mpt")
-    if arch == "mpt":
-        from .mpt import MPTConfig
+    config = header.get("config")
+    if not isinstance(config, dict):
+        raise CheckpointError("checkpoint header has no architecture 'config' object")
+    try:
+        if arch == "mpt":
+            from .mpt import MPTConfig
 
-        return MPTConfig.from_dict(header["config"])
-    if arch == "htcsf":
-        from .htcsf import HTCSFConfig
+            return MPTConfig.from_dict(config)
+        if arch == "htcsf":
+            from .htcsf import HTCSFConfig
 
-        return HTCSFConfig.from_dict(header["config"])
+            return HTCSFConfig.from_dict(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint header has an invalid {arch} config: {exc}") from None
     raise CheckpointError(f"checkpoint is for an unknown architecture {arch!r}")
+
+
+def _check_config_against_tensors(config, state_dict: dict[str, torch.Tensor]) -> None:
+    """Compare the header's size parameters with the tensors before building anything.
+
+    A header must not be able to make a small file allocate a huge model.
+    """
+    from .mpt import MPTConfig
+
+    if not isinstance(config, MPTConfig):
+        return
+    inproj, output = state_dict.get("inproj.weight"), state_dict.get("output.weight")
+    if inproj is None or output is None:
+        raise CheckpointError("checkpoint tensors lack 'inproj.weight'/'output.weight'")
+    expected = (config.dim, config.in_channels, config.out_channels)
+    found = (int(inproj.shape[0]), int(inproj.shape[1]), int(output.shape[0]))
+    if expected != found:
+        raise CheckpointError(
+            f"checkpoint header (dim, in, out channels) = {expected} disagrees with its "
+            f"tensors {found}"
+        )
+    stages = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
+    for stage, n in zip(stages, config.num_blocks):
+        count = len({k.split(".")[1] for k in state_dict if k.startswith(stage + ".")})
+        if count != n:
+            raise CheckpointError(
+                f"checkpoint header says {n} blocks in {stage} but its tensors have {count}"
+            )
 
 
 def _build(config) -> nn.Module:
@@ -322,7 +361,8 @@ def model_from_state_dict(
     """Build the right model for a state dict and load it strictly (shapes checked first)."""
     state_dict = strip_prefixes(dict(state_dict))
     if config is None:
-        config = _config_from_header(header) if header else infer_mpt_config(state_dict)
+        config = _config_from_header(header) if header is not None else infer_mpt_config(state_dict)
+    _check_config_against_tensors(config, state_dict)
     model = _build(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
@@ -433,7 +473,11 @@ def load_model(
         pass
     elif header is None:
         config = infer_mpt_config(strip_prefixes(state_dict), routing=routing or "compat")
-    elif routing is not None and hasattr(_config_from_header(header), "routing"):
+    elif (
+        routing is not None
+        and header is not None
+        and hasattr(_config_from_header(header), "routing")
+    ):
         config = _config_from_header(header).replace(routing=routing)
     model = model_from_state_dict(state_dict, header, config=config)
     info: dict[str, Any] = dict(header or {})

@@ -1,0 +1,69 @@
+"""Write ``weights/<name>.md``, the model card of a bundled model, from its checkpoint header
+and the evaluation results in ``docs/results/quality.md``.
+
+    python scripts/model_card.py mpt-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from napari_mpt_deblur.models.checkpoint import bundled_models, file_sha256, read_header
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("--notes", default="", help="extra Markdown for the limitations section")
+    args = parser.parse_args()
+    path = bundled_models()[args.name]
+    header = read_header(path) or {}
+    training = header.get("training", {})
+    config = training.get("config", training)
+    quality = ROOT / "docs" / "results" / "quality.md"
+    lines = [
+        f"# Model card: `{args.name}`",
+        "",
+        f"- **Architecture**: {header.get('arch', 'mpt').upper()} preset "
+        f"`{config.get('model', '?')}`, routing `{header.get('routing')}`, "
+        f"{header.get('in_channels')} channel(s) in/out; "
+        f"config `{json.dumps(header.get('config'))}`.",
+        f"- **File**: `{path.name}`, {path.stat().st_size / 1e6:.1f} MB, "
+        f"SHA-256 `{file_sha256(path)}`.",
+        f"- **Licence**: {header.get('license', 'Apache-2.0')}.",
+        "- **Intended use**: widefield fluorescence images with defocus blur, 20×-class optics "
+        "(about 0.3-1 µm/px); other optics: fine-tune (docs/finetuning.md).",
+        "",
+        "## Training",
+        "",
+        f"- Data: {', '.join(config.get('train_dirs', []) + config.get('extra_dirs', []))} "
+        f"(under `{config.get('data_root')}`; see `../shared/data/README.md` and "
+        "`scripts/prepare_extra_data.py` for sources and licences). Validation on "
+        f"{', '.join(config.get('val_dirs', []))}; the test set (`eval/`) was never used.",
+        f"- Simulation preset `{config.get('simulation')}`: "
+        f"`{json.dumps(header.get('simulation'))[:600]}`",
+        f"- Optimisation: {config.get('steps')} steps planned, batch {config.get('batch_size')} × "
+        f"{config.get('patch_size')} px, AdamW lr {config.get('lr')}, {config.get('pixel_loss')} "
+        f"loss + EFCR (λ = {config.get('efcr_weight')}); config file `configs/{args.name}.yaml`.",
+        f"- Validation metrics of these weights: `{json.dumps(header.get('metrics'))[:400]}`",
+        "",
+        "## Evaluation",
+        "",
+        quality.read_text() if quality.exists() else "(run `benchmarks/eval_quality.py`)",
+        "",
+        "## Limitations",
+        "",
+        args.notes or "See the notes above.",
+        "",
+    ]
+    out = path.with_suffix(".md")
+    out.write_text("\n".join(lines))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

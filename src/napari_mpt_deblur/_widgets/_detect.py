@@ -1,0 +1,925 @@
+"""The "Detection preview" dock widget: does deblurring change what a nucleus detector finds?
+
+The same classical detector (:func:`napari_mpt_deblur.detect.detect_nuclei`) runs on an input
+layer and on its deblurred layer, on the whole image (2-D) or on the slice the viewer shows
+(stacks). Detections are matched one-to-one within half the expected diameter
+(:func:`napari_mpt_deblur.detect.match_points`), and both point sets are shown as Points layers
+``"<input> [nuclei]"`` and ``"<deblurred> [nuclei]"``: magenta for the input, green for the
+deblurred image, a hollow ring where the other image has a matching detection and a filled disc
+where only this image has one. Every point carries ``features`` (``category``, ``score``,
+``diameter_px``) so hovering shows why it is there.
+
+The widget only collects choices; the computation is :func:`detection_steps`, a generator that
+yields :class:`DetectionProgress` and returns a :class:`DetectionOutcome`. It runs in a napari
+generator worker (errors come back as :class:`~._worker.DeblurFailed` values, see
+:mod:`._worker`); tests and scripts can drive it synchronously with :func:`run_detection`.
+With "Live" ticked, any parameter change (and, for stacks, moving to another slice) re-runs it
+after a short pause; a run that is overtaken is abandoned at its next step.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
+
+from ..detect import DetectionConfig, DetectionResult, MatchResult, detect_nuclei, match_points
+from ._compare import grid_of, is_comparison_layer
+from ._layers import OUTPUT_SUFFIX, PREVIEW_SUFFIX, input_of_result, layer_axes
+from ._worker import DeblurFailed
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CATEGORY_MATCHED",
+    "CATEGORY_ONLY_DEBLURRED",
+    "CATEGORY_ONLY_INPUT",
+    "DETECTION_KEY",
+    "NUCLEI_SUFFIX",
+    "DetectionOutcome",
+    "DetectionProgress",
+    "DetectionRequest",
+    "DetectionWidget",
+    "detection_steps",
+    "format_summary",
+    "plane_index",
+    "run_detection",
+]
+
+#: Key of the detection provenance in the metadata of the Points layers this widget manages.
+#: Deliberately not ``_layers.METADATA_KEY``: that one marks deblurred *images*, and the Deblur
+#: widget would take a points layer carrying it for a result of its input.
+DETECTION_KEY = "napari_mpt_deblur_detection"
+NUCLEI_SUFFIX = " [nuclei]"
+CATEGORY_MATCHED = "matched"
+CATEGORY_ONLY_INPUT = "only in input"
+CATEGORY_ONLY_DEBLURRED = "only in deblurred"
+
+#: Magenta and green: the usual colour-blind-safe pair for two-channel overlays.
+INPUT_RGB = (1.0, 0.0, 1.0)
+DEBLURRED_RGB = (0.0, 0.85, 0.0)
+_FILL_ALPHA = 0.6
+_BORDER_WIDTH = 0.12  # relative to the point size
+_LIVE_DELAY_MS = 300
+
+_METHOD_LABELS = {
+    "log": "blob LoG",
+    "watershed": "threshold + watershed",
+    "stardist": "StarDist (local weights)",
+    "cellpose": "Cellpose (local weights)",
+}
+
+
+# ------------------------------------------------------------------------------------------
+# The computation (no Qt, no napari)
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectionRequest:
+    """Everything one detection run needs, as plain data.
+
+    Attributes
+    ----------
+    input_image, deblurred_image : (M, N) array_like
+        The two planes (numpy, or dask/zarr slices: read in the worker thread). Same shape and
+        pixel grid, so that their detections can be compared coordinate by coordinate.
+    config : DetectionConfig
+        Detector and sizes, shared by both images.
+    max_distance_px : float or None
+        Largest centroid distance of a match; ``None`` means half the expected diameter.
+    """
+
+    input_image: Any
+    deblurred_image: Any
+    config: DetectionConfig
+    max_distance_px: float | None = None
+
+    @property
+    def match_distance_px(self) -> float:
+        """The matching radius actually used, in pixels."""
+        if self.max_distance_px is not None:
+            return float(self.max_distance_px)
+        return 0.5 * self.config.diameter_px
+
+
+@dataclass(frozen=True)
+class DetectionProgress:
+    """``done`` of ``total`` steps; ``stage`` says what runs next."""
+
+    done: int
+    total: int
+    stage: str
+
+
+@dataclass(frozen=True)
+class DetectionOutcome:
+    """Detections on both images and how they agree.
+
+    Attributes
+    ----------
+    input, deblurred : DetectionResult
+        Detections on the input plane and on the deblurred plane.
+    match : MatchResult
+        ``match_points(deblurred.points, input.points)``: the input is the reference, so
+        ``match.only_in_ref`` are the input's unmatched detections and ``match.only_in_pred``
+        the deblurred image's.
+    seconds : float
+        Wall time of the run.
+    """
+
+    input: DetectionResult
+    deblurred: DetectionResult
+    match: MatchResult
+    seconds: float = 0.0
+
+    @property
+    def n_matched(self) -> int:
+        """Detections present in both images."""
+        return self.match.tp
+
+    @property
+    def n_only_input(self) -> int:
+        """Input detections without a partner in the deblurred image."""
+        return self.match.fn
+
+    @property
+    def n_only_deblurred(self) -> int:
+        """Deblurred detections without a partner in the input."""
+        return self.match.fp
+
+    @property
+    def f1(self) -> float:
+        """Agreement of the two detection sets (symmetric: 2·matched / (n_input + n_deblurred))."""
+        return self.match.f1
+
+    def categories(self) -> tuple[list[str], list[str]]:
+        """Category of every input and every deblurred detection (see ``CATEGORY_*``)."""
+        input_cat = [CATEGORY_MATCHED] * self.input.n
+        for i in self.match.only_in_ref:
+            input_cat[int(i)] = CATEGORY_ONLY_INPUT
+        deblurred_cat = [CATEGORY_MATCHED] * self.deblurred.n
+        for i in self.match.only_in_pred:
+            deblurred_cat[int(i)] = CATEGORY_ONLY_DEBLURRED
+        return input_cat, deblurred_cat
+
+    def to_dict(self) -> dict[str, Any]:
+        """Counts and agreement as plain values (for layer metadata and logs)."""
+        return {
+            "n_input": self.input.n,
+            "n_deblurred": self.deblurred.n,
+            "matched": self.n_matched,
+            "only_in_input": self.n_only_input,
+            "only_in_deblurred": self.n_only_deblurred,
+            "f1": self.f1,
+            "match_distance_px": self.match.max_distance,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def detection_steps(
+    request: DetectionRequest,
+) -> Generator[DetectionProgress, None, DetectionOutcome]:
+    """Detect on both planes and match, yielding between the steps.
+
+    Each ``yield`` is where a napari worker's ``quit()`` takes effect, so a live re-run that
+    overtakes this one does not wait for the remaining detector passes. Errors propagate.
+    """
+    start = time.perf_counter()
+    yield DetectionProgress(0, 3, "input")
+    on_input = detect_nuclei(np.asarray(request.input_image), request.config)
+    yield DetectionProgress(1, 3, "deblurred")
+    on_deblurred = detect_nuclei(np.asarray(request.deblurred_image), request.config)
+    yield DetectionProgress(2, 3, "matching")
+    match = match_points(on_deblurred.points, on_input.points, request.match_distance_px)
+    return DetectionOutcome(on_input, on_deblurred, match, time.perf_counter() - start)
+
+
+def run_detection(
+    request: DetectionRequest,
+    progress: Callable[[DetectionProgress], None] | None = None,
+) -> DetectionOutcome:
+    """Drive :func:`detection_steps` to the end in the calling thread (tests, scripts)."""
+    steps = detection_steps(request)
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(update)
+
+
+def _returning_errors(
+    request: DetectionRequest,
+) -> Generator[DetectionProgress, None, DetectionOutcome | DeblurFailed]:
+    """:func:`detection_steps` with exceptions returned as values.
+
+    superqt's generator worker takes a ``RuntimeError`` escaping the generator for "worker
+    deleted" and then reports nothing (see :mod:`._worker`), so errors travel as values.
+    """
+    try:
+        return (yield from detection_steps(request))
+    except Exception as exc:
+        logger.debug("detection failed", exc_info=True)
+        return DeblurFailed(exc)
+
+
+def format_summary(outcome: DetectionOutcome, where: str = "") -> str:
+    """The result label's text: counts on both images and their agreement."""
+    head = f"{where}: " if where else ""
+    return (
+        f"{head}input {outcome.input.n} · deblurred {outcome.deblurred.n} nuclei\n"
+        f"matched {outcome.n_matched} · only in input {outcome.n_only_input} · "
+        f"only in deblurred {outcome.n_only_deblurred}\n"
+        f"F1 input vs deblurred {outcome.f1:.3f} "
+        f"(match radius {outcome.match.max_distance:.1f} px, {outcome.seconds:.2f} s)"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Layers (napari models only, no Qt)
+# ------------------------------------------------------------------------------------------
+def plane_index(layer: Any, world_point: Any, ndisplay: int = 2) -> dict[int, int]:
+    """Index along every non-YX axis of ``layer`` of the plane the viewer shows.
+
+    Unlike :func:`._layers.select_plane`, a position outside the layer is an error, not the
+    nearest plane: a single-plane preview must not be compared with another slice of its input.
+
+    Raises
+    ------
+    ValueError
+        For RGB or multiscale layers, in the 3-D view of a stack, or when the viewer's position
+        lies outside the layer along one of its stack axes.
+    """
+    if layer.rgb:
+        raise ValueError(
+            f"layer {layer.name!r} is RGB; nuclei detection needs one fluorescence channel "
+            "(split the channels, e.g. Layers > Split RGB)"
+        )
+    if layer.multiscale:
+        raise ValueError(
+            f"layer {layer.name!r} is multiscale (a pyramid); open its full-resolution level as "
+            "an image, or use the command line (mpt-deblur detect)"
+        )
+    axes = layer_axes(layer)
+    extra = [i for i, letter in enumerate(axes) if letter not in "YX"]
+    if not extra:
+        return {}
+    if ndisplay == 3:
+        raise ValueError(
+            f"layer {layer.name!r} is a stack shown in 3-D; switch the viewer to 2-D so that "
+            "one slice is shown, and detection runs on that slice"
+        )
+    point = np.asarray(world_point, dtype=float)[-layer.ndim:]
+    position = np.asarray(layer.world_to_data(point), dtype=float)
+    shape = np.shape(layer.data)
+    index: dict[int, int] = {}
+    for axis in extra:
+        value = math.floor(position[axis] + 0.5)
+        if not 0 <= value < shape[axis]:
+            raise ValueError(
+                f"layer {layer.name!r} has no plane at the current {axes[axis]} position (it "
+                f"covers {shape[axis]} plane(s)); move the {axes[axis]} slider onto one of them"
+            )
+        index[axis] = int(value)
+    return index
+
+
+def _plane(layer: Any, index: dict[int, int]) -> Any:
+    """The 2-D plane of ``layer.data`` at ``index`` (lazy for dask/zarr data)."""
+    return layer.data[tuple(index.get(i, slice(None)) for i in range(layer.ndim))]
+
+
+def _describe(layer: Any, index: dict[int, int]) -> str:
+    if not index:
+        return ""
+    axes = layer_axes(layer)
+    return ", ".join(f"{axes[i]}={v}" for i, v in sorted(index.items()))
+
+
+def pixel_size_from_layer(layer: Any) -> float | None:
+    """Pixel size in µm from ``layer.scale`` when the Y and X units are lengths, else ``None``.
+
+    Anisotropic pixels give their geometric mean: the detector assumes round nuclei.
+    """
+    try:
+        sizes = []
+        for scale, unit in zip(layer.scale[-2:], layer.units[-2:], strict=True):
+            sizes.append(abs(float((float(scale) * unit).to("micrometer").magnitude)))
+    except Exception:  # 'pixel' or missing units: not convertible to a length
+        return None
+    size = math.sqrt(sizes[0] * sizes[1])
+    return size if size > 0 and math.isfinite(size) else None
+
+
+def _data_coordinates(points: np.ndarray, layer: Any, index: dict[int, int]) -> np.ndarray:
+    """(N, 2) plane coordinates -> (N, layer.ndim) data coordinates of ``layer``."""
+    coords = np.zeros((points.shape[0], layer.ndim), dtype=np.float64)
+    plane_axes = [i for i in range(layer.ndim) if i not in index]
+    for axis, value in index.items():
+        coords[:, axis] = value
+    coords[:, plane_axes[0]] = points[:, 0]
+    coords[:, plane_axes[1]] = points[:, 1]
+    return coords
+
+
+def _placement(layer: Any) -> dict[str, Any]:
+    """Transform keywords that put a points layer exactly on ``layer``."""
+    return {
+        "scale": tuple(float(s) for s in layer.scale),
+        "translate": tuple(float(t) for t in layer.translate),
+        "rotate": np.asarray(layer.rotate),
+        "shear": np.asarray(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix),
+        "units": tuple(layer.units),
+        "axis_labels": tuple(layer.axis_labels),
+    }
+
+
+def _style(categories: list[str], rgb: tuple[float, float, float],
+           result: DetectionResult) -> dict[str, Any]:
+    """Per-point size, colours and features: hollow where matched, filled where not."""
+    import pandas as pd
+
+    n = len(categories)
+    border = np.tile([*rgb, 1.0], (n, 1))
+    face = np.zeros((n, 4))
+    unmatched = np.array([c != CATEGORY_MATCHED for c in categories], dtype=bool)
+    face[unmatched] = [*rgb, _FILL_ALPHA]
+    features = pd.DataFrame({
+        "category": pd.Series(categories, dtype=object),
+        "score": np.asarray(result.scores, dtype=np.float64),
+        "diameter_px": np.asarray(result.diameters_px, dtype=np.float64),
+    })
+    return {"size": np.asarray(result.diameters_px, dtype=np.float64), "face_color": face,
+            "border_color": border, "features": features}
+
+
+@dataclass
+class _LayerUpdate:
+    """What one managed Points layer should show after a run."""
+
+    source: Any
+    name: str
+    coords: np.ndarray
+    style: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def _find_points_layer(layers: Any, source_name: str, role: str) -> Any:
+    from napari.layers import Points
+
+    found = None
+    for layer in layers:
+        meta = (getattr(layer, "metadata", None) or {}).get(DETECTION_KEY)
+        if (isinstance(layer, Points) and isinstance(meta, dict)
+                and meta.get("source") == source_name and meta.get("role") == role):
+            found = layer
+    return found
+
+
+def _apply_update(viewer: Any, update: _LayerUpdate, role: str) -> tuple[Any, bool]:
+    """Update the managed layer in place, or add it; returns ``(layer, added)``."""
+    layers = viewer.layers
+    existing = _find_points_layer(layers, update.source.name, role)
+    placement = _placement(update.source)
+    n = update.coords.shape[0]
+    if existing is None:
+        kwargs: dict[str, Any] = {
+            "name": update.name, "ndim": update.source.ndim, "symbol": "disc",
+            "border_width": _BORDER_WIDTH, "border_width_is_relative": True,
+            "out_of_slice_display": False, "metadata": {DETECTION_KEY: update.metadata},
+            **placement,
+        }
+        if n:
+            kwargs.update(update.style)
+        else:
+            kwargs["features"] = update.style["features"]
+        return viewer.add_points(update.coords, **kwargs), True
+    for key, value in placement.items():
+        if key != "units" and key != "axis_labels":
+            setattr(existing, key, value)
+    existing.data = update.coords
+    existing.features = update.style["features"]
+    if n:
+        existing.size = update.style["size"]
+        existing.face_color = update.style["face_color"]
+        existing.border_color = update.style["border_color"]
+    existing.metadata = {**dict(existing.metadata), DETECTION_KEY: update.metadata}
+    return existing, False
+
+
+class DetectionLayout:
+    """Input and deblurred image side by side, each with its own detections on top.
+
+    napari's grid puts ``stride`` consecutive layers into one panel, so the four layers are
+    moved to the bottom of the list as ``input, input points, deblurred, deblurred points`` and
+    shown with stride 2; everything else is hidden. :meth:`restore` puts the layer order,
+    visibility and grid settings back.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self._viewer = viewer
+        self._saved: dict[str, Any] | None = None
+
+    @property
+    def active(self) -> bool:
+        """True while the side-by-side layout is shown."""
+        return self._saved is not None
+
+    def show(self, panels: list[tuple[Any, Any]]) -> None:
+        """Show every ``(image, points)`` pair in a panel of its own, left to right."""
+        self.restore()
+        layers = self._viewer.layers
+        grid = grid_of(self._viewer)
+        self._saved = {
+            "grid_enabled": grid.enabled, "grid_shape": tuple(grid.shape),
+            "grid_stride": grid.stride,
+            "visible": [(layer, layer.visible) for layer in layers],
+            "order": list(layers),
+        }
+        flat = [layer for panel in panels for layer in panel]
+        for target, layer in enumerate(flat):
+            index = layers.index(layer)
+            if index != target:
+                layers.move(index, target)
+        for layer in layers:
+            layer.visible = any(layer == shown for shown in flat)
+        grid.stride = 2
+        grid.shape = (1, len(panels))
+        grid.enabled = True
+        self._viewer.reset_view()
+
+    def restore(self) -> None:
+        """Back to the layout from before :meth:`show` (layers added since stay on top)."""
+        if self._saved is None:
+            return
+        saved, self._saved = self._saved, None
+        layers = self._viewer.layers
+        grid = grid_of(self._viewer)
+        grid.enabled = False
+        grid.shape, grid.stride = saved["grid_shape"], saved["grid_stride"]
+        grid.enabled = saved["grid_enabled"]
+        for layer, visible in saved["visible"]:
+            if layer in layers:
+                layer.visible = visible
+        present = [layer for layer in saved["order"] if layer in layers]
+        for target, layer in enumerate(present):
+            index = layers.index(layer)
+            if index != target:
+                layers.move(index, target)
+
+
+# ------------------------------------------------------------------------------------------
+# The widget
+# ------------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    """The run in flight."""
+
+    input_layer: Any
+    deblurred_layer: Any
+    input_index: dict[int, int]
+    deblurred_index: dict[int, int]
+    request: DetectionRequest
+    live: bool
+    where: str = ""
+    worker: GeneratorWorker | None = None
+    abandoned: bool = False
+
+
+class DetectionWidget(Container):
+    """Dock widget that detects nuclei on an input and its deblurred layer and compares them.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (napari passes it when the widget is opened from the Plugins menu).
+
+    Attributes
+    ----------
+    runs_completed : int
+        Number of runs whose detections were shown (lets tests and scripts wait for a live
+        re-run).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from qtpy.QtCore import QTimer
+
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._job: _Job | None = None
+        self._pending: bool | None = None  # a run was asked for while one was in flight
+        self._last_error: str | None = None
+        self._last_outcome: DetectionOutcome | None = None
+        self._watched: list[tuple[Any, Callable[..., None]]] = []
+        self._layout = DetectionLayout(viewer)
+        self.runs_completed = 0
+
+        self._input = ComboBox(label="Input", choices=self._image_choices, nullable=True)
+        self._deblurred = ComboBox(label="Deblurred", choices=self._image_choices, nullable=True)
+        self._method = ComboBox(label="Method", choices=_method_choices(), value="log")
+        self._diameter = FloatSpinBox(label="Diameter (µm)", value=16.0, min=0.1, max=10000.0,
+                                      step=0.5)
+        self._pixel_size = FloatSpinBox(label="Pixel size (µm)", value=0.645, min=0.0001,
+                                        max=1000.0, step=0.005)
+        self._pixel_size.native.setDecimals(4)
+        self._auto_threshold = CheckBox(value=True, text="Automatic threshold (Otsu, per image)")
+        self._threshold = FloatSlider(label="Threshold", value=0.3, min=0.0, max=1.0, step=0.01,
+                                      enabled=False)
+        self._live = CheckBox(value=False, text="Live (re-run when settings or slice change)")
+        self._run = PushButton(text="Detect")
+        self._status = Label(label="Status", value="")
+        self._summary = Label(label="Result", value="")
+        self._side_by_side = PushButton(text="Side by side")
+        self._normal_view = PushButton(text="Normal view", enabled=False)
+        for label in (self._status, self._summary):
+            label.native.setWordWrap(True)
+        self._input.tooltip = "Image before deblurring"
+        self._deblurred.tooltip = "The deblurred image (e.g. '<input> [deblurred]')"
+        self._method.tooltip = "Classical detectors; StarDist/Cellpose when installed locally"
+        self._diameter.tooltip = "Typical nucleus diameter; sets the detector's scales"
+        self._pixel_size.tooltip = ("Taken from the layer's scale when its units are lengths; "
+                                    "otherwise enter it here")
+        self._threshold.tooltip = ("Foreground level on the percentile-normalised image "
+                                   "(0 = 1st, 1 = 99.8th percentile)")
+        self._live.tooltip = "Re-run shortly after any change; stacks use the slice shown"
+        self._side_by_side.tooltip = "Input and deblurred in a grid, each with its detections"
+        buttons = Container(layout="horizontal", labels=False,
+                            widgets=[self._side_by_side, self._normal_view])
+        buttons.margins = (0, 0, 0, 0)
+        self.extend([self._input, self._deblurred, self._method, self._diameter,
+                     self._pixel_size, self._auto_threshold, self._threshold, self._live,
+                     self._run, self._status, self._summary, buttons])
+
+        self._timer = QTimer(self.native)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(_LIVE_DELAY_MS)
+        self._timer.timeout.connect(self._live_run)
+
+        self._select_default_pair()
+        self._on_layer_choice(schedule=False)
+
+        self._input.changed.connect(self._on_layer_choice)
+        self._deblurred.changed.connect(self._on_layer_choice)
+        for widget in (self._method, self._diameter, self._pixel_size, self._threshold):
+            widget.changed.connect(self._schedule)
+        self._auto_threshold.changed.connect(self._on_auto_threshold)
+        self._live.changed.connect(self._schedule)
+        self._run.changed.connect(self.start)
+        self._side_by_side.changed.connect(self.show_side_by_side)
+        self._normal_view.changed.connect(self.show_normal)
+        layers = viewer.layers
+        layers.events.inserted.connect(self._on_layer_inserted)
+        layers.events.removed.connect(self._on_layers_changed)
+        for layer in layers:
+            layer.events.name.connect(self._on_layers_changed)
+        viewer.dims.events.current_step.connect(self._on_slice_changed)
+        viewer.dims.events.ndisplay.connect(self._on_slice_changed)
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def running(self) -> bool:
+        """True while a detection run is in flight."""
+        return self._job is not None
+
+    @property
+    def last_outcome(self) -> DetectionOutcome | None:
+        """The last successful run's detections and agreement (``None`` before the first)."""
+        return self._last_outcome
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, Image) and not is_comparison_layer(layer)]
+
+    def _source_of(self, layer: Any) -> Any:
+        """The input a deblurred image came from: provenance first, then the name."""
+        layers = self._viewer.layers
+        source = input_of_result(layers, layer)
+        if source is not None:
+            return source
+        for suffix in (OUTPUT_SUFFIX, PREVIEW_SUFFIX):
+            if layer.name.endswith(suffix):
+                name = layer.name[: -len(suffix)]
+                if name in layers:
+                    return layers[name]
+        return None
+
+    def _pairs(self) -> list[tuple[Any, Any]]:
+        images = [layer for _, layer in self._image_choices()]
+        pairs = []
+        for layer in images:
+            source = self._source_of(layer)
+            if source is not None and any(source == image for image in images):
+                pairs.append((source, layer))
+        return pairs
+
+    def _select_default_pair(self) -> None:
+        """Pre-select an (input, deblurred) pair: the active layer's, else the latest full run."""
+        pairs = self._pairs()
+        active = self._viewer.layers.selection.active
+        chosen = None
+        if active is not None:
+            with_active = [p for p in pairs if _same(p[0], active) or _same(p[1], active)]
+            chosen = with_active[-1] if with_active else None
+        if chosen is None:
+            full = [p for p in pairs if p[1].name.endswith(OUTPUT_SUFFIX)]
+            chosen = (full or pairs or [None])[-1]
+        if chosen is not None:
+            self._set_pair(*chosen)
+            return
+        images = [layer for _, layer in self._image_choices()]
+        if images:
+            pick = active if any(_same(active, image) for image in images) else images[-1]
+            self._set_pair(pick, None)
+        else:
+            self._set_pair(None, None)
+
+    def _set_pair(self, source: Any, result: Any) -> None:
+        """Refresh both pickers and select ``source`` / ``result`` (``None`` when gone)."""
+        layers = self._viewer.layers
+        before = (self._input.value, self._deblurred.value)
+        with self._input.changed.blocked(), self._deblurred.changed.blocked():
+            for picker, value in ((self._input, source), (self._deblurred, result)):
+                picker.reset_choices()
+                picker.value = value if value is not None and value in layers else None
+        after = (self._input.value, self._deblurred.value)
+        if any(not (_same(a, b) or (a is None and b is None))
+               for a, b in zip(before, after, strict=True)):
+            self._on_layer_choice()
+        else:
+            self._update_state()
+
+    # ------------------------------------------------------------------ events
+    def _on_layer_inserted(self, event: Any) -> None:
+        from napari.layers import Image
+
+        layer = event.value
+        layer.events.name.connect(self._on_layers_changed)
+        if isinstance(layer, Image) and self._source_of(layer) is not None:
+            # a new deblurred result (e.g. from the Defocus Deblur widget): compare that pair
+            self._set_pair(self._source_of(layer), layer)
+        else:
+            self._on_layers_changed()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self._set_pair(self._input.value, self._deblurred.value)
+        if self._input.value is None and self._deblurred.value is None:
+            self._select_default_pair()
+
+    def _on_layer_choice(self, *_: Any, schedule: bool = True) -> None:
+        for layer, callback in self._watched:
+            try:
+                layer.events.data.disconnect(callback)
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        self._watched = []
+        for layer in {id(v): v for v in (self._input.value, self._deblurred.value)
+                      if v is not None}.values():
+            layer.events.data.connect(self._schedule)
+            self._watched.append((layer, self._schedule))
+        layer = self._input.value
+        size = pixel_size_from_layer(layer) if layer is not None else None
+        if size is not None:
+            with self._pixel_size.changed.blocked():
+                self._pixel_size.value = size
+        self._pixel_size.enabled = size is None
+        self._update_state()
+        if schedule:
+            self._schedule()
+
+    def _on_auto_threshold(self, *_: Any) -> None:
+        self._threshold.enabled = not self._auto_threshold.value
+        self._schedule()
+
+    def _on_slice_changed(self, event: Any = None) -> None:
+        if any(layer is not None and layer.ndim > 2
+               for layer in (self._input.value, self._deblurred.value)):
+            self._schedule()
+
+    def _schedule(self, *_: Any) -> None:
+        """Live mode: (re)start the short pause after which the detection re-runs."""
+        if self._live.value:
+            self._timer.start()
+
+    def _live_run(self) -> None:
+        if self._live.value:
+            self.start(live=True)
+
+    # ------------------------------------------------------------------ state
+    def _update_state(self) -> None:
+        ready = self._input.value is not None and self._deblurred.value is not None
+        self._run.enabled = ready
+        self._run.text = "Detecting…" if self.running else "Detect"
+        have_points = ready and all(
+            _find_points_layer(self._viewer.layers, layer.name, role) is not None
+            for layer, role in ((self._input.value, "input"),
+                                (self._deblurred.value, "deblurred")))
+        self._side_by_side.enabled = have_points
+        self._normal_view.enabled = self._layout.active
+
+    # ------------------------------------------------------------------ running
+    def start(self, *_: Any, live: bool = False) -> None:
+        """Detect on both layers in a background worker.
+
+        While a run is in flight, the new request waits: the running one is abandoned at its
+        next step and the detection starts again with the current settings.
+        """
+        if self.running:
+            self._pending = bool(self._pending) or not live  # True: an explicit click waits
+            job = self._job
+            if job is not None and not job.abandoned:
+                job.abandoned = True
+                if job.worker is not None:
+                    job.worker.quit()
+            return
+        try:
+            job = self._prepare(live)
+        except (ValueError, TypeError) as exc:
+            self._fail(exc, live=live, traceback=False)
+            return
+        self._job = job
+        self._status.value = f"Detecting on {job.input_layer.name}…"
+        self._update_state()
+        job.worker = self._start_worker(job)
+
+    def _prepare(self, live: bool) -> _Job:
+        """Validate the choices and cut out the planes (GUI thread; raises ValueError)."""
+        source, result = self._input.value, self._deblurred.value
+        if source is None or result is None:
+            raise ValueError("choose an input layer and a deblurred layer")
+        if _same(source, result):
+            raise ValueError("input and deblurred must be two different layers")
+        dims = self._viewer.dims
+        point, ndisplay = tuple(dims.point), int(dims.ndisplay)
+        source_index = plane_index(source, point, ndisplay)
+        result_index = plane_index(result, point, ndisplay)
+        source_plane, result_plane = _plane(source, source_index), _plane(result, result_index)
+        if np.shape(source_plane) != np.shape(result_plane):
+            raise ValueError(
+                f"the planes of {source.name!r} {np.shape(source_plane)} and {result.name!r} "
+                f"{np.shape(result_plane)} differ in shape; detections can only be compared "
+                "on the same pixel grid"
+            )
+        threshold: float | str = ("otsu" if self._auto_threshold.value
+                                  else float(self._threshold.value))
+        config = DetectionConfig(method=self._method.value,
+                                 diameter_um=float(self._diameter.value),
+                                 pixel_size_um=float(self._pixel_size.value),
+                                 threshold=threshold)
+        request = DetectionRequest(source_plane, result_plane, config)
+        return _Job(source, result, source_index, result_index, request, live,
+                    where=_describe(source, source_index))
+
+    def _start_worker(self, job: _Job) -> GeneratorWorker:
+        from napari.qt.threading import create_worker
+
+        connect = {
+            "yielded": lambda update: self._on_progress(job, update),
+            "returned": lambda outcome: self._on_returned(job, outcome),
+            "finished": lambda: self._on_finished(job),
+        }
+        worker = create_worker(_returning_errors, job.request, _start_thread=False,
+                               _connect=connect)
+        worker.start()
+        return worker
+
+    def _on_progress(self, job: _Job, update: DetectionProgress) -> None:
+        if job is self._job and not job.abandoned:
+            name = (job.input_layer.name if update.stage == "input"
+                    else job.deblurred_layer.name if update.stage == "deblurred" else "")
+            self._status.value = (f"Detecting on {name}…" if name else "Matching…")
+
+    def _on_returned(self, job: _Job, outcome: DetectionOutcome | DeblurFailed) -> None:
+        if job.abandoned:
+            return
+        if isinstance(outcome, DeblurFailed):
+            self._fail(outcome.error, live=job.live, traceback=True)
+            return
+        try:
+            self._show(job, outcome)
+        except Exception as exc:  # a layer problem must not leave the widget stuck
+            logger.exception("could not show the detections")
+            self._fail(exc, live=job.live, traceback=True)
+            return
+        self._last_outcome = outcome
+        self._last_error = None
+        self.runs_completed += 1
+        self._summary.value = format_summary(outcome, job.where)
+        self._status.value = "Done"
+
+    def _on_finished(self, job: _Job) -> None:
+        if job is not self._job:
+            return
+        self._job = None
+        self._update_state()
+        if self._pending is not None:
+            live = not self._pending
+            self._pending = None
+            self.start(live=live)
+
+    def _fail(self, exc: BaseException, *, live: bool, traceback: bool) -> None:
+        """Show an error; in live mode only when it differs from the last one (no flood)."""
+        from napari.utils.notifications import Notification, notification_manager, show_error
+
+        message = str(exc) or type(exc).__name__
+        self._status.value = f"Failed: {message}"
+        if live and message == self._last_error:
+            return
+        self._last_error = message
+        if traceback:  # unexpected: the traceback goes behind the notification's details
+            notification_manager.dispatch(Notification.from_exception(exc))
+        else:
+            show_error(f"Detection preview: {message}")
+
+    def _show(self, job: _Job, outcome: DetectionOutcome) -> None:
+        """Update (or add) both Points layers; on failure, remove the ones this run added."""
+        layers = self._viewer.layers
+        for layer in (job.input_layer, job.deblurred_layer):
+            if layer not in layers:
+                raise ValueError(f"layer {layer.name!r} was removed during the detection")
+        input_cat, deblurred_cat = outcome.categories()
+        common = {"config": job.request.config.to_dict(), **outcome.to_dict(),
+                  "slice": job.where or None}
+        updates = [
+            ("input", _LayerUpdate(
+                job.input_layer, job.input_layer.name + NUCLEI_SUFFIX,
+                _data_coordinates(outcome.input.points, job.input_layer, job.input_index),
+                _style(input_cat, INPUT_RGB, outcome.input),
+                {"source": job.input_layer.name, "role": "input",
+                 "other": job.deblurred_layer.name, **common})),
+            ("deblurred", _LayerUpdate(
+                job.deblurred_layer, job.deblurred_layer.name + NUCLEI_SUFFIX,
+                _data_coordinates(outcome.deblurred.points, job.deblurred_layer,
+                                  job.deblurred_index),
+                _style(deblurred_cat, DEBLURRED_RGB, outcome.deblurred),
+                {"source": job.deblurred_layer.name, "role": "deblurred",
+                 "other": job.input_layer.name, **common})),
+        ]
+        added = []
+        try:
+            for role, update in updates:
+                layer, is_new = _apply_update(self._viewer, update, role)
+                if is_new:
+                    added.append(layer)
+        except Exception:
+            for layer in added:
+                if layer in layers:
+                    layers.remove(layer)
+            raise
+        self._update_state()
+
+    # ------------------------------------------------------------------ comparison view
+    def show_side_by_side(self, *_: Any) -> None:
+        """Input and deblurred image in a grid, each panel with its own detections."""
+        from napari.utils.notifications import show_warning
+
+        source, result = self._input.value, self._deblurred.value
+        layers = self._viewer.layers
+        points = [_find_points_layer(layers, layer.name, role) if layer is not None else None
+                  for layer, role in ((source, "input"), (result, "deblurred"))]
+        if source is None or result is None or any(p is None for p in points):
+            show_warning("Run the detection first: there are no detections to compare.")
+            return
+        self._layout.show([(source, points[0]), (result, points[1])])
+        self._update_state()
+
+    def show_normal(self, *_: Any) -> None:
+        """Undo the side-by-side layout."""
+        self._layout.restore()
+        self._update_state()
+
+
+def _method_choices() -> list[tuple[str, str]]:
+    """The classical detectors, plus StarDist/Cellpose when their packages are installed."""
+    choices = [(_METHOD_LABELS["log"], "log"), (_METHOD_LABELS["watershed"], "watershed")]
+    for method in ("stardist", "cellpose"):
+        if importlib.util.find_spec(method) is not None:
+            choices.append((_METHOD_LABELS[method], method))
+    return choices
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Same layer (``==``, not ``is``: napari hands plugins proxies, a new one per access)."""
+    return a is not None and b is not None and a == b

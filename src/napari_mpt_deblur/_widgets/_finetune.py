@@ -1,0 +1,1581 @@
+"""The "Defocus Deblur: Fine-tune" dock widget: adapt a model to the user's own blurry images.
+
+The widget collects choices and shows state; the work is the core EFCR engine
+(:func:`napari_mpt_deblur.train.finetune.finetune_iter`), driven here by one generator,
+:func:`finetune_steps`, that the widget runs in a napari ``thread_worker`` and tests drive
+synchronously (:func:`run_blocking`). The worker receives a plain :class:`FinetuneRequest`
+(arrays, folder paths, a catalog entry name, a ``FinetuneConfig``), never a widget or a layer,
+and yields the engine's typed :class:`~napari_mpt_deblur.train.updates.TrainUpdate` records,
+which the widget turns into the progress bar, the plots and the preview layer.
+
+Life of a run:
+
+* **Start** reads the data (layers, a folder of TIFFs, optional pairs) in the worker thread,
+  loads a private copy of the start model, and trains. Checkpoint and resumable state go to a
+  per-widget working folder (deleted when the widget goes away).
+* **Stop** sets a cancel event: the engine finishes the step in progress, validates, writes the
+  best weights and its state, and ends. The best weights (judged by the self-supervised re-blur
+  PSNR on a held-out crop; the starting model counts) are kept, never the last ones.
+* When a run ends its model is listed at once in the shared model catalog (in memory), so the
+  Defocus Deblur widget can use it. **Save** writes it as a project checkpoint (atomic; the
+  header records the data, the optics hints and every setting) and replaces the in-memory entry
+  by the file. **Resume** continues a stopped run from its state.
+
+Sub-widgets are ``self._name`` attributes so tests and scripts can set them directly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+)
+
+from ..models.catalog import CHECKPOINT_SUFFIXES, CatalogEvent, ModelCatalog, get_catalog
+from ..train.updates import TrainUpdate, UpdateKind
+from ._worker import ActivityProgress, DeblurProgress, Stage
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+    from torch import nn
+
+    from ..train.finetune import FinetuneConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PREVIEW_SUFFIX",
+    "FinetuneData",
+    "FinetuneFailed",
+    "FinetuneOutcome",
+    "FinetuneRequest",
+    "FinetuneStatus",
+    "FinetuneWidget",
+    "PreviewCrop",
+    "checkpoint_metadata",
+    "eta_seconds",
+    "finetune_steps",
+    "load_data",
+    "optics_from_layer",
+    "run_blocking",
+    "save_finetuned",
+    "start_worker",
+]
+
+#: Suffix of the preview layer's name (``"<source> [fine-tune preview]"``).
+PREVIEW_SUFFIX = " [fine-tune preview]"
+#: Key of the panel's own entry in a preview layer's ``metadata``.
+PREVIEW_KEY = "napari_mpt_deblur_finetune"
+LOAD_CHECKPOINT = "<load checkpoint>"
+OPTICS_FIELDS = ("pixel_size_um", "numerical_aperture", "wavelength_nm", "refractive_index")
+MODE_CHOICES = (
+    ("full EFCR (re-blur + EFCR + replay)", "full"),
+    ("re-blur self-supervision only", "reblur_only"),
+    ("EFCR + replay, no re-blur pixel loss", "efcr"),
+)
+_RUN_CONTROL = ("steps", "time_budget_s", "device", "val_every", "preview_every")
+_MAX_PREVIEW_SIDE = 1024
+
+
+# ==========================================================================================
+# Optical hints from layer metadata (no Qt)
+# ==========================================================================================
+_KEYS = {
+    "pixel_size_um": ("pixel_size_um", "pixel_size", "physical_size_x_um"),
+    "numerical_aperture": ("numerical_aperture", "na", "lens_na", "objective_na"),
+    "wavelength_nm": ("wavelength_nm", "emission_wavelength_nm", "emission_nm", "wavelength"),
+    "refractive_index": ("refractive_index", "immersion_index", "immersion_refractive_index"),
+}
+_UNIT_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0, "nm": 1e-3,
+            "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3}
+_IMMERSION_INDEX = {"oil": 1.515, "water": 1.333, "glycerol": 1.47, "air": 1.0,
+                    "silicone": 1.406, "multi": None, "other": None}
+
+
+def _positive(value: Any) -> float | None:
+    if isinstance(value, (list, tuple)) and value:
+        value = value[-1]  # (y, x) pixel sizes: x
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _from_mapping(mapping: Mapping[str, Any], found: dict[str, float]) -> None:
+    lowered = {str(k).lower(): v for k, v in mapping.items()}
+    for name, keys in _KEYS.items():
+        if name in found:
+            continue
+        for key in keys:
+            value = _positive(lowered.get(key))
+            if value is not None:
+                found[name] = value
+                break
+
+
+def _optics_from_ome(xml: str) -> dict[str, float]:
+    """NA, emission wavelength and immersion index from OME-XML (what microscopes record)."""
+    from xml.etree import ElementTree as ET
+
+    found: dict[str, float] = {}
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return found
+    for element in root.iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag == "Objective":
+            na = _positive(element.get("LensNA"))
+            if na is not None:
+                found.setdefault("numerical_aperture", na)
+            immersion = str(element.get("Immersion", "")).lower()
+            index = _IMMERSION_INDEX.get(immersion)
+            if index is not None:
+                found.setdefault("refractive_index", index)
+        elif tag == "ObjectiveSettings":
+            index = _positive(element.get("RefractiveIndex"))
+            if index is not None:
+                found["refractive_index"] = index
+        elif tag == "Channel":
+            wavelength = _positive(element.get("EmissionWavelength"))
+            if wavelength is not None:
+                unit = element.get("EmissionWavelengthUnit", "nm")
+                factor = {"nm": 1.0, "µm": 1e3, "um": 1e3, "Å": 0.1}.get(unit)
+                if factor:
+                    found.setdefault("wavelength_nm", wavelength * factor)
+    return found
+
+
+def _ome_of_file(source: Any) -> str | None:
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return None
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return tif.ome_metadata if tif.is_ome else None
+    except Exception:  # unreadable file: no hints, not an error
+        logger.debug("could not read OME metadata of %s", path, exc_info=True)
+        return None
+
+
+def optics_from_layer(
+    metadata: Mapping[str, Any] | None,
+    *,
+    scale: Sequence[float] | None = None,
+    units: Sequence[Any] | None = None,
+) -> dict[str, float]:
+    """Optical hints for the re-blur operator found in what napari knows about a layer.
+
+    Microscope files often record the optics; using them makes the re-blur kernels match the
+    user's microscope instead of the model's training optics. Looked up, in order: plain keys in
+    ``metadata`` (``pixel_size_um``, ``numerical_aperture``/``na``, ``wavelength_nm``,
+    ``refractive_index``/``immersion_index``), the same keys in its ``"simulation"`` or
+    ``"optics"`` dicts (the plugin's sample data), OME-XML (``metadata["ome_xml"]`` or the OME-TIFF
+    named by ``metadata["source"]``), and finally the layer's X scale when its unit is a length.
+
+    Parameters
+    ----------
+    metadata : mapping or None
+        ``layer.metadata``.
+    scale, units : sequence, optional
+        ``layer.scale`` and ``layer.units`` (pint units or strings).
+
+    Returns
+    -------
+    dict
+        Any of ``pixel_size_um``, ``numerical_aperture``, ``wavelength_nm``,
+        ``refractive_index``, each a positive float; missing ones were not found.
+    """
+    found: dict[str, float] = {}
+    metadata = metadata or {}
+    _from_mapping(metadata, found)
+    for key in ("simulation", "optics", "microscope"):
+        nested = metadata.get(key)
+        if isinstance(nested, Mapping):
+            _from_mapping(nested, found)
+    xml = metadata.get("ome_xml")
+    if not isinstance(xml, str):
+        xml = _ome_of_file(metadata.get("source"))
+    if xml:
+        for name, value in _optics_from_ome(xml).items():
+            found.setdefault(name, value)
+    if "pixel_size_um" not in found and scale is not None and units is not None and len(units):
+        factor = _UNIT_UM.get(str(units[-1]).strip().lower())
+        value = _positive(scale[-1]) if len(scale) else None
+        if factor is not None and value is not None:
+            found["pixel_size_um"] = value * factor
+    return found
+
+
+# ==========================================================================================
+# Plain-data protocol between the widget and the worker (no Qt)
+# ==========================================================================================
+@dataclass(frozen=True)
+class PreviewCrop:
+    """A region the user chose to watch while training (instead of the held-out crop).
+
+    Attributes
+    ----------
+    data : (M, N) array
+        The pixels of the crop, in the source's units.
+    box : (int, int, int, int)
+        ``(y, x, height, width)`` of the crop in the source plane, pixels.
+    source : str
+        Name of the source (a layer name).
+    """
+
+    data: Any
+    box: tuple[int, int, int, int]
+    source: str
+
+
+@dataclass(frozen=True)
+class FinetuneData:
+    """The user's data as 2-D planes, as the engine gets it.
+
+    Attributes
+    ----------
+    planes : list of (M, N) arrays
+        Unlabeled blurry planes (stacks are split into planes).
+    names : list of str
+        One readable name per plane (``"layer"``, ``"layer[3]"``, ``"file.tif[0]"``).
+    origins : list of (str, str, int)
+        ``("layer", layer name, flat plane index)`` or ``("file", path, plane index)``.
+    pairs : list of (blurred, sharp)
+        Optional labeled pairs, 2-D each.
+    pair_names : list of str
+        One name per pair.
+    description : dict
+        What was used (layers with shapes, folders, file counts): goes into the checkpoint.
+    """
+
+    planes: list[np.ndarray]
+    names: list[str]
+    origins: list[tuple[str, str, int]]
+    pairs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    pair_names: list[str] = field(default_factory=list)
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What a resumed run continues from: the previous run's model, data and start model."""
+
+    model: Any
+    data: FinetuneData
+    model_entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FinetuneRequest:
+    """Everything one fine-tuning run needs, as plain data.
+
+    Attributes
+    ----------
+    model : str
+        Name of the start model in the :class:`~napari_mpt_deblur.models.catalog.ModelCatalog`.
+    settings : FinetuneConfig
+        Engine settings (steps, batch, patch, learning rate, EFCR weight, optics hints...).
+    work_dir : str
+        Folder for the run's checkpoint and resumable state.
+    run_name : str
+        File stem of those files.
+    layers : tuple of (name, array)
+        Unlabeled images from layers (``(..., M, N)``; numpy or dask).
+    folders : tuple of str
+        Folders of unlabeled TIFF/PNG images.
+    paired_layers : tuple of (name, blurred, sharp)
+        Labeled pairs from layers (same shape each).
+    paired_folders : tuple of str
+        Folders holding ``blur/`` (or ``blurred/``) and ``sharp/`` subfolders.
+    replay_folder : str or None
+        In-focus images for the replay pairs; ``None`` uses procedural images.
+    preview_crop : PreviewCrop or None
+        Region to re-deblur at every preview; ``None`` shows the held-out validation crop.
+    optics_origin : dict
+        Where each optical hint came from (``"layer metadata"``, ``"entered"``, ``"model"``).
+    resume : ResumePoint or None
+        Continue the run whose state is ``work_dir/run_name.state.pt``.
+    """
+
+    model: str
+    settings: Any
+    work_dir: str
+    run_name: str
+    layers: tuple[tuple[str, Any], ...] = ()
+    folders: tuple[str, ...] = ()
+    paired_layers: tuple[tuple[str, Any, Any], ...] = ()
+    paired_folders: tuple[str, ...] = ()
+    replay_folder: str | None = None
+    preview_crop: PreviewCrop | None = None
+    optics_origin: dict[str, str] = field(default_factory=dict)
+    resume: ResumePoint | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The run's working checkpoint (best weights, rewritten at every state save)."""
+        return Path(self.work_dir) / f"{self.run_name}.safetensors"
+
+    @property
+    def state_path(self) -> Path:
+        """The run's resumable state."""
+        return Path(self.work_dir) / f"{self.run_name}.state.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneStatus:
+    """A stage of the run before training starts (reading data, loading the model)."""
+
+    message: str
+
+
+@dataclass
+class FinetuneOutcome:
+    """A finished (completed, stopped or out-of-time) run.
+
+    Attributes
+    ----------
+    reason : {"completed", "cancelled", "time_budget"}
+        Why it ended.
+    steps_done : int
+        Optimiser steps done in total (including those before a resume).
+    best, baseline : dict
+        Validation scores of the kept weights and of the starting model.
+    model : torch.nn.Module
+        The model with the best weights, in eval mode.
+    checkpoint : Path or None
+        The working checkpoint the engine wrote (best weights and the engine's header).
+    state_path : Path or None
+        Resumable state.
+    settings : FinetuneConfig
+        Settings of the run.
+    data : FinetuneData
+        The planes it trained on (a resume reuses them).
+    model_entry : dict
+        Catalog entry of the start model.
+    run_name : str
+        Stem of the working files.
+    optics_origin : dict
+        Where each optical hint came from.
+    replay_folder : str or None
+        In-focus images used for replay.
+    history : list of dict
+        Loss and validation records.
+    """
+
+    reason: str
+    steps_done: int
+    best: dict[str, Any]
+    baseline: dict[str, Any]
+    model: Any
+    checkpoint: Path | None
+    state_path: Path | None
+    settings: Any
+    data: FinetuneData
+    model_entry: dict[str, Any]
+    run_name: str = "run"
+    optics_origin: dict[str, str] = field(default_factory=dict)
+    replay_folder: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a resumable state was written."""
+        return self.state_path is not None and self.state_path.is_file()
+
+
+@dataclass(frozen=True)
+class FinetuneFailed:
+    """A run that raised; returned (not raised) by the worker, see :func:`start_worker`."""
+
+    error: Exception
+
+
+def _split_planes(array: Any, label: str) -> list[np.ndarray]:
+    data = np.asarray(array)  # dask layers are computed here, in the worker thread
+    if data.ndim < 2:
+        raise ValueError(f"{label} must be at least 2-D (M, N); got shape {data.shape}")
+    if data.dtype.kind not in "uif":
+        raise TypeError(f"{label} has dtype {data.dtype}; expected a numeric image")
+    return list(data.reshape((-1, *data.shape[-2:])))
+
+
+def load_data(request: FinetuneRequest) -> FinetuneData:
+    """Read every data source of ``request`` into 2-D planes (runs in the worker thread).
+
+    Raises
+    ------
+    ValueError
+        No unlabeled image at all, a paired layer pair of different shapes, or a folder that
+        holds no images.
+    FileNotFoundError
+        A folder that does not exist.
+    """
+    from ..train.data import find_images, find_pair_files, read_planes
+
+    planes: list[np.ndarray] = []
+    names: list[str] = []
+    origins: list[tuple[str, str, int]] = []
+    description: dict[str, Any] = {"layers": [], "folders": [], "paired_layers": [],
+                                   "paired_folders": []}
+    for name, array in request.layers:
+        parts = _split_planes(array, f"layer {name!r}")
+        for i, plane in enumerate(parts):
+            planes.append(plane)
+            names.append(name if len(parts) == 1 else f"{name}[{i}]")
+            origins.append(("layer", name, i))
+        description["layers"].append({"name": name, "shape": list(np.shape(array)),
+                                      "dtype": str(np.asarray(parts[0]).dtype),
+                                      "planes": len(parts)})
+    for folder in request.folders:
+        files = find_images([folder])
+        for path in files:
+            parts = read_planes(path)
+            for i, plane in enumerate(parts):
+                planes.append(np.asarray(plane))
+                names.append(path.name if len(parts) == 1 else f"{path.name}[{i}]")
+                origins.append(("file", str(path), i))
+        description["folders"].append({"path": str(folder), "files": [p.name for p in files]})
+    if not planes:
+        raise ValueError("no blurry images to fine-tune on: choose image layers or a folder")
+
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    pair_names: list[str] = []
+    for name, blurred, sharp in request.paired_layers:
+        b_parts = _split_planes(blurred, f"paired layer {name!r} (blurred)")
+        s_parts = _split_planes(sharp, f"paired layer {name!r} (sharp)")
+        if len(b_parts) != len(s_parts) or b_parts[0].shape != s_parts[0].shape:
+            raise ValueError(
+                f"paired layers {name!r}: blurred and sharp must have the same shape; got "
+                f"{np.shape(blurred)} and {np.shape(sharp)}"
+            )
+        for i, (b, s) in enumerate(zip(b_parts, s_parts)):
+            pairs.append((b, s))
+            pair_names.append(name if len(b_parts) == 1 else f"{name}[{i}]")
+        description["paired_layers"].append({"name": name, "shape": list(np.shape(blurred))})
+    for folder in request.paired_folders:
+        found = find_pair_files(folder)
+        for bpath, spath in found:
+            b_parts, s_parts = read_planes(bpath), read_planes(spath)
+            if len(b_parts) != len(s_parts):
+                raise ValueError(f"{bpath.name}: blurred and sharp have different plane counts")
+            for i, (b, s) in enumerate(zip(b_parts, s_parts)):
+                pairs.append((np.asarray(b), np.asarray(s)))
+                pair_names.append(bpath.stem + (f"[{i}]" if len(b_parts) > 1 else ""))
+        description["paired_folders"].append({"path": str(folder), "pairs": len(found)})
+    description.update({"planes": len(planes), "pairs": len(pairs),
+                        "replay_folder": request.replay_folder})
+    return FinetuneData(planes, names, origins, pairs, pair_names, description)
+
+
+def _load_start_model(catalog: ModelCatalog, name: str, device: str) -> nn.Module:
+    """A private copy of the start model: training must never change a model others use."""
+    entry = catalog.get(name)
+    if entry.kind == "memory":
+        model = copy.deepcopy(entry.model)
+        if not getattr(model, "info", None):
+            model.info = {"name": name}
+        return model
+    return catalog.load(name, device=device)
+
+
+def _engine_plane(source: Any) -> int | None:
+    """Index ``k`` of the engine's name ``"image<k>"`` for the k-th array it was given."""
+    if isinstance(source, str) and source.startswith("image") and source[5:].isdigit():
+        return int(source[5:])
+    return None
+
+
+def _preview_value(value: dict[str, Any], data: FinetuneData) -> dict[str, Any]:
+    """The engine's preview in the data's units, named after its real source."""
+    out = dict(value)
+    lo_hi = out.pop("norm_range", None)
+    if lo_hi is not None:
+        lo, hi = (float(v) for v in lo_hi)
+        out["image"] = np.asarray(out["image"], np.float32) * (hi - lo) + lo
+        out["input"] = np.asarray(out["input"], np.float32) * (hi - lo) + lo
+    k = _engine_plane(out.get("source"))
+    if k is not None and k < len(data.names):
+        out["source"] = data.names[k]
+        out["origin"] = data.origins[k]
+    return out
+
+
+def _crop_preview(model: nn.Module, crop: PreviewCrop) -> dict[str, Any]:
+    """Deblur the user's crop with the current weights, exactly as the Deblur widget would."""
+    from ..engine.predict import deblur
+
+    param = next(model.parameters(), None)
+    device = str(param.device) if param is not None else "cpu"
+    was_training = model.training
+    try:
+        image = deblur(np.asarray(crop.data), model, axes="YX", device=device)
+    finally:
+        model.train(was_training)
+    return {"image": np.asarray(image, np.float32), "input": np.asarray(crop.data, np.float32),
+            "box": tuple(crop.box), "source": crop.source,
+            "origin": ("layer", crop.source, -1)}
+
+
+def finetune_steps(
+    request: FinetuneRequest,
+    *,
+    catalog: ModelCatalog | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[TrainUpdate | FinetuneStatus, None, FinetuneOutcome | None]:
+    """Fine-tune as ``request`` says, yielding progress; return the outcome.
+
+    Yields :class:`FinetuneStatus` records while reading data and loading the model, then the
+    engine's :class:`TrainUpdate` records (PREVIEW values are converted to the data's units and
+    carry an ``origin``; DONE carries no model). Setting ``cancel`` stops the run after the step
+    in progress, keeping the best weights, and still returns an outcome; ``None`` is returned
+    only when the run was stopped before the model was loaded. Errors propagate.
+    """
+    from ..train.finetune import finetune_iter
+
+    catalog = catalog if catalog is not None else get_catalog()
+    settings = request.settings
+    resume = request.resume
+    if resume is None:
+        yield FinetuneStatus("Reading images…")
+        data = load_data(request)
+        yield FinetuneStatus(f"Loading model {request.model}…")
+        model = _load_start_model(catalog, request.model, settings.device)
+        entry = catalog.get(request.model).to_dict()
+    else:
+        data = resume.data
+        yield FinetuneStatus("Preparing to resume…")
+        model = copy.deepcopy(resume.model)
+        entry = dict(resume.model_entry)
+    if cancel is not None and cancel.is_set():
+        return None
+    Path(request.work_dir).mkdir(parents=True, exist_ok=True)
+    yield FinetuneStatus("Scoring the starting model on a held-out crop…"
+                         if resume is None else "Loading the saved state…")
+    replay = None
+    if request.replay_folder:
+        from ..train.data import find_images
+
+        replay = find_images([request.replay_folder])
+    done: dict[str, Any] | None = None
+    done_step = 0
+    updates = finetune_iter(
+        model, data.planes, paired=data.pairs or None, settings=settings,
+        replay_images=replay, out_path=request.checkpoint_path, state_path=request.state_path,
+        resume=resume is not None, cancel=cancel,
+    )
+    for update in updates:
+        if update.kind is UpdateKind.ERROR:
+            continue  # the exception itself follows
+        if update.kind is UpdateKind.PREVIEW:
+            value = (_crop_preview(model, request.preview_crop)
+                     if request.preview_crop is not None else _preview_value(update.value, data))
+            update = TrainUpdate(update.kind, update.step, update.total, value)
+        elif update.kind is UpdateKind.DONE:
+            done, done_step = dict(update.value), int(update.step)
+            update = TrainUpdate(update.kind, update.step, update.total,
+                                 {k: v for k, v in done.items() if k != "result"})
+        yield update
+    if done is None:  # pragma: no cover - the engine always ends with DONE or raises
+        return None
+    result = done["result"]
+    return FinetuneOutcome(
+        reason=str(done["reason"]), steps_done=done_step,
+        best=dict(result.best), baseline=dict(result.baseline), model=result.model,
+        checkpoint=result.checkpoint,
+        state_path=request.state_path if request.state_path.is_file() else None,
+        settings=settings, data=data, model_entry=entry, run_name=request.run_name,
+        optics_origin=dict(request.optics_origin), replay_folder=request.replay_folder,
+        history=list(result.history),
+    )
+
+
+def run_blocking(
+    request: FinetuneRequest,
+    *,
+    catalog: ModelCatalog | None = None,
+    cancel: threading.Event | None = None,
+    on_update: Callable[[TrainUpdate | FinetuneStatus], None] | None = None,
+) -> FinetuneOutcome | None:
+    """Drive :func:`finetune_steps` to the end in the calling thread (tests, scripts)."""
+    steps = finetune_steps(request, catalog=catalog, cancel=cancel)
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_update is not None:
+            on_update(update)
+
+
+def _returning_errors(
+    request: FinetuneRequest, *, catalog: ModelCatalog | None, cancel: threading.Event | None
+) -> Generator[Any, None, FinetuneOutcome | FinetuneFailed | None]:
+    """:func:`finetune_steps` with an exception returned as :class:`FinetuneFailed`.
+
+    superqt's generator worker takes a ``RuntimeError`` escaping the generator for "the worker
+    was deleted" and then signals nothing; torch failures are mostly ``RuntimeError``s.
+    """
+    try:
+        return (yield from finetune_steps(request, catalog=catalog, cancel=cancel))
+    except Exception as exc:
+        logger.debug("fine-tuning failed", exc_info=True)
+        return FinetuneFailed(exc)
+
+
+def start_worker(
+    request: FinetuneRequest,
+    *,
+    catalog: ModelCatalog | None = None,
+    cancel: threading.Event | None = None,
+    on_update: Callable[[Any], None] | None = None,
+    on_returned: Callable[[Any], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+) -> GeneratorWorker:
+    """Start :func:`finetune_steps` in a napari generator worker (callbacks run in the GUI)."""
+    from napari.qt.threading import create_worker
+
+    connect = {name: fn for name, fn in (("yielded", on_update), ("returned", on_returned),
+                                         ("finished", on_finished)) if fn is not None}
+    worker = create_worker(_returning_errors, request, catalog=catalog, cancel=cancel,
+                           _start_thread=False, _connect=connect)
+    worker.start()
+    return worker
+
+
+# ==========================================================================================
+# Saving
+# ==========================================================================================
+def checkpoint_metadata(outcome: FinetuneOutcome, *, name: str) -> dict[str, Any]:
+    """Header entries for a saved fine-tuned model: the engine's record, with real data names.
+
+    Starts from the header the engine wrote into the working checkpoint (settings, composition,
+    validation scores, base model), then names the planes after their layers and files, and
+    adds the data description, where each optical hint came from, and the save time.
+    """
+    from ..models.checkpoint import read_header
+
+    header: dict[str, Any] = {}
+    if outcome.checkpoint is not None and Path(outcome.checkpoint).is_file():
+        header = dict(read_header(outcome.checkpoint) or {})
+    keep = ("normalization", "finetune", "simulation", "metrics", "description", "training")
+    meta = {k: header[k] for k in keep if k in header}
+    finetune = dict(meta.get("finetune") or {})
+    finetune.setdefault("settings", outcome.settings.to_dict())
+    finetune.setdefault("best", outcome.best)
+    finetune.setdefault("baseline", outcome.baseline)
+    finetune["images"] = list(outcome.data.names)
+    finetune["paired"] = list(outcome.data.pair_names)
+    finetune["data"] = outcome.data.description
+    finetune["optics_hints"] = {
+        f: {"value": getattr(outcome.settings, f), "origin": outcome.optics_origin.get(f, "model")}
+        for f in OPTICS_FIELDS
+    }
+    crop = dict(finetune.get("validation_crop") or {})
+    k = _engine_plane(crop.get("image"))
+    if k is not None and k < len(outcome.data.names):
+        crop["image"] = outcome.data.names[k]
+        finetune["validation_crop"] = crop
+    finetune["steps_done"] = outcome.steps_done
+    finetune["stopped"] = outcome.reason
+    finetune["base_model_entry"] = outcome.model_entry
+    finetune["saved"] = datetime.now(UTC).isoformat(timespec="seconds")
+    finetune["tool"] = "napari panel 'Defocus Deblur: Fine-tune'"
+    meta["finetune"] = finetune
+    meta["name"] = name
+    base = outcome.model_entry.get("name", "model")
+    meta["description"] = (f"{base} fine-tuned ({outcome.settings.mode}) on "
+                           f"{len(outcome.data.names)} unlabeled planes"
+                           + (f" and {len(outcome.data.pair_names)} pairs"
+                              if outcome.data.pair_names else ""))
+    return meta
+
+
+def save_finetuned(outcome: FinetuneOutcome, path: str | os.PathLike, *, name: str) -> Path:
+    """Write the run's best model as a project checkpoint, atomically; returns the path.
+
+    ``.safetensors`` is appended when ``path`` has another suffix.
+    """
+    from ..models.checkpoint import save_checkpoint
+
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    return save_checkpoint(path, outcome.model, metadata=checkpoint_metadata(outcome, name=name))
+
+
+# ==========================================================================================
+# Timing
+# ==========================================================================================
+def eta_seconds(
+    *, start_step: int, start_time: float, step: int, now: float, total: int,
+    deadline: float | None = None,
+) -> float | None:
+    """Seconds left, from the pace since ``start_step``; capped by a time-budget ``deadline``.
+
+    ``None`` until one step has been timed.
+    """
+    if step <= start_step or now <= start_time:
+        return None
+    per_step = (now - start_time) / (step - start_step)
+    left = max(0, total - step) * per_step
+    if deadline is not None:
+        left = min(left, max(0.0, deadline - now))
+    return left
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# ==========================================================================================
+# The widget
+# ==========================================================================================
+@dataclass
+class _Job:
+    """What the widget remembers about the run in flight."""
+
+    request: FinetuneRequest
+    cancel: threading.Event
+    activity: ActivityProgress
+    started: float
+    worker: GeneratorWorker | None = None
+    train_start_step: int | None = None
+    train_start_time: float | None = None
+    deadline: float | None = None
+    last_step: int = 0
+    total: int = 0
+    smoothed: float | None = None
+    outcome: FinetuneOutcome | None = None
+
+
+class FinetuneWidget(Container):
+    """Dock widget that fine-tunes a deblurring model on the user's own blurry images (EFCR).
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (napari passes it when the widget is opened from the Plugins menu).
+    catalog : ModelCatalog, optional
+        Start models come from, and fine-tuned models go to, this catalog; default: the one
+        shared with the Defocus Deblur widget and the reader.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, catalog: ModelCatalog | None = None) -> None:
+        from ..train.finetune import get_finetune_preset, list_finetune_presets
+
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._catalog = catalog if catalog is not None else get_catalog()
+        self._job: _Job | None = None
+        self._last: FinetuneOutcome | None = None
+        self._memory_entry: str | None = None
+        self._saved_paths: set[Path] = set()
+        self._prefilled: dict[str, float] = {}
+        self._name_edited = False
+        self._runs = 0
+        self._work_dir: Path | None = None
+        self._get_preset = get_finetune_preset
+
+        # ---- data
+        self._images = Select(label="Blurry images", choices=self._image_choices,
+                              allow_multiple=True)
+        self._folder = FileEdit(label="…or folder", mode="d", nullable=True)
+        self._paired_blurred = ComboBox(label="Paired: blurred", choices=self._image_choices,
+                                        nullable=True, value=None)
+        self._paired_sharp = ComboBox(label="Paired: sharp", choices=self._image_choices,
+                                      nullable=True, value=None)
+        self._paired_folder = FileEdit(label="Paired folder", mode="d", nullable=True)
+        # ---- optics (0 = the start model's simulation optics)
+        self._pixel_size = FloatSpinBox(label="Pixel size (µm)", min=0.0, max=100.0,
+                                        step=0.005, value=0.0)
+        self._na = FloatSpinBox(label="NA", min=0.0, max=1.7, step=0.05, value=0.0)
+        self._wavelength = FloatSpinBox(label="Wavelength (nm)", min=0.0, max=2000.0,
+                                        step=10.0, value=0.0)
+        self._index = FloatSpinBox(label="Immersion index", min=0.0, max=2.0, step=0.01,
+                                   value=0.0)
+        for widget, decimals in ((self._pixel_size, 4), (self._na, 3), (self._wavelength, 0),
+                                 (self._index, 3)):
+            widget.native.setDecimals(decimals)
+            widget.native.setSpecialValueText("from model")
+        # ---- settings
+        presets = list_finetune_presets()
+        self._preset = ComboBox(label="Preset", choices=presets,
+                                value=self._default_preset(presets))
+        self._model = ComboBox(label="Start model", choices=self._model_choices, nullable=True)
+        self._steps = SpinBox(label="Steps", min=1, max=1_000_000, value=200)
+        self._time_budget = FloatSpinBox(label="Time budget (min)", min=0.0, max=10_000.0,
+                                         step=5.0, value=0.0)
+        self._time_budget.native.setSpecialValueText("none")
+        self._batch_size = SpinBox(label="Batch size", min=1, max=256, value=2)
+        self._patch_size = SpinBox(label="Patch size (px)", min=32, max=2048, step=32,
+                                   value=128)
+        self._lr = FloatSpinBox(label="Learning rate", min=1e-7, max=1e-2, step=1e-5,
+                                value=5e-5)
+        self._lr.native.setDecimals(7)
+        self._efcr_weight = FloatSpinBox(label="EFCR weight λ", min=0.0, max=1.0, step=1e-4,
+                                         value=5e-4)
+        self._efcr_weight.native.setDecimals(6)
+        self._replay = FloatSpinBox(label="Replay fraction", min=0.0, max=1.0, step=0.05,
+                                    value=0.5)
+        self._advanced = CheckBox(text="Advanced settings", value=False)
+        self._mode = ComboBox(label="Objective", choices=MODE_CHOICES, value="full")
+        self._replay_folder = FileEdit(label="Replay images", mode="d", nullable=True)
+        self._device = ComboBox(label="Device", choices=self._device_choices)
+        self._val_every = SpinBox(label="Validate every", min=1, max=100_000, value=25)
+        self._preview_every = SpinBox(label="Preview every", min=0, max=100_000, value=50)
+        self._preview_every.native.setSpecialValueText("never")
+        self._preview_region = ComboBox(label="Preview crop", choices=self._preview_choices,
+                                        nullable=True, value=None)
+        self._seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
+        self._advanced_box = Container(
+            widgets=[self._mode, self._replay_folder, self._paired_blurred, self._paired_sharp,
+                     self._paired_folder, self._device, self._val_every, self._preview_every,
+                     self._seed],
+            labels=True, visible=False,
+        )
+        # ---- output and controls
+        self._name = LineEdit(label="Model name", value="")
+        self._output = FileEdit(label="Save to", mode="w", filter="*.safetensors", nullable=True)
+        self._start = PushButton(text="Start")
+        self._resume = PushButton(text="Resume")
+        self._save = PushButton(text="Save")
+        buttons = Container(widgets=[self._start, self._resume, self._save], layout="horizontal",
+                            labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self._progress = ProgressBar(label="Progress", value=0, min=0, max=1)
+        self._status = Label(label="Status", value="")
+        self._status.native.setWordWrap(True)
+        self._tooltips()
+        self.extend([
+            Label(value="<b>Data</b> (unlabeled, blurry)"), self._images, self._folder,
+            Label(value="<b>Optics</b> for re-blurring"), self._pixel_size, self._na,
+            self._wavelength, self._index,
+            Label(value="<b>Training</b>"), self._preset, self._model, self._steps,
+            self._time_budget, self._batch_size, self._patch_size, self._lr,
+            self._efcr_weight, self._replay, self._preview_region, self._advanced,
+            self._advanced_box,
+            Label(value="<b>Result</b>"), self._name, self._output, buttons, self._progress,
+            self._status,
+        ])
+        self._add_plots()
+
+        self._apply_preset(self._preset.value)
+        self._model.value = self._catalog.default_name()
+        self._on_model_changed(self._model.value)
+        self._select_active_layer()
+        self._prefill_optics()
+        self._update_state()
+
+        self._preset.changed.connect(self._apply_preset)
+        self._model.changed.connect(self._on_model_changed)
+        self._name.changed.connect(self._on_name_edited)
+        self._images.changed.connect(self._on_images_changed)
+        self._folder.changed.connect(self._update_state)
+        self._advanced.changed.connect(self._on_advanced)
+        self._start.changed.connect(self._on_start_clicked)
+        self._resume.changed.connect(lambda *_: self.resume())
+        self._save.changed.connect(lambda *_: self.save())
+        self._catalog.connect(self._on_catalog_event)
+        layers = viewer.layers
+        for event in (layers.events.inserted, layers.events.removed, layers.events.moved):
+            event.connect(self._on_layers_changed)
+        for layer in layers:
+            layer.events.name.connect(self._on_layers_changed)
+        cancel_holder = self._cancel_on_close
+        self.native.destroyed.connect(lambda *_: cancel_holder())
+
+    # ------------------------------------------------------------------ construction helpers
+    def _tooltips(self) -> None:
+        self._images.tooltip = ("Your own blurry images (no ground truth needed); several "
+                                "layers and stacks are fine. A crop of the largest is held out "
+                                "to score the model.")
+        self._folder.tooltip = "A folder of blurry TIFF/PNG images, used with the layers"
+        self._paired_blurred.tooltip = "Optional: a blurred image whose sharp version you have"
+        self._paired_sharp.tooltip = "Optional: the in-focus image matching 'Paired: blurred'"
+        self._paired_folder.tooltip = "Optional: a folder with blur/ and sharp/ subfolders"
+        self._pixel_size.tooltip = ("Pixel size in the sample plane; filled from the layer's "
+                                    "metadata when known. 'from model': the start model's optics")
+        self._na.tooltip = "Objective numerical aperture (re-blur kernels are defocus PSFs)"
+        self._wavelength.tooltip = "Emission wavelength"
+        self._index.tooltip = "Immersion refractive index: 1.0 air, 1.333 water, 1.515 oil"
+        self._preset.tooltip = "Sensible defaults for a laptop CPU or a GPU"
+        self._model.tooltip = "The trained model to adapt (bundled, or a checkpoint)"
+        self._steps.tooltip = "Optimiser steps (the run can be stopped earlier and resumed)"
+        self._time_budget.tooltip = "Stop cleanly before this many minutes"
+        self._lr.tooltip = "Peak learning rate: small, this adapts a trained model"
+        self._efcr_weight.tooltip = "Weight of the EFCR contrastive term (paper: 5e-4)"
+        self._replay.tooltip = ("Share of each batch that replays the model's simulated "
+                                "training pairs, so that it does not forget")
+        self._mode.tooltip = "What is optimised (for comparisons); 'full' is recommended"
+        self._replay_folder.tooltip = ("In-focus images for replay pairs (default: procedural "
+                                       "images)")
+        self._preview_region.tooltip = ("Re-deblur this region at every preview: a rectangle "
+                                        "drawn in a Shapes layer; empty: the held-out crop")
+        self._name.tooltip = "Name of the fine-tuned model in the Defocus Deblur widget"
+        self._output.tooltip = "Checkpoint file written by Save"
+        self._start.tooltip = "Start fine-tuning; Stop keeps the best weights so far"
+        self._resume.tooltip = "Continue the last stopped run (Steps and time budget may change)"
+        self._save.tooltip = "Write the fine-tuned model as a checkpoint and list it"
+
+    def _add_plots(self) -> None:
+        from ._plot import LinePlot
+
+        self._loss_plot = LinePlot("Training loss", log_left=True)
+        self._loss_plot.add_series("loss", color="#9aa5b1")
+        self._loss_plot.add_series("smoothed", color="#1f77b4")
+        self._val_plot = LinePlot("Held-out crop", left_label="dB", right_label="ratio")
+        self._val_plot.add_series("re-blur PSNR", color="#2ca02c", markers=True)
+        self._val_plot.add_series("sharpness", color="#d62728", axis="right", style="dash",
+                                  markers=True)
+        self._loss_plot.setToolTip("Training loss per step (grey) and its moving average")
+        self._val_plot.setToolTip(
+            "Scores on a crop held out from training (no ground truth needed): re-blur PSNR = "
+            "how well the model undoes a known extra blur of your image (higher is better); "
+            "sharpness = detail energy of the output relative to the input")
+        layout = self.native.layout()
+        layout.addWidget(self._loss_plot)
+        layout.addWidget(self._val_plot)
+
+    @staticmethod
+    def _default_preset(presets: Sequence[str]) -> str:
+        import torch
+
+        wanted = "gpu" if torch.cuda.is_available() else "cpu-laptop"
+        return wanted if wanted in presets else presets[0]
+
+    # ------------------------------------------------------------------ choices
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, Image) and not layer.rgb
+                and PREVIEW_KEY not in (layer.metadata or {})]
+
+    def _preview_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Shapes
+
+        return [(f"rectangle in {layer.name!r}", layer) for layer in self._viewer.layers
+                if isinstance(layer, Shapes)]
+
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        choices = [(entry.label, entry.name) for entry in self._catalog.entries()]
+        return [*choices, ("Load checkpoint…", LOAD_CHECKPOINT)]
+
+    def _device_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        from .._device import get_device, list_devices
+        from ._deblur import _describe_device
+
+        choices = [(f"auto ({get_device('auto')})", "auto")]
+        choices += [(_describe_device(name), name) for name in list_devices()]
+        return choices
+
+    def _select_active_layer(self) -> None:
+        active = self._viewer.layers.selection.active
+        choices = [layer for _, layer in self._image_choices()]
+        if active is not None and active in choices:
+            self._images.value = [active]
+        elif choices and not self._images.value:
+            self._images.value = [choices[-1]]
+
+    # ------------------------------------------------------------------ events
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.name.connect(self._on_layers_changed)
+        images = [layer for _, layer in self._image_choices()]
+        shapes = [layer for _, layer in self._preview_choices()]
+        for widget, valid in ((self._images, images), (self._paired_blurred, images),
+                              (self._paired_sharp, images), (self._preview_region, shapes)):
+            current = widget.value
+            with widget.changed.blocked():
+                widget.reset_choices()
+                if widget is self._images:
+                    widget.value = [layer for layer in current if layer in valid]
+                else:
+                    widget.value = current if current is not None and current in valid else None
+        self._update_state()
+
+    def _on_images_changed(self, *_: Any) -> None:
+        self._prefill_optics()
+        self._update_state()
+
+    def _prefill_optics(self) -> None:
+        """Fill the optical hints from the first chosen layer's metadata, where it has them."""
+        layers = list(self._images.value or [])
+        if not layers:
+            return
+        layer = layers[0]
+        try:
+            hints = optics_from_layer(layer.metadata, scale=tuple(layer.scale),
+                                      units=tuple(layer.units))
+        except Exception:  # odd metadata must not break the panel
+            logger.debug("could not read optics from %s", layer.name, exc_info=True)
+            return
+        widgets = {"pixel_size_um": self._pixel_size, "numerical_aperture": self._na,
+                   "wavelength_nm": self._wavelength, "refractive_index": self._index}
+        for name, value in hints.items():
+            widget = widgets[name]
+            if widget.min < value <= widget.max:
+                widget.value = value
+                self._prefilled[name] = float(widget.value)
+
+    def _apply_preset(self, name: Any = None) -> None:
+        preset = self._get_preset(str(name or self._preset.value))
+        self._steps.value = preset.steps
+        self._time_budget.value = (preset.time_budget_s or 0.0) / 60.0
+        self._batch_size.value = preset.batch_size
+        self._patch_size.value = preset.patch_size
+        self._lr.value = preset.lr
+        self._efcr_weight.value = preset.efcr_weight
+        self._replay.value = preset.replay_fraction
+        self._val_every.value = max(1, preset.val_every)
+        self._preview_every.value = preset.preview_every
+
+    def _on_model_changed(self, value: Any = None) -> None:
+        if value == LOAD_CHECKPOINT:
+            self._browse_checkpoint()
+            return
+        if value is not None and not self._name_edited:
+            self._set_name(f"{value}-ft")
+        self._update_state()
+
+    def _set_name(self, text: str) -> None:
+        with self._name.changed.blocked():
+            self._name.value = text
+
+    def _on_name_edited(self, *_: Any) -> None:
+        self._name_edited = bool(self._name.value.strip())
+
+    def _on_advanced(self, value: Any = None) -> None:
+        self._advanced_box.visible = bool(self._advanced.value)
+
+    def _on_catalog_event(self, event: CatalogEvent) -> None:
+        """Catalog changes can come from any thread; Qt widgets must change in the GUI thread."""
+        from superqt.utils import ensure_main_thread
+
+        ensure_main_thread(self._apply_catalog_event)(event)
+
+    def _apply_catalog_event(self, event: CatalogEvent) -> None:
+        try:
+            current = self._model.value
+            with self._model.changed.blocked():
+                self._model.reset_choices()
+        except RuntimeError:  # the Qt widget was deleted (closed dock)
+            self._catalog.disconnect(self._on_catalog_event)
+            return
+        with self._model.changed.blocked():
+            if current in self._catalog:
+                self._model.value = current
+            elif self._catalog.default_name() is not None:
+                self._model.value = self._catalog.default_name()
+        if self._model.value != current:
+            self._on_model_changed(self._model.value)
+        self._update_state()
+
+    def _ask_checkpoint_path(self) -> str | None:
+        """Ask for a start checkpoint (separate so tests can replace the modal dialog)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        patterns = " ".join(f"*{s}" for s in CHECKPOINT_SUFFIXES)
+        path, _ = QFileDialog.getOpenFileName(self.native, "Start from a checkpoint",
+                                              str(Path.home()),
+                                              f"Checkpoints ({patterns});;All files (*)")
+        return path or None
+
+    def _browse_checkpoint(self) -> None:
+        from napari.utils.notifications import show_error
+
+        path = self._ask_checkpoint_path()
+        entry = None
+        if path:
+            try:
+                entry = self._catalog.add_checkpoint(path, select=True)
+            except (OSError, ValueError) as exc:
+                show_error(f"Cannot use {Path(path).name} as a model: {exc}")
+        with self._model.changed.blocked():
+            self._model.reset_choices()
+            self._model.value = (entry.name if entry is not None and entry.name in self._catalog
+                                 else self._catalog.default_name())
+        self._on_model_changed(self._model.value)
+
+    def _cancel_on_close(self) -> None:
+        job = self._job
+        if job is not None:
+            job.cancel.set()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def running(self) -> bool:
+        """True while a fine-tuning run is in flight."""
+        return self._job is not None
+
+    @property
+    def last_outcome(self) -> FinetuneOutcome | None:
+        """The last finished run (``None`` before the first one ends)."""
+        return self._last
+
+    def _has_data(self) -> bool:
+        return bool(self._images.value) or self._folder.value is not None
+
+    def _update_state(self, *_: Any) -> None:
+        model_ok = self._model.value not in (None, LOAD_CHECKPOINT)
+        running = self.running
+        if running:
+            stopping = self._job.cancel.is_set()
+            self._start.text = "Stopping…" if stopping else "Stop"
+            self._start.enabled = not stopping
+        else:
+            self._start.text = "Start"
+            self._start.enabled = model_ok and self._has_data()
+            if not model_ok and not len(self._catalog):
+                self._status.value = "No trained model is installed yet: load a checkpoint."
+        self._resume.enabled = (not running and self._last is not None and self._last.resumable)
+        self._save.enabled = not running and self._last is not None
+        for widget in (self._images, self._folder, self._paired_blurred, self._paired_sharp,
+                       self._paired_folder, self._preset, self._model, self._batch_size,
+                       self._patch_size, self._lr, self._efcr_weight, self._replay, self._mode,
+                       self._replay_folder, self._device, self._seed, self._pixel_size,
+                       self._na, self._wavelength, self._index, self._steps,
+                       self._time_budget, self._val_every, self._preview_every,
+                       self._preview_region, self._name, self._output):
+            widget.enabled = not running
+
+    def _set_status(self, text: str) -> None:
+        self._status.value = text
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> FinetuneConfig:
+        """The engine settings the fields describe (``ValueError`` for impossible optics)."""
+        hints = {
+            "pixel_size_um": self._pixel_size.value, "numerical_aperture": self._na.value,
+            "wavelength_nm": self._wavelength.value, "refractive_index": self._index.value,
+        }
+        hints = {k: (float(v) if v and v > 0 else None) for k, v in hints.items()}
+        na, index = hints["numerical_aperture"], hints["refractive_index"]
+        if na is not None and na >= 1.0 and (index is None or na >= index):
+            raise ValueError(
+                f"NA {na:g} needs an immersion medium of higher index: set 'Immersion index' "
+                "(1.333 water, 1.515 oil)"
+            )
+        budget_min = float(self._time_budget.value)
+        return self._get_preset(str(self._preset.value)).replace(
+            steps=int(self._steps.value),
+            time_budget_s=budget_min * 60.0 if budget_min > 0 else None,
+            batch_size=int(self._batch_size.value),
+            patch_size=int(self._patch_size.value),
+            lr=float(self._lr.value),
+            efcr_weight=float(self._efcr_weight.value),
+            replay_fraction=float(self._replay.value),
+            mode=str(self._mode.value),
+            device=str(self._device.value),
+            val_every=int(self._val_every.value),
+            preview_every=int(self._preview_every.value),
+            seed=int(self._seed.value),
+            **hints,
+        )
+
+    def _optics_origin(self) -> dict[str, str]:
+        values = {"pixel_size_um": self._pixel_size.value, "numerical_aperture": self._na.value,
+                  "wavelength_nm": self._wavelength.value,
+                  "refractive_index": self._index.value}
+        origin = {}
+        for name, value in values.items():
+            if not value or value <= 0:
+                origin[name] = "model"
+            elif name in self._prefilled and math.isclose(value, self._prefilled[name]):
+                origin[name] = "layer metadata"
+            else:
+                origin[name] = "entered"
+        return origin
+
+    def _preview_crop(self) -> PreviewCrop | None:
+        """The rectangle chosen for previews, cut from the first chosen layer's shown plane."""
+        from ._layers import layer_axes, select_plane, stack_axes
+
+        shapes = self._preview_region.value
+        layers = list(self._images.value or [])
+        if shapes is None or not layers:
+            return None
+        if not len(shapes.data):
+            raise ValueError(f"Shapes layer {shapes.name!r} is empty: draw a rectangle in it")
+        image = layers[0]
+        vertices = np.asarray(shapes.data[0], dtype=float)
+        world = np.array([shapes.data_to_world(v) for v in vertices])
+        data_pts = np.array([image.world_to_data(w[-image.ndim:]) for w in world])
+        ys, xs = data_pts[:, -2], data_pts[:, -1]
+        height, width = image.data.shape[-2:]
+        y0, y1 = int(max(0, math.floor(ys.min()))), int(min(height, math.ceil(ys.max())))
+        x0, x1 = int(max(0, math.floor(xs.min()))), int(min(width, math.ceil(xs.max())))
+        if y1 - y0 < 8 or x1 - x0 < 8:
+            raise ValueError(
+                f"the preview rectangle in {shapes.name!r} covers {max(0, y1 - y0)}×"
+                f"{max(0, x1 - x0)} px of {image.name!r}; draw one of at least 8×8 px over it"
+            )
+        y1, x1 = min(y1, y0 + _MAX_PREVIEW_SIDE), min(x1, x0 + _MAX_PREVIEW_SIDE)
+        data = image.data
+        if stack_axes(layer_axes(image)):
+            plane = select_plane(image, tuple(self._viewer.dims.point))
+            data = data[plane.slices(data.ndim)]
+        crop = np.asarray(data[..., y0:y1, x0:x1]).reshape(y1 - y0, x1 - x0)
+        return PreviewCrop(crop, (y0, x0, y1 - y0, x1 - x0), image.name)
+
+    def _ensure_work_dir(self) -> Path:
+        if self._work_dir is None or not self._work_dir.is_dir():
+            self._work_dir = Path(tempfile.mkdtemp(prefix="napari-mpt-finetune-"))
+            weakref.finalize(self, shutil.rmtree, str(self._work_dir), True)
+        return self._work_dir
+
+    def build_request(self) -> FinetuneRequest:
+        """A request for a new run from the current fields (``ValueError`` explains problems)."""
+        model = self._model.value
+        if model in (None, LOAD_CHECKPOINT):
+            raise ValueError("choose a start model first")
+        layers = []
+        for layer in self._images.value or []:
+            if layer.multiscale:
+                raise ValueError(f"{layer.name!r} is a multiscale layer; choose a single-scale "
+                                 "image or a folder of TIFFs")
+            layers.append((layer.name, layer.data))
+        folder = self._folder.value
+        if not layers and folder is None:
+            raise ValueError("choose at least one blurry image layer or a folder of images")
+        blurred, sharp = self._paired_blurred.value, self._paired_sharp.value
+        paired_layers: tuple = ()
+        if (blurred is None) != (sharp is None):
+            raise ValueError("a labeled pair needs both 'Paired: blurred' and 'Paired: sharp'")
+        if blurred is not None:
+            if tuple(blurred.data.shape) != tuple(sharp.data.shape):
+                raise ValueError(
+                    f"paired layers must have the same shape; {blurred.name!r} is "
+                    f"{tuple(blurred.data.shape)} and {sharp.name!r} is {tuple(sharp.data.shape)}"
+                )
+            paired_layers = ((f"{blurred.name}|{sharp.name}", blurred.data, sharp.data),)
+        settings = self.settings()
+        self._runs += 1
+        return FinetuneRequest(
+            model=str(model), settings=settings, work_dir=str(self._ensure_work_dir()),
+            run_name=f"run{self._runs}", layers=tuple(layers),
+            folders=(str(folder),) if folder is not None else (),
+            paired_layers=paired_layers,
+            paired_folders=((str(self._paired_folder.value),)
+                            if self._paired_folder.value is not None else ()),
+            replay_folder=(str(self._replay_folder.value)
+                           if self._replay_folder.value is not None else None),
+            preview_crop=self._preview_crop(), optics_origin=self._optics_origin(),
+        )
+
+    # ------------------------------------------------------------------ running
+    def _on_start_clicked(self, *_: Any) -> None:
+        if self.running:
+            self.stop()
+        else:
+            self.start()
+
+    def start(self) -> None:
+        """Start a new fine-tuning run in a background worker (no-op while one runs)."""
+        from napari.utils.notifications import show_warning
+
+        if self.running:
+            return
+        try:
+            request = self.build_request()
+        except (TypeError, ValueError) as exc:
+            show_warning(f"Cannot start fine-tuning: {exc}")
+            self._set_status(f"Cannot start: {exc}")
+            return
+        self._loss_plot.clear()
+        self._val_plot.clear()
+        self._launch(request, f"Fine-tuning {request.model}")
+
+    def resume(self) -> None:
+        """Continue the last run from its saved state with the current Steps/time budget."""
+        from napari.utils.notifications import show_warning
+
+        last = self._last
+        if self.running or last is None:
+            return
+        if not last.resumable:
+            show_warning("The last run left no state to resume from; start a new run.")
+            return
+        steps = int(self._steps.value)
+        if steps <= last.steps_done:
+            show_warning(f"The run already did {last.steps_done} steps: raise 'Steps' above "
+                         "that to continue it.")
+            self._set_status(f"Raise 'Steps' above {last.steps_done} to resume.")
+            return
+        budget_min = float(self._time_budget.value)
+        control = {"steps": steps, "time_budget_s": budget_min * 60.0 if budget_min else None,
+                   "device": str(self._device.value), "val_every": int(self._val_every.value),
+                   "preview_every": int(self._preview_every.value)}
+        settings = last.settings.replace(**control)
+        try:
+            current = self.settings().to_dict()
+        except ValueError:
+            current = {}
+        ignored = sorted(k for k, v in current.items()
+                         if k not in _RUN_CONTROL and v != settings.to_dict().get(k))
+        try:
+            crop = self._preview_crop()
+        except ValueError as exc:
+            show_warning(str(exc))
+            crop = None
+        request = FinetuneRequest(
+            model=str(last.model_entry.get("name", "")), settings=settings,
+            work_dir=str(last.state_path.parent), run_name=last.run_name,
+            replay_folder=last.replay_folder, preview_crop=crop,
+            optics_origin=dict(last.optics_origin),
+            resume=ResumePoint(last.model, last.data, last.model_entry),
+        )
+        self._launch(request, f"Resuming fine-tuning at step {last.steps_done}")
+        if ignored:
+            self._set_status("Resuming with the run's own settings (changes to "
+                             f"{', '.join(ignored)} apply to a new run only)…")
+
+    def _launch(self, request: FinetuneRequest, description: str) -> None:
+        job = _Job(request=request, cancel=threading.Event(),
+                   activity=ActivityProgress(description), started=time.monotonic(),
+                   total=request.settings.steps)
+        self._job = job
+        self._progress.max = max(1, request.settings.steps)
+        self._progress.value = self._last.steps_done if request.resume and self._last else 0
+        self._set_status(f"{description}…")
+        self._update_state()
+        job.worker = start_worker(
+            request, catalog=self._catalog, cancel=job.cancel,
+            on_update=lambda update: self._on_update(job, update),
+            on_returned=lambda outcome: self._on_returned(job, outcome),
+            on_finished=lambda: self._on_finished(job),
+        )
+
+    def stop(self) -> None:
+        """Stop after the step in progress; the best weights so far are kept and listed."""
+        job = self._job
+        if job is None:
+            return
+        job.cancel.set()
+        self._set_status("Stopping after the current step (validating and saving the best "
+                         "weights)…")
+        self._update_state()
+
+    # ------------------------------------------------------------------ updates (GUI thread)
+    def _on_update(self, job: _Job, update: Any) -> None:
+        if job is not self._job:
+            return
+        if isinstance(update, FinetuneStatus):
+            if not job.cancel.is_set():
+                self._set_status(update.message)
+            return
+        kind = update.kind
+        if kind is UpdateKind.LOSS:
+            self._on_loss(job, update)
+        elif kind is UpdateKind.VALIDATION:
+            self._on_validation(job, update)
+        elif kind is UpdateKind.PREVIEW:
+            try:
+                self._show_preview(update)
+            except Exception:  # a preview must never stop training
+                logger.exception("could not show the fine-tuning preview")
+
+    def _on_loss(self, job: _Job, update: TrainUpdate) -> None:
+        now = time.monotonic()
+        if job.train_start_step is None:
+            job.train_start_step, job.train_start_time = update.step - 1, job.started
+        job.last_step, job.total = update.step, update.total
+        loss = float(update.value.get("loss", float("nan")))
+        if math.isfinite(loss):
+            job.smoothed = loss if job.smoothed is None else 0.9 * job.smoothed + 0.1 * loss
+        self._loss_plot.append("loss", update.step, loss)
+        if job.smoothed is not None:
+            self._loss_plot.append("smoothed", update.step, job.smoothed)
+        self._progress.max = max(1, update.total)
+        self._progress.value = min(update.step, update.total)
+        job.activity.update(DeblurProgress(Stage.RUNNING, update.step, update.total))
+        eta = eta_seconds(start_step=job.train_start_step, start_time=job.train_start_time,
+                          step=update.step, now=now, total=update.total, deadline=job.deadline)
+        if not job.cancel.is_set():
+            text = f"Step {update.step}/{update.total} · loss {loss:.4g}"
+            if eta is not None:
+                text += f" · ETA {_clock(eta)}"
+            self._set_status(text)
+
+    def _on_validation(self, job: _Job, update: TrainUpdate) -> None:
+        value = update.value
+        if update.step == 0 or value.get("resumed"):
+            # training starts now: time the steps (and the budget) from here
+            job.train_start_step, job.train_start_time = update.step, time.monotonic()
+            budget = job.request.settings.time_budget_s
+            job.deadline = job.train_start_time + budget if budget else None
+        if value.get("resumed"):
+            return
+        psnr = float(value.get("reblur_psnr", float("nan")))
+        if update.step == 0:
+            self._val_plot.set_reference(psnr, "start")
+        self._val_plot.append("re-blur PSNR", update.step, psnr)
+        self._val_plot.append("sharpness", update.step,
+                              float(value.get("hf_energy_ratio", float("nan"))))
+        if not job.cancel.is_set() and update.step == 0:
+            self._set_status(f"Starting model: re-blur PSNR {psnr:.2f} dB on the held-out crop")
+
+    def _show_preview(self, update: TrainUpdate) -> None:
+        value = update.value
+        image = np.asarray(value["image"], dtype=np.float32)
+        source = str(value.get("source", "preview"))
+        y, x = (int(v) for v in tuple(value.get("box", (0, 0)))[:2])
+        origin = value.get("origin") or ("", "", 0)
+        kwargs: dict[str, Any] = {"name": f"{source}{PREVIEW_SUFFIX}"}
+        layer = None
+        if origin[0] == "layer" and origin[1] in self._viewer.layers:
+            layer = self._viewer.layers[origin[1]]
+        if layer is not None:
+            scale = np.asarray(layer.scale, dtype=float)[-2:]
+            translate = np.asarray(layer.translate, dtype=float)[-2:]
+            kwargs["scale"] = tuple(scale)
+            kwargs["translate"] = tuple(translate + np.array([y, x]) * scale)
+            kwargs["contrast_limits"] = tuple(layer.contrast_limits)
+            kwargs["colormap"] = layer.colormap.name
+        else:
+            lo, hi = np.percentile(image, (0.5, 99.8))
+            kwargs["contrast_limits"] = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
+        kwargs["metadata"] = {PREVIEW_KEY: {"step": update.step, "source": source,
+                                            "box": list(value.get("box", ()))}}
+        name = kwargs["name"]
+        if name in self._viewer.layers:
+            target = self._viewer.layers[name]
+            target.data = image
+            target.metadata = kwargs["metadata"]
+            if "translate" in kwargs:
+                target.translate = kwargs["translate"]
+        else:
+            self._viewer.add_image(image, **kwargs)
+            # keep the user's data layer selected, not the new preview
+            if layer is not None:
+                self._viewer.layers.selection.active = layer
+
+    def _on_returned(self, job: _Job, outcome: Any) -> None:
+        from napari.utils.notifications import notification_manager
+
+        if isinstance(outcome, FinetuneFailed):
+            exc = outcome.error
+            self._set_status(f"Failed: {exc}")
+            notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+            return
+        if outcome is None:
+            self._set_status("Stopped before training began: nothing to keep.")
+            return
+        job.outcome = outcome
+        self._last = outcome
+        try:
+            self._publish(outcome)
+        except Exception as exc:  # listing must not hide the result
+            logger.exception("could not list the fine-tuned model")
+            self._set_status(f"Fine-tuned, but the model could not be listed: {exc}")
+            return
+        best, base = outcome.best, outcome.baseline
+        what = {"completed": "Done", "cancelled": "Stopped",
+                "time_budget": "Time budget reached"}.get(outcome.reason, outcome.reason)
+        gain = best.get("reblur_psnr", float("nan")) - base.get("reblur_psnr", float("nan"))
+        kept = (f"best weights of step {best.get('step')}" if best.get("step") else
+                "the starting weights (no step improved the held-out score)")
+        self._set_status(
+            f"{what} after {outcome.steps_done} steps: kept the {kept}, re-blur PSNR "
+            f"{best.get('reblur_psnr', float('nan')):.2f} dB ({gain:+.2f} dB). Listed as "
+            f"{self._memory_entry!r}; Save writes it to a file"
+            + ("; Resume continues." if outcome.reason != "completed" else ".")
+        )
+
+    def _on_finished(self, job: _Job) -> None:
+        job.activity.close()
+        if job is self._job:
+            self._job = None
+            self._update_state()
+
+    # ------------------------------------------------------------------ catalog and saving
+    def _model_name(self) -> str:
+        name = self._name.value.strip()
+        if not name and self._last is not None:
+            name = f"{self._last.model_entry.get('name', 'model')}-ft"
+        return name or "fine-tuned"
+
+    def _publish(self, outcome: FinetuneOutcome) -> None:
+        """List the run's model in the shared catalog (replacing this panel's previous one)."""
+        if self._memory_entry is not None and self._memory_entry in self._catalog:
+            self._catalog.remove(self._memory_entry)
+        entry = self._catalog.add_model(outcome.model, self._model_name())
+        self._memory_entry = entry.name
+
+    def _ask_save_path(self) -> str | None:
+        """Ask where to save (separate so tests can replace the modal dialog)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        suggestion = str(Path.home() / f"{self._model_name()}.safetensors")
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save the fine-tuned model",
+                                              suggestion, "Checkpoints (*.safetensors)")
+        return path or None
+
+    def save(self, path: str | os.PathLike | None = None) -> Path | None:
+        """Write the last run's best model to ``path`` (or 'Save to', or a dialog) and list it.
+
+        Returns the written path, or ``None`` when nothing was saved.
+        """
+        from napari.utils.notifications import show_error, show_warning
+
+        outcome = self._last
+        if outcome is None or self.running:
+            show_warning("Nothing to save yet: run (or stop) a fine-tuning first.")
+            return None
+        target = path if path is not None else self._output.value
+        if target is None or str(target) in ("", "."):
+            target = self._ask_save_path()
+        if not target:
+            return None
+        name = self._model_name()
+        try:
+            written = save_finetuned(outcome, target, name=name)
+        except (OSError, ValueError, TypeError) as exc:
+            show_error(f"Could not save the fine-tuned model: {exc}")
+            self._set_status(f"Save failed: {exc}")
+            return None
+        self._saved_paths.add(written.resolve())
+        with self._output.changed.blocked():
+            self._output.value = written
+        if self._memory_entry is not None and self._memory_entry in self._catalog:
+            self._catalog.remove(self._memory_entry)
+        self._memory_entry = None
+        entry = self._catalog.add_checkpoint(written, name=name, select=True)
+        self._set_status(f"Saved {written.name} (best weights, settings and data description "
+                         f"in its header); listed as {entry.name!r}.")
+        return written
