@@ -30,3 +30,19 @@ def test_zarr_input(tiny_model, rng, tmp_path):
     out = deblur(z, tiny_model, device="cpu")
     assert out.shape == (200, 200) and out.dtype == np.uint16
     assert np.asarray(out.compute(scheduler="synchronous")).max() > 0
+
+
+def test_local_cluster_of_two_workers(tiny_checkpoint, rng):
+    distributed = pytest.importorskip("distributed")
+    image = (rng.random((256, 384)) * 1000).astype(np.float32)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            # A checkpoint path (not a model object) so each worker loads the model itself.
+            lazy = deblur(da.from_array(image, chunks=(128, 192)), str(tiny_checkpoint),
+                          device="cpu")
+            result = client.compute(lazy).result()
+            assert len(client.scheduler_info()["workers"]) == 2
+    assert result.shape == image.shape and np.isfinite(result).all()
+    local = lazy.compute(scheduler="synchronous")
+    np.testing.assert_allclose(result, local, rtol=1e-5, atol=1e-4)

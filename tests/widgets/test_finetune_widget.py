@@ -12,6 +12,9 @@ import threading
 import numpy as np
 import pytest
 
+pytest.importorskip("magicgui")
+pytest.importorskip("qtpy")
+
 from napari_mpt_deblur._widgets._finetune import (
     FinetuneRequest,
     FinetuneStatus,
@@ -321,9 +324,17 @@ def test_panel_end_to_end_preview_save_and_deblur_list(
     assert "cells-ft" in deblur_widget._model.choices
     assert widget._save.enabled and widget._start.text == "Start"
 
-    widget._output.value = tmp_path / "cells-ft.safetensors"
-    widget._save.native.click()
+    # a file the panel did not write is replaced only after confirmation
     saved = tmp_path / "cells-ft.safetensors"
+    saved.write_bytes(b"someone else's file")
+    asked = []
+    widget._confirm_overwrite = lambda path: asked.append(path) or False
+    widget._output.value = tmp_path / "cells-ft"  # the suffix is added
+    widget._save.native.click()
+    assert asked == [saved] and saved.read_bytes() == b"someone else's file"
+    assert widget._status.value.startswith("Not saved")
+    widget._confirm_overwrite = lambda path: asked.append(path) or True
+    widget._save.native.click()
     header = read_header(saved)
     assert header["name"] == "cells-ft"
     assert header["finetune"]["images"] == ["cells"]
@@ -335,6 +346,9 @@ def test_panel_end_to_end_preview_save_and_deblur_list(
     assert catalog.get("cells-ft").kind == "checkpoint"
     qtbot.waitUntil(lambda: deblur_widget._model.value == "cells-ft", timeout=5000)
     assert widget._status.value.startswith("Saved cells-ft.safetensors")
+    # saving again to the file it wrote needs no confirmation
+    n_asked = len(asked)
+    assert widget.save() == saved and len(asked) == n_asked
 
 
 @pytest.mark.qt
@@ -400,3 +414,30 @@ def test_panel_refuses_impossible_settings(make_napari_viewer, plugin_registered
     widget._paired_blurred.value = viewer.layers["img"]
     widget.start()
     assert not widget.running and "both" in warnings[-1]
+
+
+@pytest.mark.qt
+def test_panel_reports_a_failing_run_and_recovers(make_napari_viewer, qtbot, plugin_registered,
+                                                  make_slow_model, monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    from napari_mpt_deblur.models.catalog import get_catalog
+
+    monkeypatch.setattr(notification_manager, "catch_error", True)
+    catalog = get_catalog()
+    name = catalog.add_model(make_slow_model(fail=True), "broken-ft-test").name
+    try:
+        viewer = make_napari_viewer()
+        viewer.add_image(blurry(8), name="img")
+        widget = open_panel(viewer)
+        configure(widget, name, steps=2)
+        before = len(notification_manager.records)
+        widget._start.native.click()
+        qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+        messages = [str(n.message) for n in notification_manager.records[before:]]
+        assert any("synthetic failure" in m for m in messages)
+        assert widget._status.value.startswith("Failed")
+        assert widget.last_outcome is None and not widget._save.enabled
+        assert widget._start.text == "Start" and widget._start.enabled
+    finally:
+        catalog.remove(name)

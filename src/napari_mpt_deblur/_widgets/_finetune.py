@@ -809,6 +809,7 @@ class FinetuneWidget(Container):
         self._name_edited = False
         self._runs = 0
         self._work_dir: Path | None = None
+        self._closed = False
         self._get_preset = get_finetune_preset
 
         # ---- data
@@ -1133,6 +1134,8 @@ class FinetuneWidget(Container):
         self._on_model_changed(self._model.value)
 
     def _cancel_on_close(self) -> None:
+        """The dock was closed: stop the run (it still saves) and stop touching Qt widgets."""
+        self._closed = True
         job = self._job
         if job is not None:
             job.cancel.set()
@@ -1393,7 +1396,7 @@ class FinetuneWidget(Container):
 
     # ------------------------------------------------------------------ updates (GUI thread)
     def _on_update(self, job: _Job, update: Any) -> None:
-        if job is not self._job:
+        if job is not self._job or self._closed:
             return
         if isinstance(update, FinetuneStatus):
             if not job.cancel.is_set():
@@ -1490,8 +1493,11 @@ class FinetuneWidget(Container):
 
         if isinstance(outcome, FinetuneFailed):
             exc = outcome.error
-            self._set_status(f"Failed: {exc}")
+            if not self._closed:
+                self._set_status(f"Failed: {exc}")
             notification_manager.receive_error(type(exc), exc, exc.__traceback__)
+            return
+        if self._closed:
             return
         if outcome is None:
             self._set_status("Stopped before training began: nothing to keep.")
@@ -1521,7 +1527,8 @@ class FinetuneWidget(Container):
         job.activity.close()
         if job is self._job:
             self._job = None
-            self._update_state()
+            if not self._closed:
+                self._update_state()
 
     # ------------------------------------------------------------------ catalog and saving
     def _model_name(self) -> str:
@@ -1546,10 +1553,22 @@ class FinetuneWidget(Container):
                                               suggestion, "Checkpoints (*.safetensors)")
         return path or None
 
+    def _confirm_overwrite(self, path: Path) -> bool:
+        """Ask before replacing a file this panel did not write (tests replace the dialog)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(
+            self.native, "Replace file?", f"{path} exists. Replace it with the fine-tuned model?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write the last run's best model to ``path`` (or 'Save to', or a dialog) and list it.
 
-        Returns the written path, or ``None`` when nothing was saved.
+        A file this panel did not write is only replaced after the user confirms. Returns the
+        written path, or ``None`` when nothing was saved.
         """
         from napari.utils.notifications import show_error, show_warning
 
@@ -1561,6 +1580,13 @@ class FinetuneWidget(Container):
         if target is None or str(target) in ("", "."):
             target = self._ask_save_path()
         if not target:
+            return None
+        target = Path(target).expanduser()
+        if target.suffix != ".safetensors":
+            target = target.with_name(target.name + ".safetensors")
+        if (target.exists() and target.resolve() not in self._saved_paths
+                and not self._confirm_overwrite(target)):
+            self._set_status(f"Not saved: {target.name} exists.")
             return None
         name = self._model_name()
         try:

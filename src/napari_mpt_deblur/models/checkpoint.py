@@ -95,10 +95,10 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(header, default=_json_default)})
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; checkpoints are shared files
-        save_file(tensors, tmp, metadata={HEADER_KEY: json.dumps(header, default=_json_default)})
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
