@@ -11,9 +11,9 @@ from napari_mpt_deblur._widgets._worker import (
     DeblurFailed,
     DeblurRequest,
     Stage,
-    _returning_errors,
     clear_model_cache,
     deblur_steps,
+    returning_errors,
     run_blocking,
 )
 from napari_mpt_deblur.engine.predict import deblur
@@ -100,7 +100,8 @@ def test_errors_raise_synchronously_and_are_returned_to_the_gui(catalog, smooth_
     request = DeblurRequest(image=smooth_image, axes="YX", model="broken", device="cpu")
     with pytest.raises(RuntimeError, match="synthetic failure"):
         run_blocking(request, catalog=catalog)
-    steps = _returning_errors(request, catalog=catalog, cancel=None)
+    steps = returning_errors(deblur_steps(request, catalog=catalog, cancel=None), DeblurFailed,
+                             "deblurring")
     with pytest.raises(StopIteration) as stop:
         while True:
             next(steps)

@@ -41,7 +41,7 @@ from magicgui.widgets import (
 from ..detect import DetectionConfig, DetectionResult, MatchResult, detect_nuclei, match_points
 from ._compare import grid_of, is_comparison_layer
 from ._layers import OUTPUT_SUFFIX, PREVIEW_SUFFIX, input_of_result, layer_axes
-from ._worker import DeblurFailed
+from ._worker import DeblurFailed, drive, returning_errors
 
 if TYPE_CHECKING:
     import napari
@@ -217,29 +217,7 @@ def run_detection(
     progress: Callable[[DetectionProgress], None] | None = None,
 ) -> DetectionOutcome:
     """Drive :func:`detection_steps` to the end in the calling thread (tests, scripts)."""
-    steps = detection_steps(request)
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(update)
-
-
-def _returning_errors(
-    request: DetectionRequest,
-) -> Generator[DetectionProgress, None, DetectionOutcome | DeblurFailed]:
-    """:func:`detection_steps` with exceptions returned as values.
-
-    superqt's generator worker takes a ``RuntimeError`` escaping the generator for "worker
-    deleted" and then reports nothing (see :mod:`._worker`), so errors travel as values.
-    """
-    try:
-        return (yield from detection_steps(request))
-    except Exception as exc:
-        logger.debug("detection failed", exc_info=True)
-        return DeblurFailed(exc)
+    return drive(detection_steps(request), progress)
 
 
 def format_summary(outcome: DetectionOutcome, where: str = "") -> str:
@@ -800,8 +778,8 @@ class DetectionWidget(Container):
             "returned": lambda outcome: self._on_returned(job, outcome),
             "finished": lambda: self._on_finished(job),
         }
-        worker = create_worker(_returning_errors, job.request, _start_thread=False,
-                               _connect=connect)
+        worker = create_worker(returning_errors, detection_steps(job.request), DeblurFailed,
+                               "detection", _start_thread=False, _connect=connect)
         worker.start()
         return worker
 

@@ -58,7 +58,7 @@ from magicgui.widgets import (
 
 from ..models.catalog import CHECKPOINT_SUFFIXES, CatalogEvent, ModelCatalog, get_catalog
 from ..train.updates import TrainUpdate, UpdateKind
-from ._worker import ActivityProgress, DeblurProgress, Stage
+from ._worker import ActivityProgress, DeblurProgress, Stage, drive, returning_errors
 
 if TYPE_CHECKING:
     import napari
@@ -629,29 +629,7 @@ def run_blocking(
     on_update: Callable[[TrainUpdate | FinetuneStatus], None] | None = None,
 ) -> FinetuneOutcome | None:
     """Drive :func:`finetune_steps` to the end in the calling thread (tests, scripts)."""
-    steps = finetune_steps(request, catalog=catalog, cancel=cancel)
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if on_update is not None:
-            on_update(update)
-
-
-def _returning_errors(
-    request: FinetuneRequest, *, catalog: ModelCatalog | None, cancel: threading.Event | None
-) -> Generator[Any, None, FinetuneOutcome | FinetuneFailed | None]:
-    """:func:`finetune_steps` with an exception returned as :class:`FinetuneFailed`.
-
-    superqt's generator worker takes a ``RuntimeError`` escaping the generator for "the worker
-    was deleted" and then signals nothing; torch failures are mostly ``RuntimeError``s.
-    """
-    try:
-        return (yield from finetune_steps(request, catalog=catalog, cancel=cancel))
-    except Exception as exc:
-        logger.debug("fine-tuning failed", exc_info=True)
-        return FinetuneFailed(exc)
+    return drive(finetune_steps(request, catalog=catalog, cancel=cancel), on_update)
 
 
 def start_worker(
@@ -668,7 +646,8 @@ def start_worker(
 
     connect = {name: fn for name, fn in (("yielded", on_update), ("returned", on_returned),
                                          ("finished", on_finished)) if fn is not None}
-    worker = create_worker(_returning_errors, request, catalog=catalog, cancel=cancel,
+    steps = finetune_steps(request, catalog=catalog, cancel=cancel)
+    worker = create_worker(returning_errors, steps, FinetuneFailed, "fine-tuning",
                            _start_thread=False, _connect=connect)
     worker.start()
     return worker

@@ -243,6 +243,37 @@ def deblur_steps(
     return DeblurOutcome(data=data, report=report.to_dict(), model_info=info, entry=entry)
 
 
+def drive(steps: Generator[Any, None, Any], on_update: Callable[[Any], None] | None = None) -> Any:
+    """Run a job generator to the end in the calling thread; return its return value.
+
+    The widgets' jobs are generators (progress yielded, result returned) so that one body
+    serves the napari worker and plain synchronous callers (tests, scripts, the filter command).
+    """
+    while True:
+        try:
+            update = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if on_update is not None:
+            on_update(update)
+
+
+def returning_errors(
+    steps: Generator[Any, None, Any], failed: Callable[[Exception], Any], what: str
+) -> Generator[Any, None, Any]:
+    """``steps``, with an exception turned into a returned ``failed(exc)`` value.
+
+    superqt's ``GeneratorWorker`` reads a ``RuntimeError`` escaping the generator as "the worker
+    was deleted" and then emits neither ``errored`` nor ``finished``. Most torch failures are
+    ``RuntimeError``s, so errors must travel as values for the GUI to hear about them.
+    """
+    try:
+        return (yield from steps)
+    except Exception as exc:
+        logger.debug("%s failed", what, exc_info=True)
+        return failed(exc)
+
+
 def run_blocking(
     request: DeblurRequest,
     *,
@@ -251,30 +282,7 @@ def run_blocking(
     progress: Callable[[DeblurProgress], None] | None = None,
 ) -> DeblurOutcome | None:
     """Drive :func:`deblur_steps` to the end in the calling thread (tests, the filter command)."""
-    steps = deblur_steps(request, catalog=catalog, cancel=cancel)
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(update)
-
-
-def _returning_errors(
-    request: DeblurRequest, *, catalog: ModelCatalog | None, cancel: threading.Event | None
-) -> Generator[DeblurProgress, None, DeblurOutcome | DeblurFailed | None]:
-    """:func:`deblur_steps`, with an exception turned into a returned :class:`DeblurFailed`.
-
-    superqt's ``GeneratorWorker`` reads a ``RuntimeError`` escaping the generator as "the worker
-    was deleted" and then emits neither ``errored`` nor ``finished``. Most torch failures are
-    ``RuntimeError``s, so errors must travel as values for the GUI to hear about them.
-    """
-    try:
-        return (yield from deblur_steps(request, catalog=catalog, cancel=cancel))
-    except Exception as exc:
-        logger.debug("deblurring failed", exc_info=True)
-        return DeblurFailed(exc)
+    return drive(deblur_steps(request, catalog=catalog, cancel=cancel), progress)
 
 
 def start_worker(
@@ -300,7 +308,8 @@ def start_worker(
                          ("finished", on_finished))
         if fn is not None
     }
-    worker = create_worker(_returning_errors, request, catalog=catalog, cancel=cancel,
+    steps = deblur_steps(request, catalog=catalog, cancel=cancel)
+    worker = create_worker(returning_errors, steps, DeblurFailed, "deblurring",
                            _start_thread=False, _connect=connect)
     worker.start()
     return worker
