@@ -151,3 +151,43 @@ def test_console_entry_point_runs():
         timeout=120,
     )
     assert proc.returncode == 0 and "mpt-deblur" in proc.stdout
+
+
+def test_skip_existing_resumes_a_killed_batch(tmp_path, tiny_checkpoint, rng, caplog, capsys):
+    import logging
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    for name in "abc":
+        write_image(folder / f"{name}.tif", (rng.random((64, 80)) * 3000).astype(np.uint16))
+    batch = ["deblur", str(folder), "-o", str(out), "--model", str(tiny_checkpoint),
+             "--device", "cpu", "--no-progress"]
+    assert cli.main(batch) == 0
+    expected = read_image(out / "c_deblurred.tif")[0]
+    # What a batch killed while on "c" leaves: complete outputs for a and b (writes are
+    # atomic), none for c, and perhaps a hidden temporary file (young: left alone).
+    (out / "c_deblurred.tif").unlink()
+    partial = out / ".c_deblurred.k3x9q2ab.part.tif"
+    partial.write_bytes(b"half a tiff")
+    done = {n: (out / n).stat() for n in ("a_deblurred.tif", "b_deblurred.tif")}
+    caplog.set_level(logging.INFO, logger="napari_mpt_deblur")
+
+    assert cli.main([*batch, "--skip-existing"]) == 0
+
+    for name, before in done.items():  # not rewritten: a new file would have a new inode
+        after = (out / name).stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    np.testing.assert_array_equal(read_image(out / "c_deblurred.tif")[0], expected)
+    assert partial.exists()  # may belong to a run still writing; removed once stale
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 2 and "a.tif" in skipped[0] and "b.tif" in skipped[1]
+    assert all(r.levelno == logging.INFO for r in caplog.records if "skipped" in r.getMessage())
+
+    caplog.clear()
+    assert cli.main([*batch, "--skip-existing"]) == 0  # all done: nothing to do
+    assert "nothing to do" in caplog.text
+    assert cli.main(batch) == 1 and "--skip-existing" in caplog.text  # the refusal suggests it
+
+    with pytest.raises(SystemExit) as usage:
+        cli.main([*batch, "--skip-existing", "--overwrite"])
+    assert usage.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

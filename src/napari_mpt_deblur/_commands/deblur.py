@@ -1,4 +1,8 @@
-"""``mpt-deblur deblur``: batch deblurring of TIFF/PNG files, folders or globs."""
+"""``mpt-deblur deblur``: batch deblurring of TIFF/PNG files, folders or globs.
+
+Outputs are written atomically, so after a killed batch every visible output is complete; the
+same command with ``--skip-existing`` then resumes it, doing only the files still missing.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--axes", default=None, help="layout, e.g. YX, ZYX, TZYX, YXC")
     parser.add_argument("--suffix", default="_deblurred", help="added to output file names")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    existing.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave inputs whose output exists alone (resumes a killed or interrupted batch)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -59,8 +69,23 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:
         if target.resolve() in inputs:
             raise ValueError(f"output {target} would overwrite an input; choose another folder")
-        if target.exists() and not args.overwrite:
-            raise FileExistsError(f"{target} exists; use --overwrite to replace it")
+        if target.exists() and not (args.overwrite or args.skip_existing):
+            raise FileExistsError(
+                f"{target} exists; use --overwrite to replace it, or --skip-existing to resume "
+                "a batch"
+            )
+    if args.skip_existing:
+        # every visible output is complete (atomic writes), so an existing one is done
+        todo = []
+        for src, dst in zip(files, targets):
+            if dst.exists():
+                log.info("%s: %s exists, skipped", src, dst)
+            else:
+                todo.append((src, dst))
+        if not todo:
+            log.info("all %d outputs exist; nothing to do", len(files))
+            return 0
+        files, targets = [src for src, _ in todo], [dst for _, dst in todo]
     model = load_model(args.model, device=args.device)
     log.info("model %s on %s", model.info.get("name"), next(model.parameters()).device)
     failures = 0

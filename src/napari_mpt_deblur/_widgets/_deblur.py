@@ -4,6 +4,10 @@ The widget only collects choices and shows state; the work is the core ``deblur`
 :mod:`._worker` in a napari thread worker, and the layer bookkeeping is :mod:`._layers`. Sub
 widgets are ``self._name`` attributes so tests (and scripts) can set them directly, then call
 :meth:`DeblurWidget.start` or click ``self._run``.
+
+A run is cancelled when its input layer is removed (its result would belong to nothing in the
+viewer) and when the viewer closes; either way nothing is added. Removing any other layer does
+not disturb it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ._layers import (
 )
 from ._worker import (
     ActivityProgress,
+    CloseWatch,
     DeblurFailed,
     DeblurOutcome,
     DeblurProgress,
@@ -72,6 +77,7 @@ class _Job:
     activity: ActivityProgress
     planes: int = 1
     worker: GeneratorWorker | None = None
+    reason: str = ""  # why it was cancelled, when not by the user
 
 
 class DeblurWidget(Container):
@@ -93,6 +99,8 @@ class DeblurWidget(Container):
         self._job: _Job | None = None
         self._last_model: str | None = None
         self._last_result: Any = None
+        self._closed = False
+        self._close_watch = CloseWatch(self.native, self._on_viewer_closed)
 
         self._layer = ComboBox(label="Image", choices=self._layer_choices, nullable=True)
         self._model = ComboBox(label="Model", choices=self._model_choices, nullable=True)
@@ -173,7 +181,7 @@ class DeblurWidget(Container):
 
     # ------------------------------------------------------------------ events
     def _on_active_layer(self, event: Any = None) -> None:
-        if self.running:
+        if self.running or self._closed:
             return
         active = self._viewer.layers.selection.active
         target = self._input_for(active)
@@ -185,8 +193,14 @@ class DeblurWidget(Container):
         self._update_state()
 
     def _on_layers_changed(self, event: Any = None) -> None:
-        if event is not None and getattr(event, "type", "") == "inserted":
+        if self._closed:
+            return
+        kind = getattr(event, "type", "") if event is not None else ""
+        if kind == "inserted":
             event.value.events.name.connect(self._on_layers_changed)
+        job = self._job
+        if kind == "removed" and job is not None and _same(event.value, job.layer):
+            self._stop(job, f"the input layer {job.layer.name!r} was removed")
         current = self._layer.value
         self._layer.reset_choices()
         if current is not None and current in self._viewer.layers:
@@ -295,7 +309,7 @@ class DeblurWidget(Container):
 
         from ._worker import start_worker
 
-        if self.running:
+        if self.running or self._closed:
             return
         layer, model = self._layer.value, self._model.value
         if layer is None or model in (None, LOAD_CHECKPOINT):
@@ -332,6 +346,7 @@ class DeblurWidget(Container):
         self._progress.visible = True
         self._set_status(f"Loading model {model}…")
         self._update_state()
+        self._close_watch.attach()
         job.worker = start_worker(
             request, catalog=self._catalog, cancel=job.cancel,
             on_progress=lambda update: self._on_progress(job, update),
@@ -341,17 +356,34 @@ class DeblurWidget(Container):
 
     def cancel(self) -> None:
         """Stop the run after the tile in progress; no layer is added or changed."""
-        job = self._job
-        if job is None:
-            return
+        if self._job is not None:
+            self._stop(self._job, "")
+
+    def _stop(self, job: _Job, reason: str) -> None:
+        job.reason = job.reason or reason
         job.cancel.set()
         if job.worker is not None:
             job.worker.quit()
         self._set_status("Cancelling after the current tile…")
         self._update_state()
 
+    def _on_viewer_closed(self) -> None:
+        """Stop the run; from now on touch neither the viewer nor (possibly deleted) widgets."""
+        self._closed = True
+        self._catalog.disconnect(self._on_catalog_event)
+        job = self._job
+        if job is not None:
+            job.reason = job.reason or "the viewer was closed"
+            job.cancel.set()
+            if job.worker is not None:
+                job.worker.quit()
+
+    def _cancelled_text(self, job: _Job) -> str:
+        return f"Cancelled: {job.reason}; nothing was added." if job.reason else \
+            "Cancelled: nothing was added."
+
     def _on_progress(self, job: _Job, update: DeblurProgress) -> None:
-        if job is not self._job:
+        if job is not self._job or self._closed:
             return
         if update.stage is Stage.RUNNING and update.total > 0:
             self._progress.max = update.total
@@ -366,6 +398,9 @@ class DeblurWidget(Container):
     def _on_returned(self, job: _Job, outcome: DeblurOutcome | DeblurFailed | None) -> None:
         from napari.utils.notifications import notification_manager, show_error
 
+        if self._closed:  # the viewer is gone; so is any place to show this
+            logger.debug("deblurring ended after the viewer closed: %r", type(outcome).__name__)
+            return
         if isinstance(outcome, DeblurFailed):
             exc = outcome.error
             self._set_status(f"Failed: {exc}")
@@ -373,7 +408,7 @@ class DeblurWidget(Container):
             notification_manager.receive_error(type(exc), exc, exc.__traceback__)
             return
         if outcome is None or job.cancel.is_set():
-            self._set_status("Cancelled: nothing was added.")
+            self._set_status(self._cancelled_text(job))
             return
         try:
             layer = self._show_result(job, outcome)
@@ -390,9 +425,11 @@ class DeblurWidget(Container):
         job.activity.close()
         if job is self._job:
             self._job = None
+            if self._closed:
+                return
             self._progress.visible = False
             if job.cancel.is_set() and not self._status.value.startswith("Cancelled"):
-                self._set_status("Cancelled: nothing was added.")
+                self._set_status(self._cancelled_text(job))
             self._update_state()
 
     def _show_result(self, job: _Job, outcome: DeblurOutcome) -> Any:

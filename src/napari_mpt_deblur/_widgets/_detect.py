@@ -14,7 +14,9 @@ yields :class:`DetectionProgress` and returns a :class:`DetectionOutcome`. It ru
 generator worker (errors come back as :class:`~._worker.DeblurFailed` values, see
 :mod:`._worker`); tests and scripts can drive it synchronously with :func:`run_detection`.
 With "Live" ticked, any parameter change (and, for stacks, moving to another slice) re-runs it
-after a short pause; a run that is overtaken is abandoned at its next step.
+after a short pause; a run that is overtaken is abandoned at its next step. So is a run whose
+input or deblurred layer is removed (quietly: that is the user's doing, not an error), and a
+run in a viewer that closes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from magicgui.widgets import (
 from ..detect import DetectionConfig, DetectionResult, MatchResult, detect_nuclei, match_points
 from ._compare import grid_of, is_comparison_layer
 from ._layers import OUTPUT_SUFFIX, PREVIEW_SUFFIX, input_of_result, layer_axes
-from ._worker import DeblurFailed, drive, returning_errors
+from ._worker import CloseWatch, DeblurFailed, drive, start_job
 
 if TYPE_CHECKING:
     import napari
@@ -510,6 +512,8 @@ class DetectionWidget(Container):
         self._last_outcome: DetectionOutcome | None = None
         self._watched: list[tuple[Any, Callable[..., None]]] = []
         self._layout = DetectionLayout(viewer)
+        self._closed = False
+        self._close_watch = CloseWatch(self.native, self._on_viewer_closed)
         self.runs_completed = 0
 
         self._input = ComboBox(label="Input", choices=self._image_choices, nullable=True)
@@ -567,7 +571,7 @@ class DetectionWidget(Container):
         self._normal_view.changed.connect(self.show_normal)
         layers = viewer.layers
         layers.events.inserted.connect(self._on_layer_inserted)
-        layers.events.removed.connect(self._on_layers_changed)
+        layers.events.removed.connect(self._on_layer_removed)
         for layer in layers:
             layer.events.name.connect(self._on_layers_changed)
         viewer.dims.events.current_step.connect(self._on_slice_changed)
@@ -653,6 +657,8 @@ class DetectionWidget(Container):
     def _on_layer_inserted(self, event: Any) -> None:
         from napari.layers import Image
 
+        if self._closed:
+            return
         layer = event.value
         layer.events.name.connect(self._on_layers_changed)
         if isinstance(layer, Image) and self._source_of(layer) is not None:
@@ -661,7 +667,20 @@ class DetectionWidget(Container):
         else:
             self._on_layers_changed()
 
+    def _on_layer_removed(self, event: Any) -> None:
+        if self._closed:
+            return
+        job = self._job
+        if job is not None and not job.abandoned and any(
+                _same(event.value, layer) for layer in (job.input_layer, job.deblurred_layer)):
+            self._pending = None  # the pair is gone: nothing to re-run
+            self._abandon(job)
+            self._status.value = f"Stopped: layer {event.value.name!r} was removed."
+        self._on_layers_changed()
+
     def _on_layers_changed(self, event: Any = None) -> None:
+        if self._closed:
+            return
         self._set_pair(self._input.value, self._deblurred.value)
         if self._input.value is None and self._deblurred.value is None:
             self._select_default_pair()
@@ -692,18 +711,33 @@ class DetectionWidget(Container):
         self._schedule()
 
     def _on_slice_changed(self, event: Any = None) -> None:
+        if self._closed:
+            return
         if any(layer is not None and layer.ndim > 2
                for layer in (self._input.value, self._deblurred.value)):
             self._schedule()
 
     def _schedule(self, *_: Any) -> None:
         """Live mode: (re)start the short pause after which the detection re-runs."""
-        if self._live.value:
+        if self._live.value and not self._closed:
             self._timer.start()
 
     def _live_run(self) -> None:
-        if self._live.value:
+        if self._live.value and not self._closed:
             self.start(live=True)
+
+    def _on_viewer_closed(self) -> None:
+        """Abandon the run; from now on touch neither the viewer nor (deleted) widgets."""
+        self._closed = True
+        self._pending = None
+        if self._job is not None:
+            self._abandon(self._job)
+
+    @staticmethod
+    def _abandon(job: _Job) -> None:
+        job.abandoned = True
+        if job.worker is not None:
+            job.worker.quit()
 
     # ------------------------------------------------------------------ state
     def _update_state(self) -> None:
@@ -724,13 +758,13 @@ class DetectionWidget(Container):
         While a run is in flight, the new request waits: the running one is abandoned at its
         next step and the detection starts again with the current settings.
         """
+        if self._closed:
+            return
         if self.running:
             self._pending = bool(self._pending) or not live  # True: an explicit click waits
             job = self._job
             if job is not None and not job.abandoned:
-                job.abandoned = True
-                if job.worker is not None:
-                    job.worker.quit()
+                self._abandon(job)
             return
         try:
             job = self._prepare(live)
@@ -740,6 +774,7 @@ class DetectionWidget(Container):
         self._job = job
         self._status.value = f"Detecting on {job.input_layer.name}…"
         self._update_state()
+        self._close_watch.attach()
         job.worker = self._start_worker(job)
 
     def _prepare(self, live: bool) -> _Job:
@@ -771,17 +806,12 @@ class DetectionWidget(Container):
                     where=_describe(source, source_index))
 
     def _start_worker(self, job: _Job) -> GeneratorWorker:
-        from napari.qt.threading import create_worker
-
         connect = {
             "yielded": lambda update: self._on_progress(job, update),
             "returned": lambda outcome: self._on_returned(job, outcome),
             "finished": lambda: self._on_finished(job),
         }
-        worker = create_worker(returning_errors, detection_steps(job.request), DeblurFailed,
-                               "detection", _start_thread=False, _connect=connect)
-        worker.start()
-        return worker
+        return start_job(detection_steps(job.request), DeblurFailed, "detection", connect)
 
     def _on_progress(self, job: _Job, update: DetectionProgress) -> None:
         if job is self._job and not job.abandoned:
@@ -811,6 +841,8 @@ class DetectionWidget(Container):
         if job is not self._job:
             return
         self._job = None
+        if self._closed:
+            return
         self._update_state()
         if self._pending is not None:
             live = not self._pending

@@ -16,6 +16,9 @@ Life of a run:
 * **Stop** sets a cancel event: the engine finishes the step in progress, validates, writes the
   best weights and its state, and ends. The best weights (judged by the self-supervised re-blur
   PSNR on a held-out crop; the starting model counts) are kept, never the last ones.
+* **Removing a layer** the run trains on does not disturb it: the run holds the arrays it was
+  given and keeps training on them; only previews of a removed layer are no longer shown.
+  **Closing the viewer** quits the run at its next step; nothing is shown or listed after that.
 * When a run ends its model is listed at once in the shared model catalog (in memory), so the
   Defocus Deblur widget can use it. **Save** writes it as a project checkpoint (atomic; the
   header records the data, the optics hints and every setting) and replaces the in-memory entry
@@ -58,7 +61,7 @@ from magicgui.widgets import (
 
 from ..models.catalog import CHECKPOINT_SUFFIXES, CatalogEvent, ModelCatalog, get_catalog
 from ..train.updates import TrainUpdate, UpdateKind
-from ._worker import ActivityProgress, DeblurProgress, Stage, drive, returning_errors
+from ._worker import ActivityProgress, CloseWatch, DeblurProgress, Stage, drive, start_job
 
 if TYPE_CHECKING:
     import napari
@@ -642,15 +645,10 @@ def start_worker(
     on_finished: Callable[[], None] | None = None,
 ) -> GeneratorWorker:
     """Start :func:`finetune_steps` in a napari generator worker (callbacks run in the GUI)."""
-    from napari.qt.threading import create_worker
-
     connect = {name: fn for name, fn in (("yielded", on_update), ("returned", on_returned),
                                          ("finished", on_finished)) if fn is not None}
-    steps = finetune_steps(request, catalog=catalog, cancel=cancel)
-    worker = create_worker(returning_errors, steps, FinetuneFailed, "fine-tuning",
-                           _start_thread=False, _connect=connect)
-    worker.start()
-    return worker
+    return start_job(finetune_steps(request, catalog=catalog, cancel=cancel), FinetuneFailed,
+                     "fine-tuning", connect)
 
 
 # ==========================================================================================
@@ -896,8 +894,7 @@ class FinetuneWidget(Container):
             event.connect(self._on_layers_changed)
         for layer in layers:
             layer.events.name.connect(self._on_layers_changed)
-        cancel_holder = self._cancel_on_close
-        self.native.destroyed.connect(lambda *_: cancel_holder())
+        self._close_watch = CloseWatch(self.native, self._on_viewer_closed)
 
     # ------------------------------------------------------------------ construction helpers
     def _tooltips(self) -> None:
@@ -994,6 +991,8 @@ class FinetuneWidget(Container):
 
     # ------------------------------------------------------------------ events
     def _on_layers_changed(self, event: Any = None) -> None:
+        if self._closed:
+            return
         if event is not None and getattr(event, "type", "") == "inserted":
             event.value.events.name.connect(self._on_layers_changed)
         images = [layer for _, layer in self._image_choices()]
@@ -1112,12 +1111,20 @@ class FinetuneWidget(Container):
                                  else self._catalog.default_name())
         self._on_model_changed(self._model.value)
 
-    def _cancel_on_close(self) -> None:
-        """The dock was closed: stop the run (it still saves) and stop touching Qt widgets."""
+    def _on_viewer_closed(self) -> None:
+        """Quit the run at its next step; from now on touch neither the viewer nor widgets.
+
+        Quit, not a clean stop: a final validation and save would be wasted, since nothing is
+        listed after the viewer closed and the working folder goes with the panel. Files the
+        run already wrote are complete (every write is atomic).
+        """
         self._closed = True
+        self._catalog.disconnect(self._on_catalog_event)
         job = self._job
         if job is not None:
             job.cancel.set()
+            if job.worker is not None:
+                job.worker.quit()
 
     # ------------------------------------------------------------------ state
     @property
@@ -1356,6 +1363,7 @@ class FinetuneWidget(Container):
         self._progress.value = self._last.steps_done if request.resume and self._last else 0
         self._set_status(f"{description}…")
         self._update_state()
+        self._close_watch.attach()
         job.worker = start_worker(
             request, catalog=self._catalog, cancel=job.cancel,
             on_update=lambda update: self._on_update(job, update),
@@ -1440,7 +1448,9 @@ class FinetuneWidget(Container):
         origin = value.get("origin") or ("", "", 0)
         kwargs: dict[str, Any] = {"name": f"{source}{PREVIEW_SUFFIX}"}
         layer = None
-        if origin[0] == "layer" and origin[1] in self._viewer.layers:
+        if origin[0] == "layer":
+            if origin[1] not in self._viewer.layers:
+                return  # its layer was removed during the run: a preview would float alone
             layer = self._viewer.layers[origin[1]]
         if layer is not None:
             scale = np.asarray(layer.scale, dtype=float)[-2:]

@@ -9,15 +9,23 @@ Filter command drive the same generator synchronously (:func:`run_blocking`).
 
 The worker receives a plain :class:`DeblurRequest` (arrays and names, no widgets or layers) and a
 cancel event. Setting the event stops the engine before its next tile; closing the generator
-early (napari's ``worker.quit()``) sets it too, so an abandoned run never keeps computing.
+early sets it too, and :func:`start_job` closes it as soon as a worker that was told to
+``quit()`` ends, so an abandoned run never keeps computing.
+
+The job lifetime helpers serve all three panels (deblur, fine-tune, detection):
+:func:`start_job` runs any job generator in a napari worker, and :class:`CloseWatch` tells a
+panel when the viewer window that holds it closes, so that it can stop its job and stop touching
+the viewer.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,6 +34,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
+    from qtpy.QtWidgets import QWidget
     from torch import nn
 
     from ..models.catalog import ModelCatalog
@@ -34,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ActivityProgress",
+    "CloseWatch",
     "DeblurFailed",
     "DeblurOutcome",
     "DeblurProgress",
@@ -42,6 +52,7 @@ __all__ = [
     "clear_model_cache",
     "deblur_steps",
     "run_blocking",
+    "start_job",
     "start_worker",
 ]
 
@@ -300,19 +311,115 @@ def start_worker(
     :class:`DeblurOutcome`, a :class:`DeblurFailed` (the caller shows the error) or ``None``
     (cancelled); ``on_finished`` is called after it in every case, including ``worker.quit()``.
     """
-    from napari.qt.threading import create_worker
-
     connect = {
         name: fn
         for name, fn in (("yielded", on_progress), ("returned", on_returned),
                          ("finished", on_finished))
         if fn is not None
     }
-    steps = deblur_steps(request, catalog=catalog, cancel=cancel)
-    worker = create_worker(returning_errors, steps, DeblurFailed, "deblurring",
-                           _start_thread=False, _connect=connect)
+    return start_job(deblur_steps(request, catalog=catalog, cancel=cancel), DeblurFailed,
+                     "deblurring", connect)
+
+
+def start_job(
+    steps: Generator[Any, None, Any],
+    failed: Callable[[Exception], Any],
+    what: str,
+    connect: dict[str, Callable[..., Any]],
+) -> GeneratorWorker:
+    """Run the job generator ``steps`` in a started napari worker; return the worker.
+
+    Errors come back through ``returned`` as ``failed(exc)`` (see :func:`returning_errors`).
+    superqt's ``worker.quit()`` only stops *iterating*: the generator stays suspended until it
+    is garbage collected, so its ``finally`` blocks (which stop the deblur engine's helper
+    thread) would run at an unpredictable time, in whichever thread drops the last reference.
+    Here the generator is closed in the worker thread the moment the worker ends, so a quit run
+    (by a panel, or by napari when its window closes) stops computing at once.
+    """
+    from napari.qt.threading import create_worker
+    from qtpy.QtCore import Qt
+
+    worker = create_worker(returning_errors, steps, failed, what, _start_thread=False,
+                           _connect=connect)
+    # direct: runs in the worker thread, where the generator ran; a no-op once it has ended
+    worker.finished.connect(steps.close, Qt.ConnectionType.DirectConnection)
     worker.start()
     return worker
+
+
+class CloseWatch:
+    """Calls ``on_close`` once, when the viewer window holding a panel closes.
+
+    napari offers plugins no "viewer closed" event, and the panel's ``destroyed`` signal can
+    come late: File › Close Window and quitting napari close the main window but leave its
+    deletion to the event loop, which first delivers the worker signals already queued, so a
+    late result could still reach the closed viewer. The watch therefore also filters the close
+    events that such programmatic closes (and ``viewer.close()``) send to the top-level window;
+    napari always accepts them. A close from the window manager's button is different: it may
+    still be refused in napari's confirmation dialog, so for it only the deletion that follows
+    acceptance (``destroyed``) counts.
+
+    ``on_close`` may run while Qt is deleting the panel: it must only set flags, cancel and
+    quit, never touch a Qt widget.
+
+    Parameters
+    ----------
+    widget : QWidget
+        The panel's native widget.
+    on_close : callable
+        Called without arguments, at most once.
+    """
+
+    def __init__(self, widget: QWidget, on_close: Callable[[], None]) -> None:
+        self._widget = widget
+        self._on_close = on_close
+        self._window: Callable[[], Any] = lambda: None  # weak: must not keep napari's window
+        self._filter: Any = None
+        self.closed = False
+        widget.destroyed.connect(lambda *_: self._fire())
+
+    def attach(self) -> None:
+        """Watch the top-level window that holds the panel now (docking happens after init)."""
+        if self.closed:
+            return
+        window = self._widget
+        while window.parentWidget() is not None:
+            window = window.parentWidget()
+        previous = self._window()
+        if window is previous:
+            return
+        if self._filter is None:
+            self._filter = _close_filter_type()(self._fire, self._widget)  # dies with the panel
+        if previous is not None:
+            try:
+                previous.removeEventFilter(self._filter)
+            except RuntimeError:  # that window is already gone
+                pass
+        window.installEventFilter(self._filter)
+        self._window = weakref.ref(window)
+
+    def _fire(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._on_close()
+
+
+@functools.cache
+def _close_filter_type() -> type:
+    """The event filter class behind :class:`CloseWatch` (Qt imported only when needed)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class CloseFilter(QObject):
+        def __init__(self, callback: Callable[[], None], parent: QObject) -> None:
+            super().__init__(parent)
+            self._callback = callback
+
+        def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt's name
+            if event.type() == QEvent.Type.Close and not event.spontaneous():
+                self._callback()
+            return False
+
+    return CloseFilter
 
 
 class ActivityProgress:

@@ -222,24 +222,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class JsonlLog:
-    """Append-only JSON-lines log (one object per line; flushed so a killed run keeps it)."""
+    """Append-only JSON-lines log (one object per line; flushed so a killed run keeps it).
+
+    A run killed while writing leaves its last line cut short. Reading skips such a line with a
+    warning instead of failing, and the next :meth:`write` (a resumed run) first ends it with a
+    newline, so the new record starts on a line of its own; nothing already written is changed.
+    The cut line then sits between complete records and is skipped the same way.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, default=_json_default) + "\n")
+        line = (json.dumps(record, default=_json_default) + "\n").encode("utf-8")
+        with self.path.open("a+b") as fh:  # appends always go to the end, whatever is read
+            if fh.seek(0, os.SEEK_END) > 0:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line
+            fh.write(line)
 
     def read(self) -> Iterator[dict[str, Any]]:
         if not self.path.is_file():
             return
-        with self.path.open(encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if line:
-                    yield json.loads(line)
+        with self.path.open(encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, start=1):
+                text = line.strip()
+                if not text:
+                    continue
+                try:
+                    record = json.loads(text)
+                except json.JSONDecodeError:
+                    where = ("last line, cut short" if not line.endswith("\n")
+                             else f"line {number}, cut short before a resume")
+                    logger.warning("%s: skipped an incomplete record (%s; was the run killed?)",
+                                   self.path, where)
+                    continue
+                yield record
 
 
 def _json_default(obj: Any) -> Any:
