@@ -186,3 +186,28 @@ def test_fit_with_unlabeled_images_uses_efcr_rel_and_reblur(tiny_data_root, tmp_
     history = fit(cfg, model=_tiny())
     record = history.train[-1]
     assert record["efcr_rel"] > 0 and record["reblur"] > 0 and record["efcr"] > 0
+
+
+def test_fit_trains_htcsf_with_multiscale_supervision(tiny_data_root, tmp_path, monkeypatch):
+    """HTCSF is trained by the same loop, supervised at every scale, with and without EFCR."""
+    from napari_mpt_deblur import load_model
+    from napari_mpt_deblur.models.htcsf import HTCSF
+
+    calls = []
+    original = HTCSF.forward_multiscale
+
+    def counting(self, x):
+        calls.append(tuple(x.shape))
+        return original(self, x)
+
+    monkeypatch.setattr(HTCSF, "forward_multiscale", counting)
+    for efcr in (0.0, 5e-4):
+        out = tmp_path / f"h{efcr}"
+        history = fit(_config(tiny_data_root, out, model="htcsf-test", efcr_weight=efcr))
+        record = history.train[-1]
+        # the multi-scale total adds the coarser (positive) terms to the full-resolution one
+        assert record["multiscale"] > record["pixel"] > 0
+        assert ("efcr" in record) == (efcr > 0)
+        model = load_model(out / "best.safetensors")
+        assert model.info["arch"] == "htcsf"
+    assert len(calls) == 2 * 6 and all(shape[-1] == 32 for shape in calls)

@@ -66,6 +66,7 @@ convs are skipped in head-to-tail mode), ``forward_multiscale`` all of them, coa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -407,8 +408,9 @@ def multiscale_loss(
     predictions: list[torch.Tensor] | tuple[torch.Tensor, ...],
     target: torch.Tensor,
     weights: tuple[float, ...] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.l1_loss,
 ) -> torch.Tensor:
-    """L1 between each scale's prediction and the area-downsampled target, weighted.
+    """Pixel loss between each scale's prediction and the area-downsampled target, weighted.
 
     Parameters
     ----------
@@ -420,6 +422,10 @@ def multiscale_loss(
     weights : tuple of float, optional
         One per prediction, coarse to fine. Default ``2**-(S-1-s)`` (..., 1/4, 1/2, 1): the finest
         term is the plain L1 the single-scale models use, the coarser ones deep supervision.
+    loss_fn : callable, optional
+        ``loss_fn(prediction, target) -> scalar``; L1 by default (the paper's choice). The
+        training loop passes its configured pixel loss so every architecture is trained on the
+        same objective at full resolution.
 
     Returns
     -------
@@ -451,7 +457,7 @@ def multiscale_loss(
                 f"target {tuple(target.shape)}"
             )
         scaled = F.avg_pool2d(target, factor_h) if factor_h > 1 else target
-        total = total + weight * F.l1_loss(pred, scaled)
+        total = total + weight * loss_fn(pred, scaled)
     return total
 
 

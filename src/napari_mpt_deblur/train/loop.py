@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .._device import get_device, seed_everything
+from ..models.htcsf import multiscale_loss
 from . import _common
 from ._common import (
     METRIC_CONVENTION,
@@ -378,10 +379,23 @@ def _train_step(
     if "blurred" in batch:
         blurred = batch["blurred"].to(device, non_blocking=True)
         sharp = batch["sharp"].to(device, non_blocking=True)
-        with autocast(device, amp_dtype):
-            restored = model(blurred)
-        parts["pixel"] = pixel_loss(restored, sharp, cfg.pixel_loss)
-        loss = loss + parts["pixel"]
+        if hasattr(model, "forward_multiscale"):
+            # Multi-scale models (HTCSF) are supervised at every scale, as their paper trains
+            # them; "pixel" stays the full-resolution term so logs compare across models.
+            with autocast(device, amp_dtype):
+                scales = model.forward_multiscale(blurred)
+            restored = scales[-1]
+            parts["pixel"] = pixel_loss(restored, sharp, cfg.pixel_loss)
+            parts["multiscale"] = multiscale_loss(
+                scales, sharp.float(),
+                loss_fn=lambda p, t: pixel_loss(p, t, cfg.pixel_loss),
+            )
+            loss = loss + parts["multiscale"]
+        else:
+            with autocast(device, amp_dtype):
+                restored = model(blurred)
+            parts["pixel"] = pixel_loss(restored, sharp, cfg.pixel_loss)
+            loss = loss + parts["pixel"]
     unlabeled = batch.get("unlabeled")
     members: list[torch.Tensor] = []
     if unlabeled is not None and bank is not None:
