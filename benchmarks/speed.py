@@ -6,6 +6,7 @@ implementations agree to 1e-4 before timing them.
 
     python benchmarks/speed.py                       # default table (CPU, 2 threads)
     python benchmarks/speed.py --presets mpt-base --sizes 256 512 --device cpu --threads 2
+    python benchmarks/speed.py --presets mpt-base --sizes 512 --allocator-control
     python benchmarks/speed.py --device cuda --sizes 512 2048 4096 --no-reference
 """
 
@@ -27,12 +28,13 @@ import json, resource, sys, time
 import torch
 sys.path.insert(0, {bench!r})
 from napari_mpt_deblur import create_model
+from napari_mpt_deblur.engine._allocator import retain_freed_memory
 preset, size, impl, device, threads, repeats, dtype = {args!r}
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 model = create_model(preset, routing="compat").eval().to(device)
 x = torch.rand(1, 1, size, size, device=device)
-if impl == "reference":
+if impl.startswith("reference"):
     from reference_mpt import reference_forward
     run = lambda: reference_forward(model, x)
 else:
@@ -46,6 +48,11 @@ else:
 def sync():
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+# The engine (deblur) runs CPU inference under its allocator policy; so do "ours" and the
+# "reference-allocator" control, which shows how much of the gain is the allocator alone.
+policy = retain_freed_memory() if impl != "reference" else None
+if policy is not None:
+    policy.__enter__()
 out = run(); sync()  # warm-up: kernels, caches
 if device.startswith("cuda"):
     torch.cuda.reset_peak_memory_stats()
@@ -54,6 +61,8 @@ for _ in range(repeats):
     t = time.perf_counter(); out = run(); sync(); times.append(time.perf_counter() - t)
 peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+if policy is not None:
+    policy.__exit__(None, None, None)
 torch.save(out.float().cpu(), {tmp!r})
 print(json.dumps({{"seconds": min(times), "peak_bytes": peak}}))
 """
@@ -85,6 +94,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dtypes", nargs="+", default=["fp32"], help="fp32, bf16, fp16 (GPU)")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--allocator-control", action="store_true",
+                        help="also time the reference under the engine's allocator policy")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
@@ -106,10 +117,17 @@ def main() -> None:
             if not args.no_reference:
                 ref = measure(preset, size, "reference", args.device, args.threads, args.repeats)
                 rows.append(_row(preset, size, "released algorithm (port)", "fp32", ref, None, ref))
+                if args.allocator_control:
+                    ctl = measure(preset, size, "reference-allocator", args.device, args.threads,
+                                  args.repeats)
+                    rows.append(_row(preset, size, "released algorithm + our allocator policy",
+                                     "fp32", ctl, ref, ref))
             for dtype in args.dtypes:
                 ours = measure(preset, size, "ours", args.device, args.threads, args.repeats, dtype)
                 rows.append(_row(preset, size, "napari-mpt-deblur", dtype, ours, ref, ref))
-            print("\n".join(rows[-(1 + len(args.dtypes) + (ref is not None)) :]), flush=True)
+            shown = 1 + len(args.dtypes) + (ref is not None) + (ref is not None
+                                                                and args.allocator_control)
+            print("\n".join(rows[-shown:]), flush=True)
     text = head + "\n\n" + "\n".join(rows)
     print("\n" + text)
     if args.out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from napari_mpt_deblur import deblur
 
@@ -44,5 +45,12 @@ def test_local_cluster_of_two_workers(tiny_checkpoint, rng):
             result = client.compute(lazy).result()
             assert len(client.scheduler_info()["workers"]) == 2
     assert result.shape == image.shape and np.isfinite(result).all()
-    local = lazy.compute(scheduler="synchronous")
+    # dask's nanny starts workers with OMP_NUM_THREADS=1; float32 sums depend on how the
+    # threads split them, so the local run uses one thread too to compare like with like.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = lazy.compute(scheduler="synchronous")
+    finally:
+        torch.set_num_threads(threads)
     np.testing.assert_allclose(result, local, rtol=1e-5, atol=1e-4)

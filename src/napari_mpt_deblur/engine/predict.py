@@ -7,6 +7,7 @@ smoothly blended tiles otherwise, and maps the result back to the input's range 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -20,6 +21,7 @@ import numpy as np
 
 from .._axes import infer_axes, validate_axes
 from .._validation import check_image_array
+from ._allocator import retain_freed_memory
 from .normalize import IntensityNormalization, denormalize, normalize, percentile_range
 from .tiling import Tile, blend_window, pad_to_multiple, tile_grid
 
@@ -231,36 +233,41 @@ def deblur(
     work = _work_dtype(array.dtype)
     out = np.empty(planes.shape, dtype=work)
     done, total = 0, None
-    for index, plane in enumerate(planes):
-        while True:
-            try:
-                result, n_tiles = _run_plane(
-                    net,
-                    plane,
-                    norm,
-                    intensity_range,
-                    tile,
-                    ov,
-                    torch_device,
-                    amp,
-                    work,
-                    progress_state=(done, total, planes.shape[0]),
-                    progress=progress,
-                    cancel=cancel,
-                )
-                break
-            except Cancelled:
-                raise
-            except (MemoryError, RuntimeError) as exc:
-                if not _is_oom(exc):
+    # CPU activations are large: keep freed blocks for reuse instead of re-faulting them
+    # from the kernel (engine/_allocator.py).
+    keep = retain_freed_memory() if torch_device.type == "cpu" else contextlib.nullcontext()
+    with keep:
+        for index, plane in enumerate(planes):
+            while True:
+                try:
+                    result, n_tiles = _run_plane(
+                        net,
+                        plane,
+                        norm,
+                        intensity_range,
+                        tile,
+                        ov,
+                        torch_device,
+                        amp,
+                        work,
+                        progress_state=(done, total, planes.shape[0]),
+                        progress=progress,
+                        cancel=cancel,
+                    )
+                    break
+                except Cancelled:
                     raise
-                tile, ov = _smaller_tile(tile, h, w, multiple, exc)
-                rep.retries.append(f"out of memory; retrying with {tile}px tiles")
-                logger.warning("out of memory on %s; retrying with %d px tiles", torch_device, tile)
-        if total is None:
-            total = n_tiles * planes.shape[0]
-        done += n_tiles
-        out[index] = result
+                except (MemoryError, RuntimeError) as exc:
+                    if not _is_oom(exc):
+                        raise
+                    tile, ov = _smaller_tile(tile, h, w, multiple, exc)
+                    rep.retries.append(f"out of memory; retrying with {tile}px tiles")
+                    logger.warning("out of memory on %s; retrying with %d px tiles",
+                                   torch_device, tile)
+            if total is None:
+                total = n_tiles * planes.shape[0]
+            done += n_tiles
+            out[index] = result
     rep.tile, rep.overlap, rep.n_tiles = tile, ov if tile else 0, done
     result = _cast_like(restore(out), array, rep)
     rep.seconds = time.perf_counter() - started
