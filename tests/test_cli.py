@@ -191,3 +191,18 @@ def test_skip_existing_resumes_a_killed_batch(tmp_path, tiny_checkpoint, rng, ca
         cli.main([*batch, "--skip-existing", "--overwrite"])
     assert usage.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_max_memory_is_checked_before_work_and_used_for_tiles(tiff_520x696, tiny_checkpoint,
+                                                             tmp_path, caplog):
+    src, image = tiff_520x696
+    out = tmp_path / "out"
+    args = ["deblur", str(src), "-o", str(out), "--model", str(tiny_checkpoint)]
+    assert cli.main([*args, "--max-memory", "lots"]) == 1
+    assert "memory limit 'lots'" in caplog.text and not out.exists()
+    with caplog.at_level("INFO"):
+        assert cli.main([*args, "--max-memory", "100MiB", "--no-progress"]) == 0
+    result, _ = read_image(out / "cells_deblurred.ome.tif")
+    assert result.shape == image.shape and result.dtype == image.dtype
+    tiles = int(caplog.text.rsplit(" tiles)", 1)[0].rsplit(", ", 1)[1])
+    assert tiles > 1

@@ -216,3 +216,43 @@ def test_estimate_tile_respects_memory(tiny_model, monkeypatch):
     monkeypatch.setattr(predict, "_available_bytes", lambda device: 64 * 1024**2)
     side = predict.estimate_tile(tiny_model, 8192, 8192, torch.device("cpu"))
     assert side is not None and side % 128 == 0 and 128 <= side < 8192
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("8G", 8 * 2**30), ("8 GB", 8 * 2**30), ("512MiB", 512 * 2**20), ("1.5k", 1536),
+     ("4096", 4096), (2_000_000, 2_000_000), (None, None)],
+)
+def test_memory_sizes_are_read_in_binary_units(text, expected):
+    assert predict.parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "lots", "8X", "-1G", "0", 0, -5])
+def test_bad_memory_sizes_are_refused_with_the_accepted_forms(bad):
+    with pytest.raises(ValueError, match="memory limit"):
+        predict.parse_memory(bad)
+
+
+def test_max_memory_picks_tiles_that_fit_with_the_plane_buffers(tiny_model, monkeypatch):
+    monkeypatch.setattr(predict, "_available_bytes", lambda device: 10**12)
+    cpu = torch.device("cpu")
+    per_pixel = tiny_model.inference_bytes_per_pixel
+    buffers = predict._plane_buffer_bytes(2048, 2048, 1)
+    # Room for the buffers and a 512² working set: the tile is at most 512 and at least 384.
+    side = predict.estimate_tile(tiny_model, 2048, 2048, cpu, buffers + 512 * 512 * per_pixel)
+    assert side is not None and 384 <= side <= 512 and side % 128 == 0
+    with pytest.raises(MemoryError, match=r"too small .* buffers alone"):
+        predict.estimate_tile(tiny_model, 2048, 2048, cpu, buffers)
+
+
+def test_max_memory_tiles_the_job_and_the_result_matches(tiny_model, rng, monkeypatch):
+    monkeypatch.setattr(predict, "_available_bytes", lambda device: 10**12)
+    image = (rng.random((384, 384)) * 4000).astype(np.uint16)
+    whole, tiled = predict.DeblurReport(), predict.DeblurReport()
+    direct = deblur(image, tiny_model, device="cpu", report=whole)
+    per_pixel = tiny_model.inference_bytes_per_pixel
+    budget = predict._plane_buffer_bytes(384, 384, 1) + 256 * 256 * per_pixel
+    limited = deblur(image, tiny_model, device="cpu", max_memory=budget, report=tiled)
+    assert whole.n_tiles == 1 and tiled.n_tiles > 1 and tiled.tile <= 256
+    err = np.abs(limited.astype(float) - direct.astype(float)).mean()
+    assert err < 0.1 * np.abs(direct.astype(float) - image.astype(float)).mean() + 1.0

@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="tile size in pixels (default: whole image when it fits in memory)",
     )
+    parser.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="SIZE",
+        help="memory the job may use, e.g. 8G or 512MiB; picks tiles to fit (default: half "
+        "of the free RAM, 80%% of the free GPU memory)",
+    )
     parser.add_argument("--axes", default=None, help="layout, e.g. YX, ZYX, TZYX, YXC")
     parser.add_argument("--suffix", default="_deblurred", help="added to output file names")
     existing = parser.add_mutually_exclusive_group()
@@ -55,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .._io import expand_inputs, read_image, remove_stale_temp_files, write_image
-    from ..engine.predict import DeblurReport, deblur
+    from ..engine.predict import DeblurReport, deblur, parse_memory
     from ..models.checkpoint import load_model
 
     log = logging.getLogger(__name__)
+    parse_memory(args.max_memory)  # a bad size is a usage error before any work starts
     files = list(expand_inputs(args.inputs))
     if not files:
         raise FileNotFoundError("no input images found (supported: .tif, .tiff, .png, .jpg)")
@@ -107,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 axes=axes,
                 device=args.device,
                 tile=args.tile,
+                max_memory=args.max_memory,
                 progress=progress,
                 report=report,
             )

@@ -31,7 +31,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Cancelled", "DeblurReport", "deblur", "default_overlap", "estimate_tile"]
+__all__ = [
+    "Cancelled",
+    "DeblurReport",
+    "deblur",
+    "default_overlap",
+    "estimate_tile",
+    "parse_memory",
+]
 
 MIN_SIDE = 8
 _BYTES_PER_PIXEL_PER_CHANNEL = 300  # ~2x the measured MPT peak (150 B/px per level-1 channel)
@@ -101,19 +108,72 @@ def _available_bytes(device: torch.device) -> int:
         return 4 * 1024**3
 
 
-def estimate_tile(model: nn.Module, height: int, width: int, device: torch.device) -> int | None:
+_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(value: int | float | str | None) -> int | None:
+    """Bytes from ``8e9``, ``"8G"``, ``"8 GB"``, ``"512MiB"`` (binary units); ``None`` stays."""
+    if value is None or isinstance(value, int | float):
+        if value is not None and not value > 0:
+            raise ValueError(f"a memory limit must be positive; got {value!r}")
+        return None if value is None else int(value)
+    text = str(value).strip().upper().replace(" ", "")
+    number = text.rstrip("BI").rstrip("KMGT") if text else ""
+    unit = text[len(number) :].replace("I", "").rstrip("B")
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _UNITS or not amount > 0:
+        raise ValueError(
+            f"cannot read the memory limit {value!r}: use a number of bytes or a size such as "
+            "'8G', '8GB' or '512MiB'"
+        )
+    return int(amount * _UNITS[unit])
+
+
+def _plane_buffer_bytes(height: int, width: int, channels: int) -> int:
+    """Host memory the engine holds for one plane besides the model: normalised and padded
+    copies, the blend accumulator and its weights, the de-normalised result and the output."""
+    return (6 * channels + 1) * 4 * height * width
+
+
+def estimate_tile(
+    model: nn.Module,
+    height: int,
+    width: int,
+    device: torch.device,
+    max_memory: int | None = None,
+) -> int | None:
     """Largest square tile (multiple of the model's size multiple) that fits in memory.
 
-    Returns ``None`` when the whole (padded) plane fits.
+    Returns ``None`` when the whole (padded) plane fits. ``max_memory`` (bytes) caps what the
+    model may use per tile on top of what is free; on the CPU it also pays for the plane's own
+    buffers, so that the whole job stays within it.
     """
     per_pixel = getattr(model, "inference_bytes_per_pixel", None)
     if per_pixel is None:
         dim = getattr(getattr(model, "config", None), "dim", 32)
         per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL * dim
     budget = _available_bytes(device)
+    multiple = getattr(model, "size_multiple", 128)
+    if max_memory is not None:
+        limit = int(max_memory)
+        if device.type == "cpu":
+            buffers = _plane_buffer_bytes(height, width, int(getattr(model, "in_channels", 1)))
+            smallest = multiple * multiple * per_pixel
+            limit -= buffers
+            if limit < smallest:
+                gib = 2**30
+                raise MemoryError(
+                    f"max_memory {max_memory / gib:.2f} GiB is too small for a {height}x{width} "
+                    f"plane: its buffers alone take {buffers / gib:.2f} GiB and the smallest "
+                    f"tile needs {smallest / gib:.2f} GiB more. Raise the limit, or pass a "
+                    "dask/zarr array to process the image chunk by chunk."
+                )
+        budget = min(budget, limit)
     if height * width * per_pixel <= budget:
         return None
-    multiple = getattr(model, "size_multiple", 128)
     side = int(math.sqrt(budget / per_pixel)) // multiple * multiple
     return max(side, multiple)
 
@@ -136,6 +196,7 @@ def deblur(
     amp: bool | str | None = "auto",
     intensity_range: tuple[float, float] | None = None,
     report: DeblurReport | None = None,
+    max_memory: int | str | None = None,
 ) -> np.ndarray:
     """Remove defocus blur from an image, a stack or a multi-channel image.
 
@@ -170,6 +231,10 @@ def deblur(
         dask path so every chunk is normalised alike).
     report : DeblurReport, optional
         Filled with what was done (tiles, device, time, clipping).
+    max_memory : int or str, optional
+        Memory the job may use (bytes, or ``"8G"``, ``"512MiB"``): tiles are chosen so that the
+        model's working set (and, on the CPU, the plane's buffers) fit. Default: half of the free
+        RAM, or 80 % of the free GPU memory. Ignored when ``tile`` is given.
 
     Returns
     -------
@@ -194,10 +259,10 @@ def deblur(
 
         return deblur_dask(image, model, axes=axes, device=device, tile=tile, overlap=overlap)
 
-
     from .._device import get_device
 
     started = time.perf_counter()
+    memory_limit = parse_memory(max_memory)
     array = check_image_array(image)
     explicit_axes = axes is not None
     torch_device = get_device(device)
@@ -220,7 +285,7 @@ def deblur(
     multiple = int(getattr(net, "size_multiple", 128))
     if tile is None:
         ph, pw = (math.ceil(s / multiple) * multiple for s in (h, w))
-        tile = estimate_tile(net, ph, pw, torch_device)
+        tile = estimate_tile(net, ph, pw, torch_device, memory_limit)
     elif tile:
         tile = max(multiple, math.ceil(int(tile) / multiple) * multiple)
     tile = tile or None
