@@ -13,13 +13,13 @@ implementations agree to 1e-4 before timing them.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from _machine import machine_line
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,7 +32,9 @@ from napari_mpt_deblur.engine._allocator import retain_freed_memory
 preset, size, impl, device, threads, repeats, dtype = {args!r}
 torch.set_num_threads(threads)
 torch.manual_seed(0)
-model = create_model(preset, routing="compat").eval().to(device)
+# MPT in compat routing computes the released function; other architectures have no routing.
+model = create_model(preset, **({{"routing": "compat"}} if preset.startswith("mpt") else {{}}))
+model = model.eval().to(device)
 x = torch.rand(1, 1, size, size, device=device)
 if impl.startswith("reference"):
     from reference_mpt import reference_forward
@@ -99,13 +101,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
-    import torch
 
-    head = (
-        f"{platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch threads, "
-        f"device {args.device}, torch {torch.__version__}, {datetime.date.today()}. "
-        f"Command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`"
-    )
+    head = machine_line(args.device, args.threads)
     rows = [
         "| preset | size | implementation | dtype | time (s) | MPix/s | peak memory (MB) | "
         "max abs diff to reference | speed-up |",
@@ -114,7 +111,7 @@ def main() -> None:
     for preset in args.presets:
         for size in args.sizes:
             ref = None
-            if not args.no_reference:
+            if not args.no_reference and preset.startswith("mpt"):
                 ref = measure(preset, size, "reference", args.device, args.threads, args.repeats)
                 rows.append(_row(preset, size, "released algorithm (port)", "fp32", ref, None, ref))
                 if args.allocator_control:
@@ -125,8 +122,7 @@ def main() -> None:
             for dtype in args.dtypes:
                 ours = measure(preset, size, "ours", args.device, args.threads, args.repeats, dtype)
                 rows.append(_row(preset, size, "napari-mpt-deblur", dtype, ours, ref, ref))
-            shown = 1 + len(args.dtypes) + (ref is not None) + (ref is not None
-                                                                and args.allocator_control)
+            shown = len(args.dtypes) + (ref is not None) * (1 + args.allocator_control)
             print("\n".join(rows[-shown:]), flush=True)
     text = head + "\n\n" + "\n".join(rows)
     print("\n" + text)

@@ -176,3 +176,29 @@ def test_error_is_reported_before_raising():
     assert update.kind is UpdateKind.ERROR and isinstance(update.value, ValueError)
     with pytest.raises(ValueError, match="at least 2-D"):
         next(gen)
+
+
+def test_htcsf_fine_tunes_with_efcr_and_saves_a_checkpoint_that_loads(blurry_images, tmp_path):
+    from napari_mpt_deblur.models._registry import create_model
+    from napari_mpt_deblur.models.checkpoint import load_model, read_header
+    from napari_mpt_deblur.models.htcsf import HTCSF
+
+    torch.manual_seed(0)
+    model = create_model("htcsf-test")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    multiple = model.size_multiple
+    out = tmp_path / "htcsf-ft.safetensors"
+    seen = []
+    result = finetune(model, blurry_images, out_path=out, updates=seen.append,
+                      settings=_settings(steps=4, mode="full", patch_size=max(32, multiple),
+                                         val_crop_size=max(64, 2 * multiple), preview_every=0))
+    assert result.stopped == "completed"
+    losses = [u.value for u in seen if u.kind is UpdateKind.LOSS]
+    assert len(losses) == 4 and all("efcr_rel" in v for v in losses)
+    changed = [k for k, v in result.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # the fine-tune moved the weights
+    loaded = load_model(out, device="cpu")
+    assert isinstance(loaded, HTCSF) and read_header(out)["arch"] == "htcsf"
+    x = torch.rand(1, 1, 2 * multiple, 2 * multiple)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), result.model(x))
