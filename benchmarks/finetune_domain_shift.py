@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--reblur-dof", nargs="+", type=float, default=None, metavar="F",
                         help="re-blur defocus in depths of field (default: the preset's)")
+    parser.add_argument("--reblur-kernel", type=int, default=None, metavar="PX",
+                        help="largest re-blur kernel side (default: the preset's)")
     parser.add_argument("--levels", nargs="+", type=float, default=[1.0, 2.0, 3.0],
                         help="defocus of the held-out pairs, µm")
     parser.add_argument("--crop", type=int, default=256, help="held-out pair size, px")
@@ -323,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 changes["batch_size"] = args.batch_size
             if args.reblur_dof is not None:
                 changes["reblur_defocus_dof"] = tuple(args.reblur_dof)
+            if args.reblur_kernel is not None:
+                changes["reblur_kernel_size"] = args.reblur_kernel
             settings = get_finetune_preset(preset, **changes)
             started = time.perf_counter()
             result = finetune(model, unlabeled, settings=settings, replay_images=replay)

@@ -56,6 +56,22 @@ def test_settings_validation_and_presets():
     with pytest.raises(ValueError, match="unknown FinetuneConfig keys"):
         FinetuneConfig.from_dict({"step": 3})
     assert FinetuneConfig.from_dict(_settings().to_dict()) == _settings()
+    for bad in (2, 1, 30, True):
+        with pytest.raises(ValueError, match="reblur_kernel_size must be an odd integer"):
+            FinetuneConfig(reblur_kernel_size=bad)
+
+
+def test_reblur_kernel_size_bounds_the_bank():
+    from napari_mpt_deblur.simulate.pairs import get_simulation_preset
+    from napari_mpt_deblur.train.finetune import _reblur_bank
+
+    sim = get_simulation_preset("bbbc006")
+    hints = dict(pixel_size_um=0.1, numerical_aperture=1.2, refractive_index=1.515,
+                 wavelength_nm=550.0, reblur_defocus_dof=(2.0, 4.0, 6.0))
+    small = _reblur_bank(FinetuneConfig(**hints), sim)
+    large = _reblur_bank(FinetuneConfig(**hints, reblur_kernel_size=63), sim)
+    assert small.kernel_size == 31 and 31 < large.kernel_size <= 63
+    assert torch.allclose(large.kernels.sum(dim=(-2, -1)), torch.ones(3), atol=1e-4)
 
 
 def test_noise_estimate_follows_noise_level():

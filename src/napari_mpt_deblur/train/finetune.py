@@ -126,6 +126,9 @@ class FinetuneConfig:
         preset.
     reblur_defocus_dof : tuple of float
         Re-blur defocus values, in multiples of the depth of field ``λ·n/NA²``.
+    reblur_kernel_size : int
+        Largest re-blur kernel side, px (odd); larger defocus PSFs are cropped to it. Raise it
+        with large ``reblur_defocus_dof`` at fine pixel sizes, where defocus spans many pixels.
     reblur_noise : bool
         Add noise of the patch's own estimated level to ``G(E)`` (a re-blurred patch is
         otherwise smoother than any real input).
@@ -163,6 +166,7 @@ class FinetuneConfig:
     wavelength_nm: float | None = None
     refractive_index: float | None = None
     reblur_defocus_dof: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    reblur_kernel_size: int = 31
     reblur_noise: bool = True
     simulation: str | None = None
     val_crop_size: int = 256
@@ -210,6 +214,9 @@ class FinetuneConfig:
             raise ValueError(
                 f"reblur_defocus_dof must hold positive numbers; got {self.reblur_defocus_dof!r}"
             )
+        size = self.reblur_kernel_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
+            raise ValueError(f"reblur_kernel_size must be an odd integer >= 3; got {size!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be 'auto', 'off', 'bf16' or 'fp16'; got {self.amp!r}")
 
@@ -384,6 +391,7 @@ def _reblur_bank(settings: FinetuneConfig, simulation: Any) -> ReblurBank:
         wavelength_nm=settings.wavelength_nm or sim_wavelength,
         refractive_index=n,
         defocus_dof=settings.reblur_defocus_dof,
+        max_kernel_size=settings.reblur_kernel_size,
     )
 
 
