@@ -14,12 +14,14 @@ from napari_mpt_deblur.engine import _allocator
 class FakeLibc:
     """Records mallopt/malloc_trim calls instead of changing the process's allocator."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_mmap_threshold: int | None = None) -> None:
         self.calls: list[tuple] = []
+        self.max_mmap_threshold = max_mmap_threshold
 
     def mallopt(self, option: int, value: int) -> int:
         self.calls.append(("mallopt", option, value))
-        return 1
+        limit = self.max_mmap_threshold
+        return int(not (option == _allocator._M_MMAP_THRESHOLD and limit and value > limit))
 
     def malloc_trim(self, pad: int) -> int:
         self.calls.append(("trim", pad))
@@ -46,6 +48,19 @@ def test_tunes_on_entry_and_restores_and_trims_on_exit(fake_libc):
         ("mallopt", _allocator._M_TRIM_THRESHOLD, _allocator._RESTORE_TRIM),
         ("trim", 0),
     ]
+
+
+def test_older_glibc_refusing_a_huge_mmap_threshold_gets_the_largest_it_accepts(monkeypatch):
+    libc = FakeLibc(max_mmap_threshold=32 * 2**20)
+    monkeypatch.setattr(_allocator, "_libc", libc)
+    monkeypatch.setattr(_allocator, "_checked", True)
+    monkeypatch.setattr(_allocator, "_depth", 0)
+    with _allocator.retain_freed_memory():
+        assert libc.calls[:2] == [
+            ("mallopt", _allocator._M_MMAP_THRESHOLD, _allocator._KEEP),
+            ("mallopt", _allocator._M_MMAP_THRESHOLD, 32 * 2**20),
+        ]
+        assert libc.calls[2] == ("mallopt", _allocator._M_TRIM_THRESHOLD, _allocator._KEEP)
 
 
 def test_nested_and_concurrent_uses_restore_only_once_at_the_end(fake_libc):

@@ -85,7 +85,10 @@ def retain_freed_memory() -> Iterator[None]:
     with _lock:
         _depth += 1
         if _depth == 1:
-            libc.mallopt(_M_MMAP_THRESHOLD, _KEEP)
+            # glibc releases before 2.35 refuse mmap thresholds above 32 MB (mallopt returns
+            # 0): then the largest one they accept still keeps mid-sized activations.
+            if not libc.mallopt(_M_MMAP_THRESHOLD, _KEEP):
+                libc.mallopt(_M_MMAP_THRESHOLD, _RESTORE_MMAP)
             libc.mallopt(_M_TRIM_THRESHOLD, _KEEP)
     try:
         yield
