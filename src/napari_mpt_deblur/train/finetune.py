@@ -125,7 +125,10 @@ class FinetuneConfig:
         Optical hints for the re-blur operator; ``None`` takes them from the model's simulation
         preset.
     reblur_defocus_dof : tuple of float
-        Re-blur defocus values, in multiples of the depth of field ``λ·n/NA²``.
+        Re-blur defocus values, in multiples of the depth of field ``λ·n/NA²``. The default
+        (2-8) re-blurs about as strongly as the defocus being corrected: with the weaker 0.5-2
+        the network learned to undo only slight blur and fine-tuning lowered PSNR on held-out
+        pairs (docs/finetuning.md, benchmarks/finetune_domain_shift.py).
     reblur_kernel_size : int
         Largest re-blur kernel side, px (odd); larger defocus PSFs are cropped to it. Raise it
         with large ``reblur_defocus_dof`` at fine pixel sizes, where defocus spans many pixels.
@@ -165,8 +168,8 @@ class FinetuneConfig:
     numerical_aperture: float | None = None
     wavelength_nm: float | None = None
     refractive_index: float | None = None
-    reblur_defocus_dof: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
-    reblur_kernel_size: int = 31
+    reblur_defocus_dof: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)
+    reblur_kernel_size: int = 63
     reblur_noise: bool = True
     simulation: str | None = None
     val_crop_size: int = 256
