@@ -1,10 +1,13 @@
-"""The line every benchmark table starts with: what ran it, and the command that made it."""
+"""What the benchmarks share: the line their tables start with (machine, torch, date, command)
+and measurement in a fresh process, so that peak memory is that run's own."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,3 +30,12 @@ def machine_line(device: str = "cpu", threads: int | None = None) -> str:
         f"{platform.machine()}, {os.cpu_count()} CPUs, {threads} torch threads, device {where}, "
         f"torch {torch.__version__}, {datetime.date.today()}. Command: `{command_line()}`"
     )
+
+
+def run_child(code: str) -> dict:
+    """Run ``code`` in a fresh Python; its last stdout line is the JSON result."""
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -14,13 +14,10 @@ after the model is loaded and before the image exists (Python, torch, weights); 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from _machine import machine_line
+from _machine import machine_line, run_child
+from napari_mpt_deblur.engine.predict import parse_memory
 
 _CHILD = r"""
 import json, resource, time
@@ -48,12 +45,7 @@ print(json.dumps(dict(seconds=seconds, peak=peak, baseline=baseline, tile=report
 
 def measure(model: str, size: int, tile: int | None, budget: str | None, device: str,
             threads: int) -> dict:
-    code = _CHILD.format(args=(model, size, tile, budget, device, threads))
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-2000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(_CHILD.format(args=(model, size, tile, budget, device, threads)))
 
 
 def _row(model: str, size: int, mode: str, r: dict) -> str:
@@ -104,8 +96,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--plot", type=Path, default=None, help="write the scaling plot here")
     args = parser.parse_args()
-
-
     head = machine_line(args.device, args.threads)
     rows = [
         "| model | size | mode | tiles | time (s) | MPix/s | peak RSS (MB) | baseline (MB) "
@@ -120,7 +110,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     if args.budget_size:
         r = measure(args.model, args.budget_size, None, args.budget, args.device, args.threads)
-        within = "within" if r["peak"] <= _bytes(args.budget) else "OVER"
+        within = "within" if r["peak"] <= parse_memory(args.budget) else "OVER"
         rows.append(_row(args.model, args.budget_size, f"max_memory {args.budget} ({within})", r))
         print(rows[-1], flush=True)
     text = head + "\n\n" + "\n".join(rows)
@@ -130,12 +120,6 @@ def main() -> None:
         args.out.write_text(text + "\n")
     if args.plot and points:
         _plot(points, args.model, args.plot, head.split(" Command:")[0])
-
-
-def _bytes(size: str) -> int:
-    from napari_mpt_deblur.engine.predict import parse_memory
-
-    return int(parse_memory(size))
 
 
 if __name__ == "__main__":

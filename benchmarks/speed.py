@@ -13,13 +13,9 @@ implementations agree to 1e-4 before timing them.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from _machine import machine_line
+from _machine import machine_line, run_child
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,11 +74,7 @@ def measure(preset, size, impl, device, threads, repeats, dtype="fp32"):
     code = _CHILD.format(
         bench=str(HERE), args=(preset, size, impl, device, threads, repeats, dtype), tmp=tmp
     )
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise RuntimeError(proc.stderr[-2000:])
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_child(code)
     result["output"] = tmp
     return result
 

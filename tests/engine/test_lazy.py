@@ -54,3 +54,11 @@ def test_local_cluster_of_two_workers(tiny_checkpoint, rng):
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(result, local, rtol=1e-5, atol=1e-4)
+
+
+def test_lazy_path_checks_and_forwards_the_memory_limit(tiny_model, rng):
+    image = da.from_array((rng.random((256, 256)) * 1000).astype(np.float32), chunks=(128, 128))
+    with pytest.raises(ValueError, match="memory limit"):
+        deblur(image, tiny_model, device="cpu", max_memory="lots")  # refused before any graph
+    with pytest.raises(MemoryError, match="too small"):  # each chunk's job honours it
+        deblur(image, tiny_model, device="cpu", max_memory=1024).compute(scheduler="synchronous")

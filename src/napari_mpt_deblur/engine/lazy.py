@@ -39,6 +39,7 @@ def deblur_dask(
     overlap: int | None = None,
     chunk: int = 1024,
     depth: int = 64,
+    max_memory: int | str | None = None,
 ) -> Any:
     """Return a lazy dask array: the deblurred ``image``, computed chunk by chunk on demand.
 
@@ -51,6 +52,8 @@ def deblur_dask(
         worker process, which is what a distributed cluster needs.
     depth : int
         Overlap (pixels) shared between neighbouring chunks; chunk outputs are cropped back.
+    max_memory : int or str, optional
+        Memory limit for each chunk's job, as for :func:`napari_mpt_deblur.deblur`.
     """
     import dask.array as da
 
@@ -83,6 +86,7 @@ def deblur_dask(
             tile=tile,
             overlap=overlap,
             intensity_range=(lo, hi),
+            max_memory=max_memory,
         )
 
     return da.map_overlap(

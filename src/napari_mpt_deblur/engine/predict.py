@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -108,7 +109,8 @@ def _available_bytes(device: torch.device) -> int:
         return 4 * 1024**3
 
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_SIZE = re.compile(r"([0-9]*\.?[0-9]+(?:E[+-]?[0-9]+)?)([KMGT]?)(?:I?B)?")
 
 
 def parse_memory(value: int | float | str | None) -> int | None:
@@ -117,19 +119,14 @@ def parse_memory(value: int | float | str | None) -> int | None:
         if value is not None and not value > 0:
             raise ValueError(f"a memory limit must be positive; got {value!r}")
         return None if value is None else int(value)
-    text = str(value).strip().upper().replace(" ", "")
-    number = text.rstrip("BI").rstrip("KMGT") if text else ""
-    unit = text[len(number) :].replace("I", "").rstrip("B")
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1.0
-    if unit not in _UNITS or not amount > 0:
+    match = _SIZE.fullmatch(str(value).strip().upper().replace(" ", ""))
+    amount = float(match[1]) if match else 0.0
+    if not amount > 0:
         raise ValueError(
             f"cannot read the memory limit {value!r}: use a number of bytes or a size such as "
             "'8G', '8GB' or '512MiB'"
         )
-    return int(amount * _UNITS[unit])
+    return int(amount * _UNITS[match[2]])
 
 
 def _plane_buffer_bytes(height: int, width: int, channels: int) -> int:
@@ -254,15 +251,16 @@ def deblur(
     """
     from .lazy import is_lazy_array
 
+    memory_limit = parse_memory(max_memory)
     if is_lazy_array(image):
         from .lazy import deblur_dask
 
-        return deblur_dask(image, model, axes=axes, device=device, tile=tile, overlap=overlap)
+        return deblur_dask(image, model, axes=axes, device=device, tile=tile, overlap=overlap,
+                           max_memory=memory_limit)
 
     from .._device import get_device
 
     started = time.perf_counter()
-    memory_limit = parse_memory(max_memory)
     array = check_image_array(image)
     explicit_axes = axes is not None
     torch_device = get_device(device)
