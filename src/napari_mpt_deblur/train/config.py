@@ -46,6 +46,7 @@ _TUPLE_FIELDS = (
     "unlabeled_dirs",
     "val_dirs",
     "reblur_defocus_dof",
+    "source_weights",
 )
 
 
@@ -69,6 +70,11 @@ class TrainConfig:
         patterns. The default is the BBBC006 w2 training folder and ExampleHuman d1/d2.
     extra_dirs : tuple of str
         More in-focus sources, sampled together with ``train_dirs``.
+    source_weights : tuple of float
+        One weight per entry of ``train_dirs`` + ``extra_dirs``: the share of training patches
+        drawn from that entry (within an entry, images are drawn in proportion to their area).
+        Empty (the default): every image in proportion to its area, so a folder of many large
+        images dominates; weights rebalance content (e.g. more nuclei than actin).
     paired_dirs : tuple of str
         Folders with real pairs in ``blur/`` and ``sharp/`` subfolders, matched by file name.
     paired_fraction : float
@@ -143,6 +149,7 @@ class TrainConfig:
         "train/examplehuman/d2.tif",
     )
     extra_dirs: tuple[str, ...] = ()
+    source_weights: tuple[float, ...] = ()
     paired_dirs: tuple[str, ...] = ()
     paired_fraction: float = 0.25
     unlabeled_dirs: tuple[str, ...] = ()
@@ -229,6 +236,18 @@ class TrainConfig:
             raise ValueError(f"time_budget_s must be > 0 or None; got {self.time_budget_s!r}")
         if not self.train_dirs and not self.extra_dirs and not self.paired_dirs:
             raise ValueError("train_dirs, extra_dirs and paired_dirs are all empty: no data")
+        if self.source_weights:
+            entries = len(self.train_dirs) + len(self.extra_dirs)
+            if len(self.source_weights) != entries:
+                raise ValueError(
+                    f"source_weights needs one weight per train_dirs + extra_dirs entry "
+                    f"({entries}); got {len(self.source_weights)}"
+                )
+            weights = [float(w) for w in self.source_weights]
+            if any(not w >= 0 for w in weights) or not sum(weights) > 0:
+                raise ValueError(
+                    f"source_weights must be >= 0 with a positive sum; got {list(weights)}"
+                )
         if any(float(v) <= 0 for v in self.reblur_defocus_dof) or not self.reblur_defocus_dof:
             raise ValueError(
                 "reblur_defocus_dof must be a non-empty list of positive numbers; got "

@@ -298,6 +298,8 @@ class PairSimulator:
         The engine's percentiles (defaults to the engine's defaults).
     max_margin : int
         Cap on the context margin (pixels) around the patch.
+    weights : sequence of float, optional
+        Relative probability of each source; default: its area (pixels).
     """
 
     def __init__(
@@ -309,6 +311,7 @@ class PairSimulator:
         patch_norm_fraction: float = 0.25,
         normalization: IntensityNormalization | None = None,
         max_margin: int = 64,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not sources:
             raise ValueError("PairSimulator needs at least one source image")
@@ -324,8 +327,15 @@ class PairSimulator:
         self.max_margin = int(max_margin)
         self.plane_estimate_size = 256
         self._small: dict[int, tuple[np.ndarray, int]] = {}
-        areas = np.array([s.plane.size for s in self.sources], dtype=np.float64)
-        self._weights = areas / areas.sum()
+        if weights is None:
+            weights = [s.plane.size for s in self.sources]
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(self.sources),) or not np.all(w >= 0) or not w.sum() > 0:
+            raise ValueError(
+                f"weights must be {len(self.sources)} values >= 0 with a positive sum; "
+                f"got {list(np.ravel(w))}"
+            )
+        self._weights = w / w.sum()
 
     def sample(
         self,
@@ -363,6 +373,11 @@ class PairSimulator:
         params = dict(pair.params, norm_range=[lo, hi], source=src.name,
                       norm="patch" if patch_norm else "plane")
         return normalize(blurred, lo, hi), normalize(sharp, lo, hi), params
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Probability of drawing each source (a copy)."""
+        return self._weights.copy()
 
     def _small_source(self, index: int) -> tuple[np.ndarray, int]:
         if index not in self._small:

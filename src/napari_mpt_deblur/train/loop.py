@@ -286,6 +286,39 @@ class _RunData:
     description: dict[str, Any]
 
 
+def _weighted_sources(
+    cfg: TrainConfig, source_dirs: tuple[str, ...], simulation: Any
+) -> tuple[list[Path], list[Any], list[float] | None]:
+    """Source files, their planes, and (with ``cfg.source_weights``) each plane's weight.
+
+    An entry's weight is shared among its planes in proportion to their area; a file named by
+    two entries is read once, for the first.
+    """
+    from .data import find_images, load_sources
+
+    if not cfg.source_weights:
+        files = find_images(source_dirs, resolve=cfg.resolve_path)
+        return files, load_sources(files, percentiles=simulation.source_percentiles), None
+    files: list[Path] = []
+    sources: list[Any] = []
+    weights: list[float] = []
+    seen: set[str] = set()
+    for entry, weight in zip(source_dirs, cfg.source_weights):
+        found = [f for f in find_images([entry], resolve=cfg.resolve_path)
+                 if str(f.resolve()) not in seen]
+        seen.update(str(f.resolve()) for f in found)
+        if not found or not float(weight) > 0:
+            continue
+        planes = load_sources(found, percentiles=simulation.source_percentiles)
+        area = sum(p.plane.size for p in planes)
+        files.extend(found)
+        sources.extend(planes)
+        weights.extend(float(weight) * p.plane.size / area for p in planes)
+    if not sources:
+        raise ValueError("source_weights leaves no training source with a positive weight")
+    return files, sources, weights
+
+
 def _prepare_data(cfg: TrainConfig, patch_multiple: int) -> _RunData:
     from .data import (
         BatchBuilder,
@@ -310,10 +343,13 @@ def _prepare_data(cfg: TrainConfig, patch_multiple: int) -> _RunData:
     simulator = None
     source_dirs = (*cfg.train_dirs, *cfg.extra_dirs)
     if source_dirs:
-        files = find_images(source_dirs, resolve=cfg.resolve_path)
-        sources = load_sources(files, percentiles=simulation.source_percentiles)
-        simulator = PairSimulator(sources, simulation, cfg.patch_size)
+        files, sources, weights = _weighted_sources(cfg, source_dirs, simulation)
+        simulator = PairSimulator(sources, simulation, cfg.patch_size, weights=weights)
         description["train_sources"] = [str(f) for f in files]
+        if cfg.source_weights:
+            description["source_probabilities"] = {
+                s.name: round(float(p), 6) for s, p in zip(sources, simulator.probabilities)
+            }
     real = None
     if cfg.paired_dirs:
         real = RealPairs.from_folders([cfg.resolve_path(d) for d in cfg.paired_dirs],
