@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CompareView", "CompareWidget", "grid_of", "is_comparison_layer"]
+__all__ = ["CompareView", "CompareWidget", "ViewerLayout", "grid_of", "is_comparison_layer"]
 
 SWIPE_SUFFIX = " [swipe]"
 SWIPE_LINE_SUFFIX = " [swipe line]"
@@ -51,7 +52,8 @@ class CompareView:
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
-        self._saved: dict[str, Any] | None = None
+        self._saved: ViewerLayout | None = None
+        self._saved_contrast: list[tuple[Any, tuple[float, float]]] = []
         self._temporary: list[Any] = []
         self._unlink: list[Callable[[], None]] = []
         self._pair: tuple[Any, Any] | None = None
@@ -159,21 +161,11 @@ class CompareView:
         self._temporary.clear()
         self._swipe_layer = self._swipe_line = None
         saved, self._saved = self._saved, None
-        grid = grid_of(self._viewer)
-        grid.enabled = False
-        grid.shape, grid.stride = saved["grid_shape"], saved["grid_stride"]
-        grid.enabled = saved["grid_enabled"]
-        for layer, visible in saved["visible"]:
-            if layer in layers:
-                layer.visible = visible
-        present = [layer for layer in saved["order"] if layer in layers]
-        for target, layer in enumerate(present):
-            index = layers.index(layer)
-            if index != target:
-                layers.move(index, target)
-        for layer, limits in saved["contrast"]:
+        saved.restore(self._viewer)
+        for layer, limits in self._saved_contrast:
             if layer in layers:
                 _set_limits(layer, limits)
+        self._saved_contrast = []
         self._pair = None
         self.mode = None
 
@@ -182,15 +174,9 @@ class CompareView:
         if input_layer is None or result is None:
             raise ValueError("comparing needs an input layer and its deblurred result")
         self.restore()
-        grid = grid_of(self._viewer)
-        self._saved = {
-            "grid_enabled": grid.enabled,
-            "grid_shape": tuple(grid.shape),
-            "grid_stride": grid.stride,
-            "visible": [(layer, layer.visible) for layer in self._viewer.layers],
-            "order": list(self._viewer.layers),
-            "contrast": [(layer, tuple(layer.contrast_limits)) for layer in (input_layer, result)],
-        }
+        self._saved = ViewerLayout.capture(self._viewer)
+        self._saved_contrast = [(layer, tuple(layer.contrast_limits))
+                                for layer in (input_layer, result)]
         self._pair = (input_layer, result)
         if link_contrast and not input_layer.rgb and not result.rgb:
             _set_limits(result, tuple(input_layer.contrast_limits))
@@ -218,6 +204,44 @@ class CompareView:
     def _swipe_data(result: Any, column: int) -> np.ndarray:
         data = result.data
         return data[..., column:, :] if result.rgb else data[..., column:]
+
+
+@dataclass(frozen=True)
+class ViewerLayout:
+    """The grid settings, layer order and visibility a temporary layout changes.
+
+    Comparison and detection views rearrange the user's viewer; taking one of these first is
+    what lets them put it back exactly, even after layers were removed in between.
+    """
+
+    grid_enabled: bool
+    grid_shape: tuple[int, ...]
+    grid_stride: int
+    visible: tuple[tuple[Any, bool], ...]
+    order: tuple[Any, ...]
+
+    @classmethod
+    def capture(cls, viewer: Any) -> ViewerLayout:
+        grid, layers = grid_of(viewer), viewer.layers
+        return cls(grid_enabled=bool(grid.enabled), grid_shape=tuple(grid.shape),
+                   grid_stride=int(grid.stride),
+                   visible=tuple((layer, bool(layer.visible)) for layer in layers),
+                   order=tuple(layers))
+
+    def restore(self, viewer: Any) -> None:
+        """Put the layout back; layers removed since are skipped, layers added since stay on top."""
+        grid, layers = grid_of(viewer), viewer.layers
+        grid.enabled = False  # change shape and stride while the grid is off: one redraw
+        grid.shape, grid.stride = self.grid_shape, self.grid_stride
+        grid.enabled = self.grid_enabled
+        for layer, visible in self.visible:
+            if layer in layers:
+                layer.visible = visible
+        present = [layer for layer in self.order if layer in layers]
+        for target, layer in enumerate(present):
+            index = layers.index(layer)
+            if index != target:
+                layers.move(index, target)
 
 
 def grid_of(viewer: Any) -> Any:

@@ -41,7 +41,7 @@ from magicgui.widgets import (
 )
 
 from ..detect import DetectionConfig, DetectionResult, MatchResult, detect_nuclei, match_points
-from ._compare import grid_of, is_comparison_layer
+from ._compare import ViewerLayout, grid_of, is_comparison_layer
 from ._layers import OUTPUT_SUFFIX, PREVIEW_SUFFIX, input_of_result, layer_axes
 from ._worker import CloseWatch, DeblurFailed, drive, start_job
 
@@ -418,7 +418,7 @@ class DetectionLayout:
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self._viewer = viewer
-        self._saved: dict[str, Any] | None = None
+        self._saved: ViewerLayout | None = None
 
     @property
     def active(self) -> bool:
@@ -429,13 +429,7 @@ class DetectionLayout:
         """Show every ``(image, points)`` pair in a panel of its own, left to right."""
         self.restore()
         layers = self._viewer.layers
-        grid = grid_of(self._viewer)
-        self._saved = {
-            "grid_enabled": grid.enabled, "grid_shape": tuple(grid.shape),
-            "grid_stride": grid.stride,
-            "visible": [(layer, layer.visible) for layer in layers],
-            "order": list(layers),
-        }
+        self._saved = ViewerLayout.capture(self._viewer)
         flat = [layer for panel in panels for layer in panel]
         for target, layer in enumerate(flat):
             index = layers.index(layer)
@@ -443,6 +437,7 @@ class DetectionLayout:
                 layers.move(index, target)
         for layer in layers:
             layer.visible = any(layer == shown for shown in flat)
+        grid = grid_of(self._viewer)
         grid.stride = 2
         grid.shape = (1, len(panels))
         grid.enabled = True
@@ -453,19 +448,7 @@ class DetectionLayout:
         if self._saved is None:
             return
         saved, self._saved = self._saved, None
-        layers = self._viewer.layers
-        grid = grid_of(self._viewer)
-        grid.enabled = False
-        grid.shape, grid.stride = saved["grid_shape"], saved["grid_stride"]
-        grid.enabled = saved["grid_enabled"]
-        for layer, visible in saved["visible"]:
-            if layer in layers:
-                layer.visible = visible
-        present = [layer for layer in saved["order"] if layer in layers]
-        for target, layer in enumerate(present):
-            index = layers.index(layer)
-            if index != target:
-                layers.move(index, target)
+        saved.restore(self._viewer)
 
 
 # ------------------------------------------------------------------------------------------

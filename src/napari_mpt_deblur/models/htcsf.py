@@ -67,13 +67,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._config import config_from_dict, config_to_dict
 from ._registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -153,30 +154,11 @@ class HTCSFConfig:
         return 2 ** (self.num_scales - 1) * 2 ** (len(self.widths) - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["widths"] = list(self.widths)
-        data["num_blocks"] = list(self.num_blocks)
-        return data
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HTCSFConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"unknown HTCSFConfig fields {sorted(unknown)}; valid fields: {sorted(known)}"
-            )
-        data = dict(data)
-        for key in ("widths", "num_blocks"):
-            if key in data:
-                data[key] = tuple(int(v) for v in data[key])
-        for key in ("num_scales", "in_channels", "out_channels"):
-            if key in data:
-                data[key] = int(data[key])
-        for key in ("cascade_residual", "input_skip"):
-            if key in data:
-                data[key] = bool(data[key])
-        return cls(**data)
+        return config_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> HTCSFConfig:
         """A copy with some fields changed (sequences are normalised to tuples)."""

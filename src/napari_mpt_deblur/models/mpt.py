@@ -19,12 +19,13 @@ Deliberate differences from the released code:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._config import config_from_dict, config_to_dict
 from ._registry import register_model
 from .layers import ROUTINGS, PyramidBlock
 
@@ -107,28 +108,11 @@ class MPTConfig:
         return multiple
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("extra")
-        data["num_blocks"] = list(self.num_blocks)
-        data["heads"] = list(self.heads)
-        data["pool_rates"] = [list(r) for r in self.pool_rates]
-        return data
+        return config_to_dict(self, exclude=("extra",))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MPTConfig:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"unknown MPTConfig fields {sorted(unknown)}; valid fields: {sorted(known)}"
-            )
-        data = dict(data)
-        for key in ("num_blocks", "heads"):
-            if key in data:
-                data[key] = tuple(int(v) for v in data[key])
-        if "pool_rates" in data:
-            data["pool_rates"] = tuple(tuple(float(r) for r in lvl) for lvl in data["pool_rates"])
-        return cls(**data)
+        return config_from_dict(cls, data, exclude=("extra",))
 
     @classmethod
     def from_authors_config(cls, config: dict[str, Any], routing: str = "compat") -> MPTConfig:
