@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._dataclass_io import dataclass_from_dict, dataclass_to_dict
 from .metrics import psnr, ssim
 
 logger = logging.getLogger(__name__)
@@ -276,18 +277,14 @@ class EvalConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary (tuples become lists)."""
-        items = dataclasses.asdict(self).items()
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in items}
+        """JSON-compatible dict (tuples become lists)."""
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown EvalConfig keys {unknown}; expected some of {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)
 
     def replace(self, **overrides: Any) -> EvalConfig:
         """Copy with some fields replaced."""

@@ -181,7 +181,7 @@ def test_config_round_trip_through_json() -> None:
     cfg = DetectionConfig(method="watershed", threshold=0.3, min_distance_um=5.0)
     again = DetectionConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
-    with pytest.raises(TypeError, match="unknown DetectionConfig field"):
+    with pytest.raises(ValueError, match="unknown DetectionConfig keys"):
         DetectionConfig.from_dict({"diameter": 3})
 
 

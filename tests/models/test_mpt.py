@@ -128,7 +128,7 @@ def test_registry_lists_presets_and_rejects_unknown_names():
 def test_config_round_trip_and_validation():
     cfg = create_model("mpt-small").config
     assert MPTConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown MPTConfig fields"):
+    with pytest.raises(ValueError, match="unknown MPTConfig keys"):
         MPTConfig.from_dict({"dims": 3})
     with pytest.raises(ValueError, match="routing"):
         MPTConfig(routing="diagonal")

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+
 __all__ = [
     "METHODS",
     "DetectionConfig",
@@ -184,25 +186,13 @@ class DetectionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict that :meth:`from_dict` turns back into the config."""
-        out = dataclasses.asdict(self)
-        out["normalize_percentiles"] = list(self.normalize_percentiles)
-        out["log_scale_range"] = list(self.log_scale_range)
-        return out
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DetectionConfig:
-        """Build a config from :meth:`to_dict` output; unknown keys are a ``TypeError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TypeError(
-                f"unknown DetectionConfig field(s) {unknown}; valid are {sorted(known)}"
-            )
-        values = dict(data)
-        for key in ("normalize_percentiles", "log_scale_range"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)

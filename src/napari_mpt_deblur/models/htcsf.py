@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._config import config_from_dict, config_to_dict
+from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
 from ._registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -154,11 +154,11 @@ class HTCSFConfig:
         return 2 ** (self.num_scales - 1) * 2 ** (len(self.widths) - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HTCSFConfig:
-        return config_from_dict(cls, data)
+        return dataclass_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> HTCSFConfig:
         """A copy with some fields changed (sequences are normalised to tuples)."""

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._config import config_from_dict, config_to_dict
+from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
 from ._registry import register_model
 from .layers import ROUTINGS, PyramidBlock
 
@@ -108,11 +108,11 @@ class MPTConfig:
         return multiple
 
     def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self, exclude=("extra",))
+        return dataclass_to_dict(self, exclude=("extra",))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MPTConfig:
-        return config_from_dict(cls, data, exclude=("extra",))
+        return dataclass_from_dict(cls, data, exclude=("extra",))
 
     @classmethod
     def from_authors_config(cls, config: dict[str, Any], routing: str = "compat") -> MPTConfig:

@@ -9,7 +9,6 @@ that a noise-free, unsaturated pixel comes back exactly as it went in.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -114,18 +115,13 @@ class CameraConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dictionary."""
-        return dataclasses.asdict(self)
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CameraConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown CameraConfig keys {unknown}; expected some of {sorted(names)}"
-            )
-        return cls(**dict(data))
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)
 
 
 def _is_number(value: Any) -> bool:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -135,18 +137,13 @@ class OpticsConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dictionary (for checkpoints and parameter sidecars)."""
-        return dataclasses.asdict(self)
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OpticsConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown OpticsConfig keys {unknown}; expected some of {sorted(names)}"
-            )
-        return cls(**dict(data))
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)
 
 
 def _check_positive_number(value: Any, name: str) -> None:

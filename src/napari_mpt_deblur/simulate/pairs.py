@@ -29,7 +29,6 @@ crops: per-crop percentiles would stretch an empty background crop to full scale
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
 from .camera import CameraConfig, apply_camera, as_generator, camera_response, camera_to_float
 from .optics import OpticsConfig, blur, defocus_psf
 from .volume import pseudo_volume, sample_haze_layers, widefield_stack
@@ -230,19 +230,13 @@ class SimulationConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dictionary (tuples become lists)."""
-        items = dataclasses.asdict(self).items()
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in items}
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SimulationConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown SimulationConfig keys {unknown}; expected some of {sorted(names)}"
-            )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)
 
     def replace(self, **overrides: Any) -> SimulationConfig:
         """Copy with some fields replaced (lists accepted for ranges, as from JSON/YAML)."""

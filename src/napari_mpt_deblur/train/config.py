@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+
 __all__ = ["AMP_MODES", "SCHEDULES", "TrainConfig"]
 
 logger = logging.getLogger(__name__)
@@ -285,28 +287,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict (tuples become lists)."""
-        out: dict[str, Any] = {}
-        for name in self.field_names():
-            value = getattr(self, name)
-            if isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, Mapping):
-                value = json.loads(json.dumps(dict(value)))
-            out[name] = value
-        return out
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build from a mapping; unknown keys raise ``ValueError`` listing the valid ones."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"TrainConfig data must be a mapping; got {type(data).__name__}")
-        valid = cls.field_names()
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig keys {unknown}; valid keys: {', '.join(valid)}"
-            )
-        return cls(**dict(data))
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TrainConfig:

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
 from .._device import get_device
 from . import _common
 from ._common import (
@@ -225,18 +226,13 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict."""
-        out = dataclasses.asdict(self)
-        out["reblur_defocus_dof"] = list(self.reblur_defocus_dof)
-        return out
+        return dataclass_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` listing valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown FinetuneConfig keys {unknown}; valid keys: {valid}")
-        return cls(**dict(data))
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> FinetuneConfig:
         """Copy with some fields changed (unknown names raise ``ValueError``)."""
