@@ -1,6 +1,11 @@
 """Copy a training run's best checkpoint into the package as a bundled model.
 
     python scripts/export_weights.py runs/mpt-tiny/best.safetensors --name mpt-tiny
+    python scripts/export_weights.py runs/mpt-tiny-stage6/state-00750.pt --name mpt-tiny
+
+A training state (``state*.pt``, e.g. a snapshot chosen by ``scripts/select_checkpoint.py``)
+takes its weights and step from the state and the rest of the header from the run's
+``last.safetensors`` beside it; its validation metrics are those logged at that step.
 
 The header keeps the run's training config, simulation ranges and validation metrics, and gains
 the bundled name, a licence and a short description. The model card
@@ -11,7 +16,11 @@ evaluation results.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 from pathlib import Path
+
+import torch
 
 from napari_mpt_deblur.models.checkpoint import load_model, read_header, save_checkpoint
 
@@ -24,8 +33,11 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--description", default="")
     args = parser.parse_args()
-    header = read_header(args.checkpoint) or {}
-    model = load_model(args.checkpoint, device="cpu")
+    if args.checkpoint.suffix == ".pt":
+        model, header = _from_state(args.checkpoint)
+    else:
+        header = read_header(args.checkpoint) or {}
+        model = load_model(args.checkpoint, device="cpu")
     extra = {k: header[k] for k in ("training", "simulation", "metrics", "data") if k in header}
     extra.update(
         name=args.name,
@@ -36,6 +48,26 @@ def main() -> None:
     model.info = {"arch": header.get("arch", "mpt"), "normalization": header.get("normalization")}
     path = save_checkpoint(WEIGHTS / f"{args.name}.safetensors", model, metadata=extra)
     print(path, f"{path.stat().st_size / 1e6:.1f} MB")
+
+
+def _from_state(path: Path):
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    sibling = path.with_name("last.safetensors")
+    if not sibling.is_file():
+        raise SystemExit(f"{sibling} is missing: it gives the architecture and header of {path}")
+    header = read_header(sibling) or {}
+    model = load_model(sibling, device="cpu")
+    model.load_state_dict(state["model"])
+    step = int(state["step"])
+    history = json.loads(state["history"])
+    scores = next((v for v in history["validation"] if v["step"] == step), None)
+    header.setdefault("training", {})["step"] = step
+    if scores is not None:
+        metrics = header.setdefault("metrics", {})
+        metrics.update({k: v for k, v in scores.items() if k != "step"})
+    # the exported file's hash names what was shipped: the state's weights, not last's
+    model.info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return model, header
 
 
 if __name__ == "__main__":
