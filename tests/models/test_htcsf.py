@@ -154,7 +154,7 @@ def test_config_round_trip_and_validation():
     deep = HTCSFConfig(num_scales=2, widths=(8, 16, 32, 64), num_blocks=(1,) * 4)
     assert deep.size_multiple == 16
     assert HTCSFConfig(num_scales=1, widths=(8,), num_blocks=(2,)).size_multiple == 1
-    with pytest.raises(ValueError, match=r"unknown HTCSFConfig fields \['routing'\]"):
+    with pytest.raises(ValueError, match=r"unknown HTCSFConfig keys \['routing'\]"):
         HTCSFConfig.from_dict({"routing": "aligned"})  # the training loop retries without it
     with pytest.raises(ValueError, match="fusion must be one of"):
         HTCSFConfig(fusion="multiply")
