@@ -16,13 +16,17 @@ evaluation results.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
-from napari_mpt_deblur.models.checkpoint import load_model, read_header, save_checkpoint
+from napari_mpt_deblur.models.checkpoint import (
+    file_sha256,
+    load_model,
+    read_header,
+    save_checkpoint,
+)
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_mpt_deblur" / "weights"
 
@@ -66,7 +70,7 @@ def _from_state(path: Path):
         metrics = header.setdefault("metrics", {})
         metrics.update({k: v for k, v in scores.items() if k != "step"})
     # the exported file's hash names what was shipped: the state's weights, not last's
-    model.info["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    model.info["sha256"] = file_sha256(path)
     return model, header
 
 

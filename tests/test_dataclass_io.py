@@ -61,3 +61,8 @@ def test_nested_tuples_come_back_as_tuples(config):
     restored = type(config).from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
     assert all(not isinstance(v, list) for v in vars(restored).values())
+
+
+def test_replace_names_unknown_fields_like_loading_does():
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['learning_rate'\].*lr"):
+        TrainConfig().replace(learning_rate=0.1)

@@ -6,7 +6,7 @@ functions so that they all behave alike:
 
 - an unknown key is an error naming the valid ones (a typo must not silently train, simulate or
   build something else with a default);
-- with ``coerce=True`` values are converted to the field's declared type (``"16"`` → ``16`` for
+- values are converted to the field's declared type (``"16"`` → ``16`` for
   an ``int``, lists → tuples, ``None`` kept for optional fields), but never lossily: ``12.5`` is
   not an ``int`` and ``"no"`` is not a ``bool`` (``bool("no")`` would be ``True``).
 """
@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-__all__ = ["dataclass_from_dict", "dataclass_to_dict"]
+__all__ = ["check_keys", "dataclass_from_dict", "dataclass_to_dict"]
 
 C = TypeVar("C")
 
@@ -31,23 +31,25 @@ def dataclass_to_dict(config: Any, *, exclude: tuple[str, ...] = ()) -> dict[str
             for f in dataclasses.fields(config) if f.name not in exclude}
 
 
-def dataclass_from_dict(cls: type[C], data: Mapping[str, Any], *, coerce: bool = True,
-                        exclude: tuple[str, ...] = ()) -> C:
-    """Build ``cls`` from :func:`dataclass_to_dict` output or a user's YAML, checking the keys.
-
-    Fields missing from ``data`` keep their defaults. ``coerce=False`` passes values unchanged
-    for classes whose ``__post_init__`` validates types itself and says more precisely why.
-    """
-    if not isinstance(data, Mapping):
-        raise TypeError(f"{cls.__name__} data must be a mapping; got {type(data).__name__}")
+def check_keys(cls: type, keys: Any, *, exclude: tuple[str, ...] = ()) -> None:
+    """Raise ``ValueError`` naming every key that is not a field of ``cls``, and the valid ones."""
     known = [f.name for f in dataclasses.fields(cls) if f.name not in exclude]
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted(set(keys) - set(known))
     if unknown:
         raise ValueError(
             f"unknown {cls.__name__} keys {unknown}; valid keys: {', '.join(known)}"
         )
-    if not coerce:
-        return cls(**dict(data))
+
+
+def dataclass_from_dict(cls: type[C], data: Mapping[str, Any], *,
+                        exclude: tuple[str, ...] = ()) -> C:
+    """Build ``cls`` from :func:`dataclass_to_dict` output or a user's YAML, checking the keys.
+
+    Fields missing from ``data`` keep their defaults.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__} data must be a mapping; got {type(data).__name__}")
+    check_keys(cls, data, exclude=exclude)
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in data.items():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+from .._dataclass_io import check_keys, dataclass_from_dict, dataclass_to_dict
 
 __all__ = ["AMP_MODES", "SCHEDULES", "TrainConfig"]
 
@@ -272,12 +272,7 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated like a new config)."""
-        unknown = set(changes) - set(self.field_names())
-        if unknown:
-            raise ValueError(
-                f"unknown TrainConfig fields {sorted(unknown)}; valid fields: "
-                f"{', '.join(self.field_names())}"
-            )
+        check_keys(TrainConfig, changes)
         return dataclasses.replace(self, **changes)
 
     @classmethod
