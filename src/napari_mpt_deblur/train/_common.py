@@ -8,7 +8,7 @@ import logging
 import math
 import os
 import random
-import tempfile
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .._io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -151,25 +153,13 @@ def predict_batches(model: nn.Module, inputs: torch.Tensor, *, device: torch.dev
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+    """``torch.save`` through a temporary file: a killed job leaves the old file or the new one."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), overwrite=True)
 
-    A crash or a killed job leaves either the old file or the new one, never a torn file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # mkstemp creates the file private (0600); give it the permissions of a normal file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+def atomic_copy(source: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Copy a file through a temporary file, so that ``path`` is never seen half written."""
+    return atomic_write(path, lambda tmp: shutil.copyfile(source, tmp), overwrite=True)
 
 
 def load_state_file(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:

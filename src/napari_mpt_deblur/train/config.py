@@ -34,6 +34,7 @@ RUN_CONTROL_FIELDS = frozenset(
         "out_dir",
         "val_every",
         "ckpt_every",
+        "keep_every",
         "log_every",
         "num_workers",
         "device",
@@ -131,6 +132,11 @@ class TrainConfig:
     val_every, ckpt_every, log_every : int
         Steps between validations (and best-checkpoint updates), resumable-state saves and
         log lines.
+    keep_every : int or None
+        Also keep a copy of the resumable state as ``state-NNNNNN.pt`` every this many steps
+        (a multiple of ``ckpt_every``), so that checkpoints can be chosen after the run on
+        validation sets the trainer does not see (``scripts/select_checkpoint.py``). ``None``
+        keeps only the latest state (each copy is as large as the model and optimiser).
     num_val_patches : int
         Size of the fixed validation set.
     num_workers : int
@@ -179,6 +185,7 @@ class TrainConfig:
     seed: int = 0
     val_every: int = 500
     ckpt_every: int = 500
+    keep_every: int | None = None
     log_every: int = 10
     num_val_patches: int = 32
     num_workers: int = 0
@@ -220,6 +227,14 @@ class TrainConfig:
         ):
             raise ValueError(
                 f"val_patch_size must be a positive integer or None; got {self.val_patch_size!r}"
+            )
+        if self.keep_every is not None and (
+            not isinstance(self.keep_every, int) or isinstance(self.keep_every, bool)
+            or self.keep_every < 1 or self.keep_every % self.ckpt_every
+        ):
+            raise ValueError(
+                "keep_every must be None or a positive multiple of ckpt_every "
+                f"({self.ckpt_every}); got {self.keep_every!r}"
             )
         for name in ("warmup_steps", "num_workers", "seed"):
             value = getattr(self, name)

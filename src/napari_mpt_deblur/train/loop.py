@@ -16,6 +16,9 @@ lives in ``out_dir``:
 ``state.pt``
     Resumable state: model, optimiser, loss scaler, step, RNG states and history, written
     atomically and loadable with ``torch.load(weights_only=True)``.
+``state-NNNNNN.pt``
+    With ``keep_every``, copies of that state at every ``keep_every`` steps, for choosing a
+    checkpoint afterwards on data the trainer does not validate on.
 
 Runs are meant to be cut into chunks (``time_budget_s``) and continued with ``resume=True``:
 the learning rate is a pure function of the step and each step's batch and random choices are
@@ -613,6 +616,10 @@ def fit(
             state_path,
         )
         log.write({"event": "state", "step": step, "path": str(state_path)})
+        if cfg.keep_every and step % cfg.keep_every == 0:
+            kept = out / f"state-{step:06d}.pt"
+            _common.atomic_copy(state_path, kept)
+            log.write({"event": "state", "step": step, "path": str(kept), "kept": True})
         _emit(cbs, TrainUpdate(UpdateKind.CHECKPOINT, step, cfg.steps,
                                {"path": str(state_path), "kind": "state"}))
 
