@@ -134,7 +134,7 @@ def test_keep_every_keeps_loadable_snapshots_that_resume_where_they_were_taken(
     cfg = _config(tiny_data_root, run, steps=6, val_every=3, ckpt_every=1, keep_every=2)
     fit(cfg, model=_tiny())
     kept = sorted(p.name for p in run.glob("state-*.pt"))
-    assert kept == ["state-000002.pt", "state-000004.pt", "state-000006.pt"]
+    assert kept == ["state-00002.pt", "state-00004.pt", "state-00006.pt"]
     final = torch.load(run / "state.pt", weights_only=True)
     for name, step in zip(kept, (2, 4, 6)):
         snap = torch.load(run / name, weights_only=True)

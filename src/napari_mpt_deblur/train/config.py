@@ -133,7 +133,7 @@ class TrainConfig:
         Steps between validations (and best-checkpoint updates), resumable-state saves and
         log lines.
     keep_every : int or None
-        Also keep a copy of the resumable state as ``state-NNNNNN.pt`` every this many steps
+        Also keep a copy of the resumable state as ``state-NNNNN.pt`` every this many steps
         (a multiple of ``ckpt_every``), so that checkpoints can be chosen after the run on
         validation sets the trainer does not see (``scripts/select_checkpoint.py``). ``None``
         keeps only the latest state (each copy is as large as the model and optimiser).

@@ -16,7 +16,7 @@ lives in ``out_dir``:
 ``state.pt``
     Resumable state: model, optimiser, loss scaler, step, RNG states and history, written
     atomically and loadable with ``torch.load(weights_only=True)``.
-``state-NNNNNN.pt``
+``state-NNNNN.pt``
     With ``keep_every``, copies of that state at every ``keep_every`` steps, for choosing a
     checkpoint afterwards on data the trainer does not validate on.
 
@@ -617,7 +617,7 @@ def fit(
         )
         log.write({"event": "state", "step": step, "path": str(state_path)})
         if cfg.keep_every and step % cfg.keep_every == 0:
-            kept = out / f"state-{step:06d}.pt"
+            kept = out / f"state-{step:05d}.pt"
             _common.atomic_copy(state_path, kept)
             log.write({"event": "state", "step": step, "path": str(kept), "kept": True})
         _emit(cbs, TrainUpdate(UpdateKind.CHECKPOINT, step, cfg.steps,
