@@ -370,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"## ndev-sampledata labelled Hoechst series ({len(frames)} frames, "
                 f"{NDEV_PIXEL_SIZE_UM} µm/px, diameter {NDEV_DIAMETER_UM:g} µm)",
                 "",
+                "**Caveat:** this series is not test data for the bundled models. Frames 0-4 "
+                "(channel 0, with simulated blur) and their nucleus labels (the large-nuclei "
+                "images) are among their training images, and frames 5-9 are in the validation "
+                "sets that chose their checkpoints (`scripts/prepare_extra_data.py`), so the "
+                "model columns of this table are optimistic. The BBBC006 table above uses the "
+                "test set only.",
+                "",
                 "Reference: the provided nucleus labels (incomplete: dim and mitotic nuclei are "
                 "often unlabelled, so 'in focus' is the achievable ceiling).",
                 "",

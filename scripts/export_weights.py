@@ -35,7 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--description", default="")
+    parser.add_argument("--description", default="",
+                        help="one line shown in the model list (default: that of the bundled "
+                             "model being replaced, if any)")
     args = parser.parse_args()
     if args.checkpoint.suffix == ".pt":
         model, header = _from_state(args.checkpoint)
@@ -43,14 +45,17 @@ def main() -> None:
         header = read_header(args.checkpoint) or {}
         model = load_model(args.checkpoint, device="cpu")
     extra = {k: header[k] for k in ("training", "simulation", "metrics", "data") if k in header}
+    target = WEIGHTS / f"{args.name}.safetensors"
+    previous = (read_header(target) or {}) if target.is_file() else {}
     extra.update(
         name=args.name,
-        description=args.description or f"{header.get('arch', 'mpt')} trained by napari-mpt-deblur",
+        description=args.description or previous.get("description")
+        or f"{header.get('arch', 'mpt')} trained by napari-mpt-deblur",
         license="Apache-2.0 (weights trained by the napari-mpt-deblur developers)",
         source_checkpoint_sha256=model.info["sha256"],
     )
     model.info = {"arch": header.get("arch", "mpt"), "normalization": header.get("normalization")}
-    path = save_checkpoint(WEIGHTS / f"{args.name}.safetensors", model, metadata=extra)
+    path = save_checkpoint(target, model, metadata=extra)
     print(path, f"{path.stat().st_size / 1e6:.1f} MB")
 
 

@@ -1,7 +1,8 @@
 """Write ``weights/<name>.md``, the model card of a bundled model, from its checkpoint header
 and the evaluation results in ``docs/results/quality.md``.
 
-    python scripts/model_card.py mpt-tiny
+    python scripts/model_card.py mpt-tiny --configs configs/mpt-tiny.yaml \
+        configs/mpt-tiny-stage2.yaml ... --notes "..."
 """
 
 from __future__ import annotations
@@ -19,12 +20,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("--notes", default="", help="extra Markdown for the limitations section")
+    parser.add_argument("--configs", nargs="+", default=None, metavar="YAML",
+                        help="the training configs of the weights' lineage, in order (default: "
+                             "configs/<name>.yaml)")
     args = parser.parse_args()
     path = bundled_models()[args.name]
     header = read_header(path) or {}
     training = header.get("training", {})
     config = training.get("config", training)
     quality = ROOT / "docs" / "results" / "quality.md"
+    configs = args.configs or [f"configs/{args.name}.yaml"]
+    lineage = (f"config file `{configs[0]}`" if len(configs) == 1 else
+               "configs, each stage starting from the previous one's weights: "
+               + " → ".join(f"`{c}`" for c in configs))
     lines = [
         f"# Model card: `{args.name}`",
         "",
@@ -43,12 +51,13 @@ def main() -> None:
         f"- Data: {', '.join(config.get('train_dirs', []) + config.get('extra_dirs', []))} "
         f"(under `{config.get('data_root')}`; see `../shared/data/README.md` and "
         "`scripts/prepare_extra_data.py` for sources and licences). Validation on "
-        f"{', '.join(config.get('val_dirs', []))}; the test set (`eval/`) was never used.",
+        f"{', '.join(config.get('val_dirs', []))}; the test set (`eval/`) was used neither "
+        "for training nor for choosing the checkpoint.",
         f"- Simulation preset `{config.get('simulation')}`: "
         f"`{json.dumps(header.get('simulation'))[:600]}`",
         f"- Optimisation: {config.get('steps')} steps planned, batch {config.get('batch_size')} × "
         f"{config.get('patch_size')} px, AdamW lr {config.get('lr')}, {config.get('pixel_loss')} "
-        f"loss + EFCR (λ = {config.get('efcr_weight')}); config file `configs/{args.name}.yaml`.",
+        f"loss + EFCR (λ = {config.get('efcr_weight')}) in the last stage; {lineage}.",
         f"- Validation metrics of these weights: `{json.dumps(header.get('metrics'))[:400]}`",
         "",
         "## Evaluation",
