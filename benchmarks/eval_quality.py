@@ -11,6 +11,7 @@ Run from the repository root::
     PYTHONPATH=src python benchmarks/eval_quality.py --models none      # baselines only
     PYTHONPATH=src python benchmarks/eval_quality.py --models mpt-tiny path/to/ckpt.safetensors \
         --device cuda --write-docs
+    PYTHONPATH=src python benchmarks/eval_quality.py --models mpt-tiny mpt-tiny@x8   # + 8 views
 
 Prints the Markdown table with the machine it ran on. Only ``--write-docs`` writes
 ``docs/results/quality.md`` (+ ``quality_examples.png``, and every score in
@@ -43,8 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="*", default=None, metavar="NAME|PATH",
-                        help="bundled model names or checkpoints; 'none' or nothing for the "
-                        "baselines only (default: every bundled model)")  # fmt: skip
+                        help="bundled model names or checkpoints (NAME@x8: with 8-view "
+                        "test-time augmentation); 'none' or nothing for the baselines only "
+                        "(default: every bundled model)")  # fmt: skip
     parser.add_argument("--levels", nargs="+", type=float, default=[4.0, 8.0, 16.0, 24.0],
                         help="defocus levels, µm")  # fmt: skip
     parser.add_argument("--sets", nargs="+", default=["w1", "w2"], choices=["w1", "w2"])

@@ -17,11 +17,18 @@ Model selection only ever looks at validation data (never ``../shared/data/eval`
 Each image is simulated with the evaluation protocol (:class:`~napari_mpt_deblur.evaluation.
 EvalConfig` defaults: NA 0.5, fixed camera, seeded noise) at 4, 8, 16 and 24 µm and deblurred
 whole, as ``mpt-deblur evaluate`` does. The table gives the mean PSNR per set and level, the
-worst gain over the blurred input at any (set, level), and the mean over all sets and levels.
-Ship only a candidate that beats the current weights on the mean *and* on the worst gain (a
-model that damages one kind of image is worse for users than a slightly lower mean).
+worst gain over the blurred input at any (set, level), the mean over all sets at 4 and 8 µm
+(the range of the project's 8 µm target) and the mean over all sets and levels. Ship only a
+candidate that beats the current weights on the mean *and* on the worst gain (a model that
+damages one kind of image is worse for users than a slightly lower mean); a new *default* must
+also beat the current default on the 4-8 µm mean. Stage 8 won on the overall mean through its
+gains at 24 µm while losing at 4-8 µm, and on the test set it lost at 4-8 µm too: it ships as
+``mpt-tiny-wide`` for strong defocus, not as the default (docs/training.md).
 
     python scripts/select_checkpoint.py mpt-tiny runs/mpt-tiny-stage4/state-*.pt
+
+A candidate written ``NAME@x8`` is scored with 8-view test-time augmentation
+(``deblur(..., ensemble=8)``; ``@x2`` and ``@x4`` too), e.g. ``mpt-tiny mpt-tiny@x8``.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import numpy as np
 import torch
 
 from napari_mpt_deblur import deblur, load_model
+from napari_mpt_deblur._commands.evaluate import _split_views
 from napari_mpt_deblur.evaluation import EvalConfig, _noise_rng, _read_plane, simulation_params
 from napari_mpt_deblur.metrics import psnr
 from napari_mpt_deblur.simulate import make_pair
@@ -48,6 +56,7 @@ VAL_SETS = {  # name: (folder, emission wavelength in nm)
     "large": (ROOT / "runs" / "extra_val" / "large_nuclei", 460.0),
 }
 LEVELS = (4.0, 8.0, 16.0, 24.0)
+TARGET_LEVELS = (4.0, 8.0)  # where a new default must improve (the issue's 8 µm target)
 
 
 def _load(spec: str):
@@ -104,20 +113,23 @@ def main() -> None:
     pairs = _pairs(EvalConfig())
     baseline = _scores(pairs, lambda b: b)
     rows = {"blurred input": baseline}
-    for spec in args.candidates:
+    for candidate in args.candidates:
+        spec, views = _split_views(candidate)
         model = _load(spec)
-        rows[model.info["name"]] = _scores(
-            pairs, lambda b, m=model: deblur(b.astype(np.float32), m, axes="YX", device="cpu")
-        )
-        print(f"scored {model.info['name']}", flush=True)
+        name = model.info["name"] + (f" ×{views}" if views > 1 else "")
+        rows[name] = _scores(pairs, lambda b, m=model, v=views: deblur(
+            b.astype(np.float32), m, axes="YX", device="cpu", ensemble=v))
+        print(f"scored {name}", flush=True)
     keys = list(baseline)
     header = [f"{name} {lv:g} µm" for name, lv in keys]
-    print("| candidate | " + " | ".join(header) + " | worst gain | mean |")
-    print("|---|" + "---|" * (len(keys) + 2))
+    target = [k for k in keys if k[1] in TARGET_LEVELS]
+    print("| candidate | " + " | ".join(header) + " | worst gain | mean 4-8 µm | mean |")
+    print("|---|" + "---|" * (len(keys) + 3))
     for cand, scores in rows.items():
         worst = min(scores[k] - baseline[k] for k in keys)
         cells = " | ".join(f"{scores[k]:.2f}" for k in keys)
-        print(f"| {cand} | {cells} | {worst:+.2f} | {np.mean([scores[k] for k in keys]):.2f} |")
+        print(f"| {cand} | {cells} | {worst:+.2f} | {np.mean([scores[k] for k in target]):.2f} "
+              f"| {np.mean([scores[k] for k in keys]):.2f} |")
 
 
 if __name__ == "__main__":

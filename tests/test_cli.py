@@ -123,6 +123,11 @@ def test_info_lists_devices_and_models(capsys):
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
     assert "torch" in text and "cpu" in text and "mpt-tiny" in text
+    from napari_mpt_deblur.models.checkpoint import bundled_models, read_header
+
+    for name, path in bundled_models().items():  # each bundled model says what it is for
+        description = (read_header(path) or {}).get("description")
+        assert f"  {name} " in text and (not description or description in text)
 
 
 def test_demo_without_weights_stops_with_a_message(monkeypatch, tmp_path, caplog):
@@ -206,3 +211,18 @@ def test_max_memory_is_checked_before_work_and_used_for_tiles(tiff_520x696, tiny
     assert result.shape == image.shape and result.dtype == image.dtype
     tiles = int(caplog.text.rsplit(" tiles)", 1)[0].rsplit(", ", 1)[1])
     assert tiles > 1
+
+
+def test_ensemble_option_is_used_and_checked(tiff_520x696, tiny_checkpoint, tmp_path, caplog,
+                                             capsys):
+    src, image = tiff_520x696
+    args = ["deblur", str(src), "--model", str(tiny_checkpoint), "--no-progress"]
+    with pytest.raises(SystemExit):  # argparse refuses a size that is not 1, 2, 4 or 8
+        cli.main([*args, "-o", str(tmp_path / "bad"), "--ensemble", "3"])
+    assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert cli.main([*args, "-o", str(tmp_path / "one")]) == 0
+    assert cli.main([*args, "-o", str(tmp_path / "two"), "--ensemble", "2"]) == 0
+    one, _ = read_image(tmp_path / "one" / "cells_deblurred.ome.tif")
+    two, _ = read_image(tmp_path / "two" / "cells_deblurred.ome.tif")
+    assert two.shape == image.shape and two.dtype == image.dtype
+    assert not np.array_equal(one, two)  # the mirrored view changed the untrained model's output

@@ -245,3 +245,32 @@ def test_cli_writes_results_and_refuses_overwrite(tmp_path, tiny_checkpoint):
     assert "460" in json.loads((tmp_path / "rl.json").read_text())["entries"][0]["iterations"]
     assert "| 4 µm | PSNR (dB) |" in (out / "results.md").read_text(encoding="utf-8")
     assert cli.main(argv) == 1  # outputs exist and --overwrite was not given
+
+
+def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, monkeypatch):
+    from napari_mpt_deblur._commands.evaluate import _model_entries
+    from napari_mpt_deblur.engine import predict
+
+    entries = _model_entries([str(tiny_checkpoint), f"{tiny_checkpoint}@x8"])
+    assert list(entries) == ["tiny", "tiny ×8"]
+    assert entries["tiny ×8"] == evaluation.Ensembled(str(tiny_checkpoint), 8)
+    with pytest.raises(ValueError, match="must be one of 1, 2, 4, 8"):
+        _model_entries([f"{tiny_checkpoint}@x3"])
+
+    seen: list[int] = []
+    real_deblur = predict.deblur
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("ensemble", 1))
+        return real_deblur(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "deblur", spy)
+    root = _data_root(tmp_path / "data", real_pair=False)
+    cfg = EvalConfig(eval_dir=str(root / "eval"), val_dir=str(root / "val"), sets=("w1",),
+                     levels_um=(4.0,), real_pair=False, max_images=1, device="cpu")  # fmt: skip
+    result = evaluate(entries, cfg, rl_tuning=_fixed_tuning(cfg))
+    assert result.methods == [BLURRED, RICHARDSON_LUCY, "tiny", "tiny ×8"]
+    assert seen == [1, 8]
+    assert result.models["tiny ×8"]["ensemble"] == 8 and "ensemble" not in result.models["tiny"]
+    by_method = {s.method: s.psnr_db for s in result.scores}
+    assert by_method["tiny"] != by_method["tiny ×8"]

@@ -59,6 +59,7 @@ __all__ = [
     "IMAGE_SETS",
     "REAL_PAIR_FOLDER",
     "RICHARDSON_LUCY",
+    "Ensembled",
     "EvalConfig",
     "EvalResult",
     "ImageSet",
@@ -875,6 +876,17 @@ def _environment(with_torch: bool) -> dict[str, Any]:
     return env
 
 
+@dataclasses.dataclass(frozen=True)
+class Ensembled:
+    """A model column run with test-time augmentation (``deblur(..., ensemble=views)``).
+
+    ``model`` is anything a column accepts: a loaded model, a bundled name or a checkpoint path.
+    """
+
+    model: Any
+    views: int = 8
+
+
 def _resolve_models(models: Mapping[str, Any] | None, device: str) -> dict[str, Any]:
     if models is None:
         return {}
@@ -890,12 +902,21 @@ def _resolve_models(models: Mapping[str, Any] | None, device: str) -> dict[str, 
             raise ValueError(
                 f"model names must be non-empty and not {sorted(reserved)}; got {name!r}"
             )
+        views = 1
+        if isinstance(model, Ensembled):
+            from .engine.predict import check_ensemble
+
+            model, views = model.model, check_ensemble(model.views)
         if model is None or isinstance(model, (str, os.PathLike)):
             from .models.checkpoint import load_model
 
             model = load_model(name if model is None else model, device=device)
-        resolved[name] = model
+        resolved[name] = Ensembled(model, views) if views > 1 else model
     return resolved
+
+
+def _unwrap(model: Any) -> tuple[Any, int]:
+    return (model.model, model.views) if isinstance(model, Ensembled) else (model, 1)
 
 
 def _best_window(image: np.ndarray, size: int) -> tuple[slice, slice]:
@@ -928,9 +949,11 @@ def _run_methods(
     if models:
         from .engine.predict import deblur
 
-        for name, model in models.items():
+        for name, entry in models.items():
+            model, views = _unwrap(entry)
             started = time.perf_counter()
-            out = deblur(blurred.astype(np.float32), model, axes="YX", device=device)
+            out = deblur(blurred.astype(np.float32), model, axes="YX", device=device,
+                         ensemble=views)
             yield name, out, time.perf_counter() - started
 
 
@@ -948,7 +971,8 @@ def evaluate(
     ----------
     models : dict
         Column name -> a loaded model (``torch.nn.Module``), a bundled model name or checkpoint
-        path, or ``None`` (load the column name itself). Empty: baselines only.
+        path, or ``None`` (load the column name itself); any of these wrapped in
+        :class:`Ensembled` runs with test-time augmentation. Empty: baselines only.
     cfg : EvalConfig, optional
         The protocol (default: :class:`EvalConfig`, all images, 4/8/16/24 µm, real pair).
     progress : callable(done, total), optional
@@ -999,7 +1023,7 @@ def evaluate(
             "iterations"
         ],
         rl_settings=dict(rl_tuning.settings),
-        models={name: _model_info(m) for name, m in resolved.items()},
+        models={name: _model_info(*_unwrap(m)) for name, m in resolved.items()},
         images={k: [p.name for p in v] for k, v in files.items()},
         environment=_environment(bool(resolved)),
     )
@@ -1048,10 +1072,12 @@ def evaluate(
     return result
 
 
-def _model_info(model: Any) -> dict[str, Any]:
+def _model_info(model: Any, views: int = 1) -> dict[str, Any]:
     info = dict(getattr(model, "info", {}) or {})
     keep = ("name", "source", "sha256", "arch", "routing", "training", "simulation", "metrics")
     out = {k: info[k] for k in keep if k in info}
+    if views > 1:
+        out["ensemble"] = views
     preset = getattr(model, "preset_name", None)
     if preset:
         out.setdefault("preset", preset)

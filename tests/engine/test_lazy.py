@@ -62,3 +62,16 @@ def test_lazy_path_checks_and_forwards_the_memory_limit(tiny_model, rng):
         deblur(image, tiny_model, device="cpu", max_memory="lots")  # refused before any graph
     with pytest.raises(MemoryError, match="too small"):  # each chunk's job honours it
         deblur(image, tiny_model, device="cpu", max_memory=1024).compute(scheduler="synchronous")
+
+
+def test_lazy_path_checks_and_forwards_the_ensemble(tiny_model, rng):
+    image = (rng.random((200, 200)) * 1000).astype(np.float32)
+    lazy = da.from_array(image, chunks=(200, 200))
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        deblur(lazy, tiny_model, device="cpu", ensemble=5)  # refused before any graph
+    from napari_mpt_deblur.engine.lazy import deblur_dask
+
+    lo, hi = (float(v) for v in np.percentile(image, [0.5, 99.8]))
+    out = deblur_dask(lazy, tiny_model, device="cpu", ensemble=2, depth=0)
+    expected = deblur(image, tiny_model, device="cpu", ensemble=2, intensity_range=(lo, hi))
+    np.testing.assert_allclose(out.compute(scheduler="synchronous"), expected, atol=1e-5)

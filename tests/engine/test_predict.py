@@ -256,3 +256,66 @@ def test_max_memory_tiles_the_job_and_the_result_matches(tiny_model, rng, monkey
     assert whole.n_tiles == 1 and tiled.n_tiles > 1 and tiled.tile <= 256
     err = np.abs(limited.astype(float) - direct.astype(float)).mean()
     assert err < 0.1 * np.abs(direct.astype(float) - image.astype(float)).mean() + 1.0
+
+
+class Skewed(Scale):
+    """Orientation-dependent 'model': adds a ramp along X (a network's directional bias)."""
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        ramp = torch.linspace(0.0, 1.0, x.shape[-1], dtype=x.dtype)
+        return x * self.factor + ramp
+
+
+@pytest.mark.parametrize("views", [2, 4, 8])
+def test_ensemble_averages_views_turned_back_into_place(rng, views):
+    image = rng.random((100, 300)).astype(np.float32)
+    model = Scale(1.0)
+    out = deblur(image, model, device="cpu", ensemble=views)
+    # an equivariant model gives the same image from every view, in the right place
+    np.testing.assert_allclose(out, image, atol=1e-5)
+    assert len(model.calls) == views
+    assert {shape[-2:] for shape in model.calls} == (
+        {(128, 384)} if views < 8 else {(128, 384), (384, 128)}
+    )
+
+
+def test_ensemble_cancels_orientation_dependent_errors(rng):
+    image = rng.random((128, 256)).astype(np.float32)
+    plain = deblur(image, Skewed(), device="cpu", intensity_range=(0.0, 1.0))
+    mirrored = deblur(image, Skewed(), device="cpu", intensity_range=(0.0, 1.0), ensemble=2)
+    # the ramp and its mirror image average to a constant 0.5
+    np.testing.assert_allclose(plain - image, np.linspace(0, 1, 256)[None].repeat(128, 0),
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(mirrored - image, 0.5, atol=1e-5)
+
+
+def test_ensemble_is_reported_and_tiles_still_blend_seamlessly(tiny_model, rng):
+    image = rng.random((300, 300)).astype(np.float32)
+    report = DeblurReport()
+    whole = deblur(image, tiny_model, device="cpu", tile=0, ensemble=4)
+    tiled = deblur(image, tiny_model, device="cpu", tile=128, ensemble=4, report=report)
+    assert report.ensemble == 4 and report.n_tiles > 1
+    assert report.to_dict()["ensemble"] == 4
+    assert np.isfinite(tiled).all() and tiled.shape == whole.shape
+    assert not np.allclose(whole, deblur(image, tiny_model, device="cpu", tile=0))
+
+
+def test_ensemble_cancel_stops_between_views(rng):
+    model = Scale(1.0)
+
+    def cancel():
+        return len(model.calls) >= 3
+
+    with pytest.raises(Cancelled):
+        deblur(rng.random((64, 64)).astype(np.float32), model, device="cpu", ensemble=8,
+               cancel=cancel)  # fmt: skip
+    assert len(model.calls) == 3
+
+
+@pytest.mark.parametrize("bad", [0, 3, 16, 2.0, "8", True, None])
+def test_bad_ensemble_sizes_are_refused_before_any_work(rng, bad):
+    model = Scale(1.0)
+    with pytest.raises(ValueError, match="ensemble must be one of 1, 2, 4, 8"):
+        deblur(rng.random((64, 64)).astype(np.float32), model, device="cpu", ensemble=bad)
+    assert model.calls == []

@@ -127,3 +127,13 @@ def test_checkpoint_suffixes():
     assert is_checkpoint_path("a/b/model.PTH")
     assert is_checkpoint_path("x.safetensors")
     assert not is_checkpoint_path("x.tif")
+
+
+def test_bundled_entries_say_what_their_weights_are_for():
+    from napari_mpt_deblur.models.checkpoint import bundled_models, read_header
+
+    catalog = ModelCatalog()
+    for name, path in bundled_models().items():
+        description = (read_header(path) or {}).get("description")
+        assert catalog.get(name).kind == "bundled"
+        assert catalog.get(name).description == (description or f"shipped weights: {path.name}")

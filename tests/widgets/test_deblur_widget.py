@@ -355,9 +355,37 @@ def test_every_bundled_model_is_listed_and_sharpens_the_sample(make_napari_viewe
     widget = open_widget(viewer)
     assert name in widget._model.choices
     widget._model.value = name
+    from napari_mpt_deblur.models.checkpoint import bundled_models, read_header
+
+    purpose = read_header(bundled_models()[name]).get("description")
+    assert purpose and purpose in widget._model.tooltip  # the picker says what it is for
     widget._device.value = "cpu"
     run_and_wait(qtbot, widget)
     result = viewer.layers["defocused sample [deblurred]"]
     assert result.metadata["napari_mpt_deblur"]["model"] == name
     before, after = psnr(source.data, reference), psnr(result.data, reference)
     assert after > before + 1.0, (name, before, after)
+
+
+def test_high_quality_averages_views_and_records_it(make_napari_viewer, qtbot, plugin_registered,
+                                                    shared_catalog):
+    _, entry = shared_catalog
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "defocused_actin")
+    widget = open_widget(viewer)
+    widget._model.value = entry.name
+    widget._device.value = "cpu"
+    assert widget._quality.value == 1  # standard unless asked
+    run_and_wait(qtbot, widget)
+    result = viewer.layers["defocused sample [deblurred]"]
+    standard = result.data.copy()
+    assert result.metadata["napari_mpt_deblur"]["ensemble"] == 1
+
+    widget._quality.value = 8
+    widget._run.native.click()
+    assert not widget._quality.enabled  # settings are locked while the run is in flight
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget._quality.enabled
+    assert viewer.layers["defocused sample [deblurred]"] is result  # same settings layer reused
+    assert result.metadata["napari_mpt_deblur"]["ensemble"] == 8
+    assert result.data.shape == standard.shape and not np.array_equal(result.data, standard)

@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         default=None,
         metavar="NAME|PATH",
-        help="bundled model names or checkpoint files to evaluate; give the option with no "
-        "value (or 'none') for the baselines only (default: every bundled model)",
+        help="bundled model names or checkpoint files to evaluate; NAME@x8 also runs NAME with "
+        "8-view test-time augmentation (@x2, @x4 too); give the option with no value (or "
+        "'none') for the baselines only (default: every bundled model)",
     )
     parser.add_argument("--levels", nargs="+", type=float, default=[4.0, 8.0, 16.0, 24.0],
                         metavar="UM", help="defocus levels, µm (default: %(default)s)")  # fmt: skip
@@ -71,7 +73,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _model_entries(values: list[str] | None) -> dict[str, str]:
+def _split_views(value: str) -> tuple[str, int]:
+    """``"mpt-tiny@x8"`` -> ``("mpt-tiny", 8)``: the model and its test-time views."""
+    from ..engine.predict import ENSEMBLE_SIZES
+
+    head, sep, tail = value.rpartition("@x")
+    if not sep or not head:
+        return value, 1
+    if not tail.isdigit() or int(tail) not in ENSEMBLE_SIZES:
+        raise ValueError(
+            f"{value!r}: the test-time views after '@x' must be one of "
+            f"{', '.join(map(str, ENSEMBLE_SIZES))} (e.g. mpt-tiny@x8)"
+        )
+    return head, int(tail)
+
+
+def _model_entries(values: list[str] | None) -> dict[str, Any]:
+    """Column name -> model spec; ``NAME@x8`` adds a column with 8-view test-time augmentation."""
+    from ..evaluation import Ensembled
     from ..models.checkpoint import bundled_models
 
     bundled = bundled_models()
@@ -79,15 +98,18 @@ def _model_entries(values: list[str] | None) -> dict[str, str]:
         if not bundled:
             logger.warning("no trained models are bundled; evaluating the baselines only")
         return {name: name for name in bundled}
-    entries: dict[str, str] = {}
+    entries: dict[str, Any] = {}
     for value in values:
         if value.lower() == "none":
             continue
-        name = value if value in bundled else Path(value).name.removesuffix(".safetensors")
+        spec, views = _split_views(value)
+        name = spec if spec in bundled else Path(spec).name.removesuffix(".safetensors")
+        if views > 1:
+            name = f"{name} ×{views}"
         base, k = name, 2
         while name in entries:
             name, k = f"{base} ({k})", k + 1
-        entries[name] = value
+        entries[name] = Ensembled(spec, views) if views > 1 else spec
     return entries
 
 

@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
             "file": str(path),
             "arch": header.get("arch"),
             "routing": header.get("routing"),
+            "description": header.get("description"),
             "metrics": header.get("metrics"),
         }
     info = {
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     print("bundled trained models:" if bundled else "bundled trained models: none")
     for name, meta in bundled.items():
         print(f"  {name:<22} {meta['arch'] or '?'} ({meta['routing'] or '-'})  {meta['file']}")
+        if meta["description"]:
+            print(f"  {'':<22} {meta['description']}")
     print("architectures (untrained presets, for training):")
     for name, text in info["architectures"].items():
         print(f"  {name:<22} {text}")

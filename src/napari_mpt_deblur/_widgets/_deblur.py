@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["LOAD_CHECKPOINT", "DeblurWidget"]
 
+MODEL_TOOLTIP = "Bundled weights, checkpoints you loaded, or load one from disk"
 #: Value of the model picker's last item, which opens a file dialog.
 LOAD_CHECKPOINT = "<load checkpoint>"
 TILE_CHOICES = (
@@ -64,6 +65,8 @@ TILE_CHOICES = (
     ("2048 px", "2048"),
 )
 SCOPE_CHOICES = (("whole stack", "stack"), ("current slice (preview)", "slice"))
+#: Test-time augmentation (engine ``ensemble``): views averaged per tile.
+QUALITY_CHOICES = (("standard", 1), ("high: 8 orientations averaged (8× slower)", 8))
 
 
 @dataclass
@@ -107,21 +110,27 @@ class DeblurWidget(Container):
         self._device = ComboBox(label="Device", choices=self._device_choices)
         self._tile = ComboBox(label="Tile size", choices=TILE_CHOICES, value="auto")
         self._scope = ComboBox(label="Stack", choices=SCOPE_CHOICES, value="stack")
+        self._quality = ComboBox(label="Quality", choices=QUALITY_CHOICES, value=1)
         self._run = PushButton(text="Deblur")
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self._status = Label(label="Status", value="Ready.")
         _wrap_label(self._status)  # long messages must not widen the dock
         self._compare = CompareWidget(viewer, self.comparison_pair)
         self._layer.tooltip = "Image layer to deblur (follows the layer selection)"
-        self._model.tooltip = "Bundled weights, checkpoints you loaded, or load one from disk"
+        self._model.tooltip = MODEL_TOOLTIP
         self._device.tooltip = "Where the network runs; 'auto' prefers a GPU"
         self._tile.tooltip = "Large images are cut into overlapping tiles that fit in memory"
         self._scope.tooltip = "Deblur every plane, or only the one shown (quick preview)"
+        self._quality.tooltip = (
+            "High: each tile is deblurred in its 8 rotations and mirror images and the results "
+            "are averaged; about +0.3 dB PSNR for 8× the time, same memory"
+        )
         self.extend([self._layer, self._model, self._device, self._tile, self._scope,
-                     self._run, self._progress, self._status, self._compare])
+                     self._quality, self._run, self._progress, self._status, self._compare])
 
         self._select_default_model()
         self._last_model = self._model.value
+        self._show_model_purpose()
         self._select_active_layer()
         self._update_state()
 
@@ -214,7 +223,14 @@ class DeblurWidget(Container):
             self._browse_checkpoint()
         elif value is not None:
             self._last_model = value
+        self._show_model_purpose()
         self._update_state()
+
+    def _show_model_purpose(self) -> None:
+        """The picker's tooltip says what the chosen weights are for (from the catalog)."""
+        name = self._model.value
+        purpose = self._catalog.get(name).description if name in self._catalog else ""
+        self._model.tooltip = "\n".join(filter(None, [purpose, MODEL_TOOLTIP]))
 
     def _on_catalog_event(self, event: CatalogEvent) -> None:
         """Catalog changes can come from any thread; Qt widgets must change on the GUI thread."""
@@ -289,7 +305,8 @@ class DeblurWidget(Container):
             self._run.enabled = layer is not None and model_ok
             if not model_ok and not len(self._catalog):
                 self._status.value = "No trained model is installed yet: load a checkpoint."
-        for widget in (self._layer, self._model, self._device, self._tile, self._scope):
+        for widget in (self._layer, self._model, self._device, self._tile, self._scope,
+                       self._quality):
             widget.enabled = not self.running
         self._compare.update_enabled()
 
@@ -333,7 +350,7 @@ class DeblurWidget(Container):
             image = layer.data[plane.slices(layer.data.ndim)]
         tile = None if self._tile.value == "auto" else int(self._tile.value)
         request = DeblurRequest(image=image, axes=axes, model=model, device=self._device.value,
-                                tile=tile, label=layer.name)
+                                tile=tile, label=layer.name, ensemble=int(self._quality.value))
         what = layer.name
         if plane is not None:
             what += " (" + ", ".join(f"{k}={v}" for k, v in plane.describe().items()) + ")"

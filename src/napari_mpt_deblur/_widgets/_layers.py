@@ -286,6 +286,7 @@ def make_provenance(
         "overlap": report.get("overlap"),
         "n_tiles": report.get("n_tiles"),
         "planes": report.get("planes"),
+        "ensemble": int(report.get("ensemble", 1)),
         "seconds": round(float(report.get("seconds", 0.0)), 3),
         "clipped_low": int(report.get("clipped_low", 0)),
         "clipped_high": int(report.get("clipped_high", 0)),

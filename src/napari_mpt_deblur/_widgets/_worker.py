@@ -75,6 +75,8 @@ class DeblurRequest:
         Tile side in pixels; ``None`` picks one from free memory, ``0`` forces whole planes.
     label : str
         Short description for progress bars (usually the input layer's name).
+    ensemble : int
+        Test-time views averaged per tile (1, 2, 4 or 8; see :func:`~napari_mpt_deblur.deblur`).
     """
 
     image: Any
@@ -83,6 +85,7 @@ class DeblurRequest:
     device: str = "auto"
     tile: int | None = None
     label: str = ""
+    ensemble: int = 1
 
 
 class Stage(enum.Enum):
@@ -218,8 +221,8 @@ def deblur_steps(
         try:
             result = deblur(
                 image, model, axes=request.axes, device=request.device, tile=request.tile,
+                ensemble=request.ensemble, cancel=cancelled, report=report,
                 progress=lambda done, total: updates.put(("progress", done, total)),
-                cancel=cancelled, report=report,
             )
         except BaseException as exc:  # handed to the generator, which re-raises it
             updates.put(("error", exc))

@@ -40,6 +40,7 @@ def deblur_dask(
     chunk: int = 1024,
     depth: int = 64,
     max_memory: int | str | None = None,
+    ensemble: int = 1,
 ) -> Any:
     """Return a lazy dask array: the deblurred ``image``, computed chunk by chunk on demand.
 
@@ -54,13 +55,16 @@ def deblur_dask(
         Overlap (pixels) shared between neighbouring chunks; chunk outputs are cropped back.
     max_memory : int or str, optional
         Memory limit for each chunk's job, as for :func:`napari_mpt_deblur.deblur`.
+    ensemble : {1, 2, 4, 8}
+        Test-time views averaged per tile, as for :func:`napari_mpt_deblur.deblur`.
     """
     import dask.array as da
 
     from .._axes import infer_axes, validate_axes
     from .normalize import IntensityNormalization, percentile_range
-    from .predict import deblur
+    from .predict import check_ensemble, deblur
 
+    ensemble = check_ensemble(ensemble)
     arr = da.from_zarr(image) if type(image).__module__.startswith("zarr.") else image
     if arr.dtype.kind not in "uif":
         raise TypeError(f"image has dtype {arr.dtype}; supported are integers and floats")
@@ -87,6 +91,7 @@ def deblur_dask(
             overlap=overlap,
             intensity_range=(lo, hi),
             max_memory=max_memory,
+            ensemble=ensemble,
         )
 
     return da.map_overlap(

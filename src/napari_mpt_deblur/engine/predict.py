@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ENSEMBLE_SIZES",
     "Cancelled",
     "DeblurReport",
     "deblur",
@@ -42,6 +43,11 @@ __all__ = [
 ]
 
 MIN_SIDE = 8
+# Test-time augmentation: how many of the square's eight symmetries (rotations by 90° and
+# mirror images) a tile is run through. Defocus PSFs are (nearly) rotationally symmetric, so
+# every view is an equally valid input, and averaging the views cancels part of the network's
+# orientation-dependent errors: +0.3 dB PSNR on the validation sets for 8x the time.
+ENSEMBLE_SIZES = (1, 2, 4, 8)
 _BYTES_PER_PIXEL_PER_CHANNEL = 300  # ~2x the measured MPT peak (150 B/px per level-1 channel)
 
 
@@ -63,6 +69,7 @@ class DeblurReport:
     clipped_low: int = 0
     clipped_high: int = 0
     retries: list[str] = field(default_factory=list)
+    ensemble: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -194,6 +201,7 @@ def deblur(
     intensity_range: tuple[float, float] | None = None,
     report: DeblurReport | None = None,
     max_memory: int | str | None = None,
+    ensemble: int = 1,
 ) -> np.ndarray:
     """Remove defocus blur from an image, a stack or a multi-channel image.
 
@@ -232,6 +240,11 @@ def deblur(
         Memory the job may use (bytes, or ``"8G"``, ``"512MiB"``): tiles are chosen so that the
         model's working set (and, on the CPU, the plane's buffers) fit. Default: half of the free
         RAM, or 80 % of the free GPU memory. Ignored when ``tile`` is given.
+    ensemble : {1, 2, 4, 8}
+        Test-time augmentation: each tile is deblurred in this many orientations (identity,
+        mirror, and the rotations by 90°, 180°, 270° with their mirrors) and the results,
+        turned back, are averaged. ``8`` costs 8x the time for about +0.3 dB PSNR
+        (docs/performance.md); memory use does not grow. Default ``1``: off.
 
     Returns
     -------
@@ -252,11 +265,12 @@ def deblur(
     from .lazy import is_lazy_array
 
     memory_limit = parse_memory(max_memory)
+    ensemble = check_ensemble(ensemble)
     if is_lazy_array(image):
         from .lazy import deblur_dask
 
         return deblur_dask(image, model, axes=axes, device=device, tile=tile, overlap=overlap,
-                           max_memory=memory_limit)
+                           max_memory=memory_limit, ensemble=ensemble)
 
     from .._device import get_device
 
@@ -292,6 +306,7 @@ def deblur(
     rep.model = str(getattr(net, "info", {}).get("name", type(net).__name__))
     rep.device = str(torch_device)
     rep.planes = planes.shape[0]
+    rep.ensemble = ensemble
 
     work = _work_dtype(array.dtype)
     out = np.empty(planes.shape, dtype=work)
@@ -313,6 +328,7 @@ def deblur(
                         torch_device,
                         amp,
                         work,
+                        ensemble,
                         progress_state=(done, total, planes.shape[0]),
                         progress=progress,
                         cancel=cancel,
@@ -408,9 +424,28 @@ def _work_dtype(dtype: np.dtype) -> type:
     return np.float32
 
 
+def check_ensemble(ensemble: Any) -> int:
+    """The number of test-time views, validated (a clear error before any work starts)."""
+    if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or (
+        int(ensemble) not in ENSEMBLE_SIZES
+    ):
+        raise ValueError(
+            f"ensemble must be one of {', '.join(map(str, ENSEMBLE_SIZES))} (views averaged per "
+            f"tile), not {ensemble!r}"
+        )
+    return int(ensemble)
+
+
+def _views(count: int) -> list[tuple[int, bool]]:
+    """``(quarter turns, mirror)`` pairs; the first ``count`` spread over both kinds of view."""
+    order = [(0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False),
+             (3, True)]
+    return order[:count]
+
+
 def _run_plane(
-    net, plane, norm, fixed_range, tile, overlap, device, amp, work, *, progress_state, progress,
-    cancel,
+    net, plane, norm, fixed_range, tile, overlap, device, amp, work, ensemble=1, *,
+    progress_state, progress, cancel,
 ):
     """Deblur one ``(C, H, W)`` plane; returns ``(float32 result, n_tiles)``."""
     done, total, n_planes = progress_state
@@ -436,7 +471,7 @@ def _run_plane(
         if _is_cancelled(cancel):
             raise Cancelled("deblurring was cancelled; no output was produced")
         patch = padded[(slice(None), *t.slices)]
-        result = _forward(net, patch, device, amp)
+        result = _forward_views(net, patch, device, amp, ensemble, cancel)
         win = (
             blend_window(t, ph, pw, overlap)
             if len(tiles) > 1
@@ -451,6 +486,23 @@ def _run_plane(
     out = acc[:, top : top + h, left : left + w] / weight[top : top + h, left : left + w]
     out = np.stack([denormalize(c, lo, hi, work) for c, (lo, hi) in zip(out, ranges)])
     return out, len(tiles)
+
+
+def _forward_views(net, patch: np.ndarray, device, amp, ensemble: int, cancel) -> np.ndarray:
+    """The model's output for ``patch``, averaged over ``ensemble`` orientations."""
+    if ensemble == 1:
+        return _forward(net, patch, device, amp)
+    total = None
+    for turns, mirror in _views(ensemble):
+        if _is_cancelled(cancel):
+            raise Cancelled("deblurring was cancelled; no output was produced")
+        view = np.rot90(patch, turns, axes=(-2, -1))
+        view = view[..., ::-1] if mirror else view
+        out = _forward(net, view, device, amp)
+        out = out[..., ::-1] if mirror else out
+        out = np.rot90(out, -turns, axes=(-2, -1))
+        total = out.copy() if total is None else total + out
+    return total / ensemble
 
 
 def _forward(net, patch: np.ndarray, device, amp) -> np.ndarray:

@@ -311,11 +311,15 @@ class ModelCatalog:
         return entry
 
     def _add_bundled(self) -> None:
-        from .checkpoint import bundled_models
+        from .checkpoint import bundled_models, read_header
 
         for name, path in bundled_models().items():
-            self._entries[name] = CatalogEntry(name, "bundled", name,
-                                               description=f"shipped weights: {path.name}")
+            try:  # the header says what the weights are for (e.g. strong defocus)
+                purpose = (read_header(path) or {}).get("description")
+            except (OSError, ValueError):
+                purpose = None
+            self._entries[name] = CatalogEntry(
+                name, "bundled", name, description=purpose or f"shipped weights: {path.name}")
 
 
 def _deref(ref: Any) -> Any:
