@@ -274,3 +274,4 @@ def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, m
     assert result.models["tiny ×8"]["ensemble"] == 8 and "ensemble" not in result.models["tiny"]
     by_method = {s.method: s.psnr_db for s in result.scores}
     assert by_method["tiny"] != by_method["tiny ×8"]
+    assert "mean of 8 rotated/mirrored views" in to_markdown(result)

@@ -1272,8 +1272,10 @@ def _notes(result: EvalResult) -> list[str]:
     for name, info in result.models.items():
         source = info.get("source", "in memory")
         sha = info.get("sha256")
+        views = info.get("ensemble", 1)
         notes.append(f"Model `{name}`: {source}" + (f" (SHA-256 {sha[:12]}…)" if sha else "")
-                     + ".")  # fmt: skip
+                     + (f", test-time augmentation: mean of {views} rotated/mirrored views"
+                        if views > 1 else "") + ".")  # fmt: skip
     if not result.models:
         notes.append("No models evaluated (baselines only).")
     env = result.environment
