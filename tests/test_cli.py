@@ -215,8 +215,15 @@ def test_max_memory_is_checked_before_work_and_used_for_tiles(tiff_520x696, tiny
 
 def test_ensemble_option_is_used_and_checked(tiff_520x696, tiny_checkpoint, tmp_path, caplog,
                                              capsys):
+    from napari_mpt_deblur.engine.predict import ENSEMBLE_SIZES
+
     src, image = tiff_520x696
     args = ["deblur", str(src), "--model", str(tiny_checkpoint), "--no-progress"]
+    parser = cli.build_parser()
+    assert parser.parse_args([*args, "-o", str(tmp_path)]).ensemble == 1  # off unless asked
+    for views in ENSEMBLE_SIZES:  # the CLI accepts every size the engine accepts
+        assert parser.parse_args([*args, "-o", str(tmp_path), "--ensemble", str(views)]
+                                 ).ensemble == views  # fmt: skip
     with pytest.raises(SystemExit):  # argparse refuses a size that is not 1, 2, 4 or 8
         cli.main([*args, "-o", str(tmp_path / "bad"), "--ensemble", "3"])
     assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -48,6 +48,10 @@ MIN_SIDE = 8
 # every view is an equally valid input, and averaging the views cancels part of the network's
 # orientation-dependent errors: +0.3 dB PSNR on the validation sets for 8x the time.
 ENSEMBLE_SIZES = (1, 2, 4, 8)
+# The views as (quarter turns, mirror); the first N are used, so 2 and 4 already mix mirrored
+# and turned views.
+_VIEWS = ((0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False),
+          (3, True))
 _BYTES_PER_PIXEL_PER_CHANNEL = 300  # ~2x the measured MPT peak (150 B/px per level-1 channel)
 
 
@@ -244,7 +248,7 @@ def deblur(
         Test-time augmentation: each tile is deblurred in this many orientations (identity,
         mirror, and the rotations by 90°, 180°, 270° with their mirrors) and the results,
         turned back, are averaged. ``8`` costs 8x the time for about +0.3 dB PSNR
-        (docs/performance.md); memory use does not grow. Default ``1``: off.
+        (docs/engine.md); memory use does not grow. Default ``1``: off.
 
     Returns
     -------
@@ -436,13 +440,6 @@ def check_ensemble(ensemble: Any) -> int:
     return int(ensemble)
 
 
-def _views(count: int) -> list[tuple[int, bool]]:
-    """``(quarter turns, mirror)`` pairs; the first ``count`` spread over both kinds of view."""
-    order = [(0, False), (0, True), (2, False), (2, True), (1, False), (1, True), (3, False),
-             (3, True)]
-    return order[:count]
-
-
 def _run_plane(
     net, plane, norm, fixed_range, tile, overlap, device, amp, work, ensemble=1, *,
     progress_state, progress, cancel,
@@ -493,7 +490,7 @@ def _forward_views(net, patch: np.ndarray, device, amp, ensemble: int, cancel) -
     if ensemble == 1:
         return _forward(net, patch, device, amp)
     total = None
-    for turns, mirror in _views(ensemble):
+    for turns, mirror in _VIEWS[:ensemble]:
         if _is_cancelled(cancel):
             raise Cancelled("deblurring was cancelled; no output was produced")
         view = np.rot90(patch, turns, axes=(-2, -1))
