@@ -189,6 +189,7 @@ def test_load_checkpoint_dialog_and_bad_file(make_napari_viewer, plugin_register
                                              monkeypatch):
     from napari.utils.notifications import notification_manager
 
+    from napari_mpt_deblur._widgets import _dialogs
     from napari_mpt_deblur._widgets._deblur import LOAD_CHECKPOINT
 
     _, entry = shared_catalog
@@ -200,19 +201,27 @@ def test_load_checkpoint_dialog_and_bad_file(make_napari_viewer, plugin_register
     widget._model.value = entry.name
     before = len(notification_manager.records)
 
-    monkeypatch.setattr(widget, "_ask_checkpoint_path", lambda: str(bad))
+    # Patch the dialog module, never an attribute of the magicgui Container: its __delattr__
+    # removes a child widget, so monkeypatch's undo would fail at teardown.
+    asked = []
+
+    def answer(path):
+        return lambda parent, title: asked.append(title) or path
+
+    monkeypatch.setattr(_dialogs, "ask_checkpoint_path", answer(str(bad)))
     widget._model.value = LOAD_CHECKPOINT
     assert widget._model.value == entry.name  # back to the previous choice
     assert any("broken.safetensors" in str(n.message)
                for n in notification_manager.records[before:])
 
-    monkeypatch.setattr(widget, "_ask_checkpoint_path", lambda: None)  # dialog cancelled
+    monkeypatch.setattr(_dialogs, "ask_checkpoint_path", answer(None))  # dialog cancelled
     widget._model.value = LOAD_CHECKPOINT
     assert widget._model.value == entry.name
 
-    monkeypatch.setattr(widget, "_ask_checkpoint_path", lambda: str(good))
+    monkeypatch.setattr(_dialogs, "ask_checkpoint_path", answer(str(good)))
     widget._model.value = LOAD_CHECKPOINT
     assert widget._model.value == "my-model"
+    assert len(asked) == 3 and all("checkpoint" in title for title in asked)
     assert "my-model" in [value for _, value in widget._model_choices()]
 
 

@@ -417,6 +417,31 @@ def test_panel_refuses_impossible_settings(make_napari_viewer, plugin_registered
 
 
 @pytest.mark.qt
+def test_panel_start_checkpoint_dialog_bad_cancelled_and_good(
+    make_napari_viewer, plugin_registered, shared_catalog, tiny_checkpoint, tmp_path, monkeypatch
+):
+    import shutil
+
+    from napari_mpt_deblur._widgets import _dialogs
+    from napari_mpt_deblur._widgets._finetune import LOAD_CHECKPOINT
+
+    catalog, _ = shared_catalog
+    good = shutil.copy(tiny_checkpoint, tmp_path / "start-here.safetensors")
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    viewer = make_napari_viewer()
+    widget = open_panel(viewer)
+    answers = iter([str(bad), None, str(good)])
+    # the dialog module is patched, not the Container (see test_deblur_widget)
+    monkeypatch.setattr(_dialogs, "ask_checkpoint_path", lambda parent, title: next(answers))
+    for _ in range(2):  # a broken file, then a cancelled dialog: back to the default model
+        widget._model.value = LOAD_CHECKPOINT
+        assert widget._model.value == catalog.default_name()
+    widget._model.value = LOAD_CHECKPOINT
+    assert widget._model.value == "start-here"
+
+
+@pytest.mark.qt
 def test_panel_reports_a_failing_run_and_recovers(make_napari_viewer, qtbot, plugin_registered,
                                                   make_slow_model, monkeypatch):
     from napari.utils.notifications import notification_manager

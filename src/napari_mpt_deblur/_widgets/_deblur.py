@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
-from ..models.catalog import CHECKPOINT_SUFFIXES, CatalogEvent, ModelCatalog, get_catalog
+from ..models.catalog import CatalogEvent, ModelCatalog, get_catalog
+from . import _dialogs
 from ._compare import CompareWidget, is_comparison_layer
 from ._layers import (
     METADATA_KEY,
@@ -254,21 +255,10 @@ class DeblurWidget(Container):
         self._update_state()
 
     # ------------------------------------------------------------------ checkpoint dialog
-    def _ask_checkpoint_path(self) -> str | None:
-        """Ask for a checkpoint file (separate so tests can replace the modal dialog)."""
-        from qtpy.QtWidgets import QFileDialog
-
-        patterns = " ".join(f"*{s}" for s in CHECKPOINT_SUFFIXES)
-        path, _ = QFileDialog.getOpenFileName(
-            self.native, "Load a deblurring checkpoint", str(Path.home()),
-            f"Checkpoints ({patterns});;All files (*)",
-        )
-        return path or None
-
     def _browse_checkpoint(self) -> None:
         from napari.utils.notifications import show_error
 
-        path = self._ask_checkpoint_path()
+        path = _dialogs.ask_checkpoint_path(self.native, "Load a deblurring checkpoint")
         entry = None
         if path:
             try:

@@ -58,8 +58,9 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ..models.catalog import CHECKPOINT_SUFFIXES, CatalogEvent, ModelCatalog, get_catalog
+from ..models.catalog import CatalogEvent, ModelCatalog, get_catalog
 from ..train.updates import TrainUpdate, UpdateKind
+from . import _dialogs
 from ._finetune_job import (
     FinetuneData,
     FinetuneFailed,
@@ -468,20 +469,10 @@ class FinetuneWidget(Container):
             self._on_model_changed(self._model.value)
         self._update_state()
 
-    def _ask_checkpoint_path(self) -> str | None:
-        """Ask for a start checkpoint (separate so tests can replace the modal dialog)."""
-        from qtpy.QtWidgets import QFileDialog
-
-        patterns = " ".join(f"*{s}" for s in CHECKPOINT_SUFFIXES)
-        path, _ = QFileDialog.getOpenFileName(self.native, "Start from a checkpoint",
-                                              str(Path.home()),
-                                              f"Checkpoints ({patterns});;All files (*)")
-        return path or None
-
     def _browse_checkpoint(self) -> None:
         from napari.utils.notifications import show_error
 
-        path = self._ask_checkpoint_path()
+        path = _dialogs.ask_checkpoint_path(self.native, "Start from a checkpoint")
         entry = None
         if path:
             try:
