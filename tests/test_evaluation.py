@@ -225,6 +225,28 @@ def test_eval_config_validates_and_round_trips():
         EvalConfig.from_dict({"defocus": 3})
 
 
+def test_regimes_in_focus_level_and_oil_objective(tmp_path):
+    from napari_mpt_deblur._commands.evaluate import REGIMES
+
+    assert tuple(evaluation.EVAL_REGIMES) == REGIMES  # the CLI's literal choices
+    default = evaluation.eval_config()
+    assert default == EvalConfig() and default.levels_um[:2] == (0.0, 2.0)
+    oil = evaluation.eval_config("oil-1.4", levels_um=None, max_images=1)
+    assert (oil.numerical_aperture, oil.immersion_index, oil.pixel_size_um) == (1.4, 1.515, 0.1)
+    assert oil.levels_um == (0.0, 0.5, 1.0, 2.0) and not oil.real_pair and oil.max_images == 1
+    with pytest.raises(ValueError, match=r"unknown evaluation regime 'oil'.*oil-1\.4"):
+        evaluation.eval_config("oil")
+
+    # 0 µm is a real level: the input is the in-focus image with camera noise only, so it is
+    # far closer to the truth than any defocused level, and the same at both NAs' scales.
+    root = _data_root(tmp_path / "data", real_pair=False)
+    cfg = evaluation.eval_config("oil-1.4", eval_dir=str(root / "eval"),
+                                 val_dir=str(root / "val"), levels_um=(0.0, 2.0))  # fmt: skip
+    result = evaluate({}, cfg, rl_tuning=_fixed_tuning(cfg))
+    blurred = {k: v[BLURRED]["psnr_db"][0] for k, v in result.summary().items()}
+    assert set(blurred) == {"0", "2"} and blurred["0"] > blurred["2"] + 3
+
+
 def test_cli_writes_results_and_refuses_overwrite(tmp_path, tiny_checkpoint):
     from napari_mpt_deblur import cli
     from napari_mpt_deblur._commands import evaluate as command

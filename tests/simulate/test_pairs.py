@@ -121,6 +121,25 @@ def test_sample_parameters_seeding_and_fixed_defocus():
     }
 
 
+def test_near_focus_share_draws_in_focus_pairs_and_keeps_other_draws():
+    base = get_simulation_preset("bbbc006").replace(defocus_um_range=(2.0, 16.0))
+    near = base.replace(near_focus_probability=0.3, near_focus_um_range=(0.0, 1.0))
+    plain = [sample_parameters(base, s) for s in range(400)]
+    mixed = [sample_parameters(near, s) for s in range(400)]
+    nominal = np.array([abs(p["defocus_nominal_um"]) for p in mixed])
+    share = float(np.mean(nominal <= 1.0))
+    assert 0.22 < share < 0.38  # ~30 %, none of them in the plain 2-16 µm draw
+    assert all(abs(p["defocus_nominal_um"]) >= 2.0 for p in plain)
+    # The extra draw comes last: everything but the defocus is what the plain config draws.
+    skip = {"defocus_um", "defocus_nominal_um"}
+    assert all({k: v for k, v in a.items() if k not in skip}
+               == {k: v for k, v in b.items() if k not in skip} for a, b in zip(plain, mixed))
+    assert all(np.sign(a["defocus_nominal_um"]) == np.sign(b["defocus_nominal_um"])
+               for a, b in zip(plain, mixed) if b["defocus_nominal_um"] != 0)
+    with pytest.raises(ValueError, match="near_focus_probability"):
+        base.replace(near_focus_probability=1.5)
+
+
 def test_make_pair_shapes_types_psf_and_unpacking():
     image = _cells()
     pair = make_pair(image, "bbbc006", 0)

@@ -30,6 +30,11 @@ def _source_checkout_results() -> Path | None:
     return None
 
 
+# Literal so that building the parser imports nothing heavy; tied to
+# evaluation.EVAL_REGIMES by tests/test_evaluation.py.
+REGIMES = ("20x", "oil-1.4")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``mpt-deblur evaluate``."""
     parser.add_argument(
@@ -41,8 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "8-view test-time augmentation (@x2, @x4 too); give the option with no value (or "
         "'none') for the baselines only (default: every bundled model)",
     )
-    parser.add_argument("--levels", nargs="+", type=float, default=[4.0, 8.0, 16.0, 24.0],
-                        metavar="UM", help="defocus levels, µm (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--regime", default="20x", choices=REGIMES,
+                        help="simulated microscope: 20x (dry NA 0.5, 0.645 µm/px, 0-24 µm, the "
+                        "training regime) or oil-1.4 (NA 1.4 oil, 0.1 µm/px, 0-2 µm) "
+                        "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--levels", nargs="+", type=float, default=None, metavar="UM",
+                        help="defocus levels, µm; 0 is in focus (default: the regime's, "
+                        "0 2 4 8 16 24 at 20x, 0 0.5 1 2 at oil-1.4)")  # fmt: skip
     parser.add_argument("--sets", nargs="+", default=["w1", "w2"], choices=["w1", "w2"],
                         help="eval image sets: w1 (Hoechst), w2 (actin) (default: both)")
     parser.add_argument("--no-real-pair", action="store_true",
@@ -121,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .._io import atomic_write
-    from ..evaluation import EvalConfig, evaluate, save_example_figure, to_markdown
+    from ..evaluation import eval_config, evaluate, save_example_figure, to_markdown
 
     out_dir: Path = args.out
     targets = {name: out_dir / name for name in OUTPUT_FILES}
@@ -130,15 +140,16 @@ def run(args: argparse.Namespace) -> int:
         if existing:
             raise FileExistsError(f"{', '.join(existing)} exist; use --overwrite to replace them")
     data = Path(args.data)
-    cfg = EvalConfig(
+    cfg = eval_config(
+        args.regime,
         eval_dir=str(data / "eval"),
         val_dir=str(data / "val"),
         sets=tuple(args.sets),
-        levels_um=tuple(args.levels),
+        levels_um=tuple(args.levels) if args.levels else None,
         seed=args.seed,
         crop_px=args.crop,
         max_images=args.max_images,
-        real_pair=not args.no_real_pair,
+        real_pair=False if args.no_real_pair else None,
         device=args.device,
     )
     cache = args.rl_iterations

@@ -104,6 +104,13 @@ class SimulationConfig:
         Camera pixel in the sample plane.
     defocus_um_range : (float, float)
         Nominal defocus magnitude, µm.
+    near_focus_probability : float
+        Share of pairs whose nominal defocus is drawn from ``near_focus_um_range`` instead: a
+        deblurrer must leave a sharp input sharp, and it only learns that from in-focus and
+        slightly defocused examples (a model trained on 2-16 µm alone invents structure on
+        in-focus images). 0 (the default) keeps the plain uniform draw.
+    near_focus_um_range : (float, float)
+        Nominal defocus magnitude of near-focus pairs, µm (0 = in focus, camera noise only).
     defocus_sides : {"both", "positive", "negative"}
         Sign of the defocus (both: 50/50).
     defocus_scale_range : (float, float)
@@ -144,6 +151,8 @@ class SimulationConfig:
     depth_um_range: tuple[float, float] = (0.0, 0.0)
     pixel_size_um: float = 0.645
     defocus_um_range: tuple[float, float] = (2.0, 32.0)
+    near_focus_probability: float = 0.0
+    near_focus_um_range: tuple[float, float] = (0.0, 2.0)
     defocus_sides: str = "both"
     defocus_scale_range: tuple[float, float] = (1.0, 1.3)
     defocus_step_um: float = 0.25
@@ -175,8 +184,9 @@ class SimulationConfig:
         )
         for name in (
             "numerical_aperture_range", "wavelength_nm_range", "depth_um_range",
-            "defocus_um_range", "defocus_scale_range", "photons_per_unit_range",
-            "read_noise_e_range", "offset_adu_range", "full_scale_fraction_range",
+            "defocus_um_range", "near_focus_um_range", "defocus_scale_range",
+            "photons_per_unit_range", "read_noise_e_range", "offset_adu_range",
+            "full_scale_fraction_range",
             "intensity_scale_range", "intensity_gamma_range", "background_range",
             "haze_distance_um_range", "haze_weight_range", "source_percentiles",
         ):  # fmt: skip
@@ -214,6 +224,10 @@ class SimulationConfig:
         if not 0 <= lo <= hi:
             raise ValueError(f"haze_layers_range must be 0 <= low <= high; got {(lo, hi)}")
         set_("haze_layers_range", (lo, hi))
+        if not 0 <= self.near_focus_probability <= 1:
+            raise ValueError(
+                f"near_focus_probability must be in [0, 1]; got {self.near_focus_probability}"
+            )
         if not 0 <= self.haze_probability <= 1:
             raise ValueError(f"haze_probability must be in [0, 1]; got {self.haze_probability}")
         if self.defocus_sides not in _DEFOCUS_SIDES:
@@ -408,6 +422,12 @@ def sample_parameters(
         )
         for layer in haze:  # on the defocus grid, so haze PSFs repeat and hit the cache
             layer["z_um"] = _quantise(layer["z_um"], cfg.defocus_step_um)
+    # Drawn last and only when enabled, so every other draw (and every existing seed's
+    # parameters) stays what it was.
+    if cfg.near_focus_probability > 0 and gen.random() < cfg.near_focus_probability:
+        near = float(gen.uniform(*cfg.near_focus_um_range))
+        if defocus_um is None:
+            nominal = math.copysign(near, nominal)
 
     return {
         "preset": cfg.name,
