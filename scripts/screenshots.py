@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "napari-mpt-deblur"
-WIDGET = "Defocus Deblur"
+WIDGET = "Deblur"
 SAMPLE = "defocused_actin"
 WINDOW_SIZE = (1500, 900)
 

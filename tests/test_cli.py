@@ -130,6 +130,72 @@ def test_info_lists_devices_and_models(capsys):
         assert f"  {name} " in text and (not description or description in text)
 
 
+def test_info_lists_the_default_model_first_and_explains_each_line(capsys):
+    import json
+
+    from napari_mpt_deblur.models.checkpoint import bundled_models, default_model_name, read_header
+
+    bundled, default = bundled_models(), default_model_name()
+    assert default in bundled
+    assert cli.main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert not any("(-)" in ln for ln in lines)  # no unexplained placeholder
+    block = lines[lines.index("bundled trained models:") + 1 :]
+    block = block[: next(i for i, ln in enumerate(block) if not ln.startswith("  "))]
+    model_lines = [ln for ln in block if ln[2] != " "]  # descriptions are indented further
+    assert [ln.split()[0] for ln in model_lines] == [default, *(n for n in bundled if n != default)]
+    assert model_lines[0].startswith(f"  {default} (default) ")
+    assert sum("(default)" in ln for ln in lines) == 1
+    for line in model_lines:  # "mpt, aligned routing": the routing is named as such
+        header = read_header(bundled[line.split()[0]]) or {}
+        if header.get("routing"):
+            assert f" {header['arch']}, {header['routing']} routing " in line
+
+    assert cli.main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["default_model"] == default
+    assert next(iter(info["bundled_models"])) == default
+
+
+def test_info_shows_the_architecture_alone_when_a_model_has_no_routing():
+    from napari_mpt_deblur._commands.info import _architecture
+
+    assert _architecture({"arch": "htcsf", "routing": None}) == "htcsf"
+    assert _architecture({"arch": "mpt", "routing": "aligned"}) == "mpt, aligned routing"
+    assert _architecture({}) == "unknown architecture"
+
+
+def _options_without_help(parser, path=("mpt-deblur",)):
+    import argparse
+
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += _options_without_help(sub, (*path, name))
+        elif action.option_strings and "-h" not in action.option_strings:
+            if action.help is argparse.SUPPRESS or not (action.help or "").strip():
+                missing.append(f"{' '.join(path)} {'/'.join(action.option_strings)}")
+    return missing
+
+
+def test_every_option_of_every_subcommand_has_a_help_text():
+    parser = cli.build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    assert {"demo", "finetune", "deblur", "train"} <= set(subcommands)  # the walk sees them
+    assert _options_without_help(parser) == []
+
+
+def test_the_help_walk_finds_a_missing_help_text():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="x")
+    parser.add_argument("--good", help="documented")
+    sub = parser.add_subparsers(dest="command").add_parser("run")
+    sub.add_argument("--bare")
+    assert _options_without_help(parser, ("x",)) == ["x run --bare"]
+
+
 def test_demo_without_weights_stops_with_a_message(monkeypatch, tmp_path, caplog):
     from napari_mpt_deblur.models import checkpoint
 
@@ -146,6 +212,54 @@ def test_demo_with_a_checkpoint_writes_results(tmp_path, tiny_checkpoint):
     )
     names = sorted(p.name for p in out.iterdir())
     assert names == ["before_after.png", "sample_blurred.tif", "sample_deblurred.tif"]
+
+
+def test_demo_runs_twice_in_a_row_and_replaces_its_own_files(tmp_path, tiny_checkpoint, capsys):
+    import os
+
+    from napari_mpt_deblur._commands.demo import OUTPUT_NAMES
+
+    out = tmp_path / "demo"
+    args = ["demo", "-o", str(out), "--model", str(tiny_checkpoint), "--device", "cpu"]
+    assert cli.main(args) == 0
+    first, _ = read_image(out / "sample_deblurred.tif")
+    for name in OUTPUT_NAMES:  # backdate, so a rewrite is visible in the modification time
+        os.utime(out / name, (1_000_000_000, 1_000_000_000))
+    capsys.readouterr()
+    assert cli.main(args) == 0  # the second run in the same folder succeeds
+    printed = capsys.readouterr().out.split()
+    assert sorted(os.path.basename(p) for p in printed) == sorted(OUTPUT_NAMES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)  # no temp leftovers
+    for name in OUTPUT_NAMES:
+        assert (out / name).stat().st_mtime > 1_000_000_000  # each file was rewritten
+    second, _ = read_image(out / "sample_deblurred.tif")
+    np.testing.assert_array_equal(first, second)  # same input, same model: same result
+
+
+def test_demo_never_touches_a_folder_with_files_it_did_not_write(tmp_path, tiny_checkpoint,
+                                                                 caplog):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my data", encoding="utf-8")
+    (out / "sample_blurred.tif").write_bytes(b"not the demo's")
+    args = ["demo", "-o", str(out), "--model", str(tiny_checkpoint), "--device", "cpu"]
+    assert cli.main(args) == 1
+    assert "did not write (notes.txt)" in caplog.text and "--overwrite" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "sample_blurred.tif"]
+    assert (out / "sample_blurred.tif").read_bytes() == b"not the demo's"
+    # --overwrite: the demo's three names are replaced, everything else stays
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "my data"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "before_after.png", "notes.txt", "sample_blurred.tif", "sample_deblurred.tif"
+    ]
+    image, _ = read_image(out / "sample_blurred.tif")
+    assert image.ndim == 2
+    # an output path that is a file is refused, and left alone
+    afile = tmp_path / "afile"
+    afile.write_text("x", encoding="utf-8")
+    assert cli.main(["demo", "-o", str(afile), "--model", str(tiny_checkpoint)]) == 1
+    assert afile.read_text(encoding="utf-8") == "x"
 
 
 def test_console_entry_point_runs():

@@ -1,5 +1,6 @@
-"""Resource faults: a missing GPU falls back to the CPU with a logged notice, bad device names
-fail clearly, and running out of memory falls back to smaller tiles (or fails clearly).
+"""Resource faults: a missing GPU falls back to the CPU with a logged notice (library) or stops
+the command line with one clear error (CLI), bad device names fail clearly, and running out of
+memory falls back to smaller tiles (or fails clearly).
 
 CUDA and MPS are hidden by monkeypatching what torch reports, and out-of-memory errors are
 raised by stand-in models, so these tests mean the same on a laptop, a CI runner and a GPU
@@ -116,8 +117,51 @@ def test_load_model_on_a_missing_gpu_lands_on_the_cpu(no_gpu, tiny_checkpoint, c
     assert any("'mps' is not available" in m for m in _warnings(caplog))
 
 
-def test_cli_deblur_with_a_missing_gpu_still_writes_output(no_gpu, tiny_checkpoint, tmp_path,
-                                                            rng, caplog):
+def _cli_args(command: str, tmp_path, checkpoint) -> list[str]:
+    """A complete, otherwise valid command line for each subcommand that takes --device."""
+    image = tmp_path / "in" / "x.tif"
+    return {
+        "deblur": ["deblur", str(image), "-o", str(tmp_path / "out"), "--model", str(checkpoint)],
+        "demo": ["demo", "-o", str(tmp_path / "out"), "--model", str(checkpoint)],
+        "evaluate": ["evaluate", "-o", str(tmp_path / "out"), "--data", str(tmp_path)],
+        "finetune": ["finetune", str(image), "-o", str(tmp_path / "out" / "ft.safetensors")],
+        "train": ["train", "--config", str(tmp_path / "cfg.yaml")],
+    }[command]
+
+
+def test_every_device_option_is_covered_by_the_cli_tests():
+    """New subcommands with --device must be added to the parametrisation below."""
+    from napari_mpt_deblur import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    with_device = {name for name, p in sub.choices.items()
+                   if any("--device" in a.option_strings for a in p._actions)}
+    assert with_device == {"deblur", "demo", "evaluate", "finetune", "train"}
+
+
+@pytest.mark.parametrize("command", ["deblur", "demo", "evaluate", "finetune", "train"])
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
+def test_cli_with_a_missing_gpu_fails_once_and_lists_the_devices(
+    no_gpu, tiny_checkpoint, tmp_path, caplog, capsys, command, device
+):
+    from napari_mpt_deblur import cli
+
+    with caplog.at_level(logging.WARNING):
+        code = cli.main([*_cli_args(command, tmp_path, tiny_checkpoint), "--device", device])
+    assert code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1  # said once, as an error, not as a fallback warning
+    assert f"'{device}' is not available" in errors[0]
+    assert "available: cpu" in errors[0] and "--device auto" in errors[0]
+    assert not any("CPU instead" in m for m in _warnings(caplog))
+    assert all(r.exc_info is None for r in caplog.records)  # no traceback
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # stopped before any work
+
+
+def test_cli_device_auto_runs_on_the_cpu_without_warnings(no_gpu, tiny_checkpoint, tmp_path,
+                                                         rng, caplog):
     from napari_mpt_deblur import cli
     from napari_mpt_deblur._io import read_image, write_image
 
@@ -125,11 +169,31 @@ def test_cli_deblur_with_a_missing_gpu_still_writes_output(no_gpu, tiny_checkpoi
     src = write_image(tmp_path / "in" / "x.tif", image)
     with caplog.at_level(logging.WARNING):
         code = cli.main(["deblur", str(src), "-o", str(tmp_path / "out"), "--model",
-                         str(tiny_checkpoint), "--device", "cuda:0", "--no-progress"])
+                         str(tiny_checkpoint), "--device", "auto", "--no-progress"])
     assert code == 0
     out, _ = read_image(tmp_path / "out" / "x_deblurred.tif")
     assert out.shape == image.shape and out.dtype == np.uint8
-    assert any("CPU instead" in m for m in _warnings(caplog))
+    assert _warnings(caplog) == []
+
+
+def test_cli_accepts_a_present_gpu_by_any_spelling(one_cuda_gpu):
+    from napari_mpt_deblur._device import require_device
+
+    assert require_device(" CUDA:0 ") == "cuda:0"
+    assert require_device("cuda") == "cuda"
+    assert require_device(None) == "auto"
+    with pytest.raises(ValueError, match=r"'cuda:1' is not available.*cuda:0, cpu"):
+        require_device("cuda:1")
+
+
+def test_train_checks_the_device_named_in_its_config(no_gpu, tmp_path, caplog):
+    from napari_mpt_deblur import cli
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text("model: mpt-test\ndevice: cuda\n", encoding="utf-8")
+    assert cli.main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 1
+    assert "'cuda' is not available" in caplog.text
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------- out of memory

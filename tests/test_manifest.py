@@ -65,14 +65,31 @@ def test_contributions_are_wired(manifest):
     contributions = manifest.contributions
     command_ids = {c.id for c in contributions.commands}
     widgets = {w.display_name: w.command for w in contributions.widgets}
-    assert widgets["Defocus Deblur"] == "napari-mpt-deblur.deblur_widget"
+    assert widgets == {
+        "Deblur": "napari-mpt-deblur.deblur_widget",
+        "Fine-tune": "napari-mpt-deblur.finetune_widget",
+        "Detection preview": "napari-mpt-deblur.detect_widget",
+    }
     menu = contributions.menus["napari/layers/filter"]
     assert [item.command for item in menu] == ["napari-mpt-deblur.deblur_image"]
     [sample] = contributions.sample_data
     assert sample.key == "defocused_actin" and sample.command in command_ids
     patterns = [p for reader in contributions.readers for p in reader.filename_patterns]
-    for name in ["a.tif", "b.ome.tiff", "c.TIF", *(f"model{s}" for s in CHECKPOINT_SUFFIXES)]:
+    for name in [f"model{s}" for s in CHECKPOINT_SUFFIXES]:
         assert any(fnmatch.fnmatchcase(name, p) for p in patterns), name
+    for name in ["a.tif", "b.ome.tiff", "c.TIF", "d.png"]:  # napari's own reader opens images
+        assert not any(fnmatch.fnmatch(name.lower(), p.lower()) for p in patterns), name
     referenced = {w.command for w in contributions.widgets} | {r.command for r in
                                                                contributions.readers}
     assert referenced <= command_ids
+
+
+def test_menu_titles_do_not_repeat_the_plugin_name(manifest):
+    """napari 0.9 titles widgets, samples and commands "<item> (<plugin display name>)"."""
+    plugin = manifest.display_name
+    contributions = manifest.contributions
+    items = [w.display_name for w in contributions.widgets]
+    items += [s.display_name for s in contributions.sample_data]
+    items += [c.title for c in contributions.commands]
+    for item in items:
+        assert plugin.lower() not in item.lower(), f"{item} ({plugin})"

@@ -77,10 +77,29 @@ def get_device(
     )
 
 
+def require_device(device: str | None) -> str:
+    """Check a device the user named explicitly, before any work starts.
+
+    The library falls back to the CPU for a missing GPU so that a widget or a notebook keeps
+    working, but a command line that was told ``--device cuda`` and quietly ran on the CPU
+    (for hours, with exit code 0) hides a broken driver or a CPU-only torch. So the CLI calls
+    this first: ``"auto"``/``None`` and present devices pass (returned normalised, e.g.
+    ``" CUDA:0"`` -> ``"cuda:0"``), a missing GPU raises ``ValueError`` listing the devices torch
+    does see, and the later resolutions then succeed without a second warning.
+    """
+    name = "auto" if device is None else str(device).strip().lower()
+    if name != "auto":
+        try:
+            get_device(name, fallback=False)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; pick one of those, or --device auto") from None
+    return name
+
+
 def _unavailable(name: str, fallback: bool) -> torch.device:
     import torch
 
-    message = f"device {name!r} is not available here (torch sees: {', '.join(list_devices())})"
+    message = f"device {name!r} is not available here (available: {', '.join(list_devices())})"
     if not fallback:
         raise ValueError(message)
     logger.warning("%s; using the CPU instead", message)

@@ -1,10 +1,4 @@
-"""napari readers: TIFF/OME-TIFF with physical pixel size, and checkpoint files as models.
-
-TIFF files go through :func:`napari_mpt_deblur._io.read_image`, so a dropped file gets the same
-axes and pixel size as the command line sees: Y/X (and Z from OME ``PhysicalSizeZ``) become the
-layer's ``scale`` in µm, and axis letters become ``axis_labels`` (``("z", "y", "x")``), which the
-Defocus Deblur widget reads back to know which axes are planes. Non-RGB channel axes are split
-into one layer per channel, as napari shows channels.
+"""napari reader for checkpoint files, and TIFF/OME-TIFF to layer data with physical pixel size.
 
 Dropping a checkpoint (``.safetensors``, or the authors' ``.pth``/``.pt``/``.pytorch``) lists it
 in the shared model catalog, selects it in any open Defocus Deblur widget and shows a
@@ -12,6 +6,15 @@ notification. That reader returns ``[(None,)]``: npe2 and napari document this v
 file was handled and has no layer data" (napari's own ``.py`` reader uses it), whereas an empty
 list counts as a failed read and makes napari report an error or try another reader. A file
 that is not a usable checkpoint raises, and napari shows the reason.
+
+TIFF files are *not* claimed in the manifest. napari's built-in reader claims every TIFF, and
+napari asks the user to choose whenever two plugins match a file (``MultipleReaderError`` from
+``viewer.open``), with no priority a plugin could declare; claiming TIFFs too meant a question on
+every drop. So napari opens TIFFs itself, and :func:`read_tiff` stays for scripts that want what
+the command line sees (:func:`napari_mpt_deblur._io.read_image`): Y/X (and Z from OME
+``PhysicalSizeZ``) as the layer's ``scale`` in µm, axis letters as ``axis_labels``
+(``("z", "y", "x")``), which the Defocus Deblur widget reads back to know which axes are planes,
+and non-RGB channel axes split into one layer per channel, as napari shows channels.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "get_checkpoint_reader",
-    "get_tiff_reader",
     "read_checkpoints",
     "read_tiff",
     "tiff_layer_data",
@@ -37,7 +39,6 @@ __all__ = [
 PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
 LayerDataTuple = tuple[Any, ...]
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _CHANNEL_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
 _UNIT_SCALE_UM = {"nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "m": 1e6,
                   "meter": 1e6, "µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0}
@@ -49,16 +50,14 @@ def _single(path: PathOrPaths) -> str | None:
     return os.fspath(path)
 
 
-def get_tiff_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDataTuple]] | None:
-    """npe2 ``get_reader``: :func:`read_tiff` for one TIFF/OME-TIFF file, else ``None``."""
-    single = _single(path)
-    if single is None or not single.lower().endswith(_TIFF_SUFFIXES):
-        return None
-    return read_tiff
-
-
 def read_tiff(path: PathOrPaths) -> list[LayerDataTuple]:
-    """Read a TIFF/OME-TIFF into napari layer data (see :func:`tiff_layer_data`)."""
+    """Read a TIFF/OME-TIFF into napari layer data (see :func:`tiff_layer_data`).
+
+    For scripts that want the pixel size napari's own TIFF reader drops::
+
+        for data, kwargs, kind in read_tiff("cells.ome.tif"):
+            viewer.add_layer(napari.layers.Layer.create(data, kwargs, kind))
+    """
     from ._io import read_image
 
     single = _single(path)

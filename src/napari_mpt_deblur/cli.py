@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, _commands
+from ._device import require_device
 
 logger = logging.getLogger("napari_mpt_deblur")
 
@@ -53,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "device", None) is not None:
+            # One check for every subcommand with --device: a missing GPU is an error here,
+            # not a warning and a silent CPU run (the library itself still falls back).
+            args.device = require_device(args.device)
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         logger.error("interrupted; complete output files were kept, partial ones removed")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 PLUGIN = "napari-mpt-deblur"
-WIDGET = "Defocus Deblur"
+WIDGET = "Deblur"
 MANIFEST = Path(__file__).resolve().parents[2] / "src" / "napari_mpt_deblur" / "napari.yaml"
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 PLUGIN = "napari-mpt-deblur"
-WIDGET = "Defocus Deblur"
+WIDGET = "Deblur"
 pytestmark = pytest.mark.qt
 
 TIMEOUT_MS = 120_000
@@ -104,7 +104,12 @@ def test_stack_preview_then_whole_stack(make_napari_viewer, qtbot, plugin_regist
     path = write_image(tmp_path / "stack.ome.tif", stack,
                        {"axes": "ZYX", "pixel_size_um": (0.5, 0.25)})
     viewer = make_napari_viewer()
-    [source] = viewer.open(str(path), plugin=PLUGIN)  # the plugin's TIFF reader
+    from napari.layers import Layer
+
+    from napari_mpt_deblur._reader import read_tiff
+
+    # the plugin's TIFF reader, as docs/user_guide.md shows (napari's own reader has no scale)
+    [source] = [viewer.add_layer(Layer.create(*layer)) for layer in read_tiff(str(path))]
     np.testing.assert_allclose(source.scale, (1.0, 0.5, 0.25))
     assert tuple(source.axis_labels) == ("z", "y", "x")
     widget = open_widget(viewer)
@@ -158,6 +163,35 @@ def test_cancel_mid_run_adds_nothing(make_napari_viewer, qtbot, plugin_registere
     assert [layer.name for layer in viewer.layers] == ["big"]
     assert widget._status.value.startswith("Cancelled")
     assert widget._run.text == "Deblur" and widget._run.enabled
+
+
+def test_status_shows_units_percent_and_eta(make_napari_viewer, qtbot, plugin_registered,
+                                           smooth_image, memory_model, make_slow_model):
+    name = memory_model(make_slow_model(delay_s=0.05), "slow-status")
+    viewer = make_napari_viewer()
+    viewer.add_image(np.tile(smooth_image, (3, 3)), name="big")  # one plane, 9 tiles of 128
+    widget = open_widget(viewer)
+    widget._model.value = name
+    widget._device.value = "cpu"
+    widget._tile.value = "128"
+    statuses = []  # the status line at every progress step
+    widget._progress.changed.connect(lambda *_: statuses.append(widget._status.value))
+    run_and_wait(qtbot, widget)
+
+    assert any(text.startswith("Deblurring…") and "ETA" in text for text in statuses), statuses
+    tiles = widget._progress.max  # overlapping 128 px tiles of the 384 px plane
+    assert tiles >= 9
+    assert f"Deblurring… 1/{tiles} tiles · {100 / tiles:.0f}% · ETA" in " ".join(statuses)
+    assert widget._status.value.startswith("Done") and f" {tiles} tiles" in widget._status.value
+    assert not any("planes" in text or "1 tiles" in text for text in statuses)
+
+    statuses.clear()  # a stack whose planes are not tiled: planes, not tiles
+    viewer.add_image(np.stack([smooth_image] * 3), name="stack")
+    widget._layer.value = viewer.layers["stack"]
+    widget._tile.value = "0"
+    run_and_wait(qtbot, widget)
+    assert "Deblurring… 1/3 planes · 33%" in " ".join(statuses)
+    assert "3 planes" in widget._status.value and "tile" not in widget._status.value
 
 
 def test_error_becomes_notification_and_widget_recovers(
@@ -281,9 +315,15 @@ def test_compare_views_and_back(make_napari_viewer, plugin_registered, shared_ca
     compare = widget._compare
     grid = grid_of(viewer)
     assert compare._side_by_side.enabled
+    # the user looks at a zoomed-in region with one layer selected
+    viewer.layers.selection.active = result  # (selecting a result keeps its input picked)
+    viewer.camera.zoom, viewer.camera.center = 7.5, (10.0, 20.0)
 
     compare._side_by_side.native.click()
     assert grid.enabled and tuple(grid.shape) == (1, 2)
+    # every panel says which image it shows: its layer name, "... [deblurred]" for the result
+    assert source.name_overlay.visible and result.name_overlay.visible
+    assert not other.name_overlay.visible
     assert not other.visible and source.visible and result.visible
     assert tuple(result.contrast_limits) == (100, 1500)  # linked to the input
     source.contrast_limits = (200, 1000)
@@ -292,6 +332,8 @@ def test_compare_views_and_back(make_napari_viewer, plugin_registered, shared_ca
 
     compare._swipe.native.click()
     assert not grid.enabled
+    assert not compare._swipe_row.native.isHidden()  # the slider comes with its label
+    assert "input" in compare._swipe_label.value and "deblurred" in compare._swipe_label.value
     swipe = viewer.layers["blobs [deblurred] [swipe]"]
     compare._swipe_position.value = 0.25
     assert swipe.data.shape == (128, 96)
@@ -310,8 +352,15 @@ def test_compare_views_and_back(make_napari_viewer, plugin_registered, shared_ca
 
     compare._normal_view.native.click()
     assert not grid.enabled
+    assert compare._swipe_row.native.isHidden()
     assert [layer.name for layer in viewer.layers] == ["other", "blobs", "blobs [deblurred]"]
     assert other.visible and source.visible and result.visible
+    assert not source.name_overlay.visible and not result.name_overlay.visible
+    # the selection and the zoomed region from before the comparison are back
+    assert viewer.layers.selection.active == result
+    assert list(viewer.layers.selection) == [result]
+    assert viewer.camera.zoom == pytest.approx(7.5)
+    assert tuple(viewer.camera.center)[-2:] == pytest.approx((10.0, 20.0))
     assert tuple(result.contrast_limits) == (0, 4000)
     source.contrast_limits = (300, 900)
     assert tuple(result.contrast_limits) == (0, 4000)  # unlinked again

@@ -14,7 +14,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 PLUGIN = "napari-mpt-deblur"
-WIDGET = "Defocus Deblur: Detection preview"
+WIDGET = "Detection preview"
 pytestmark = pytest.mark.qt
 
 TIMEOUT_MS = 60_000
@@ -239,3 +239,62 @@ def test_stack_uses_current_slice_and_errors_leave_no_layers(
     assert len(viewer.layers) == n_layers  # nothing added or removed, old detections kept
     np.testing.assert_array_equal(points_in.data, saved)
     assert not widget.running and widget._run.enabled
+
+
+def test_stain_hints_and_blob_contrast_tell_nuclei_from_texture(blob_pair):
+    from napari_mpt_deblur._sample_data import load_sample
+    from napari_mpt_deblur._widgets._detect import blob_contrast, stain_hint
+    from napari_mpt_deblur.detect import DetectionConfig, detect_nuclei
+
+    assert stain_hint("Hoechst 33342") is True and stain_hint("C1-DAPI") is True
+    assert stain_hint("cells", {"source": "BBBC006 w2 actin"}) is False
+    assert stain_hint("nuclei", {"source": "actin"}) is True  # the name wins
+    assert stain_hint("image") is None
+    assert stain_hint("image", {"ome_xml": "<OME> DAPI " + "x" * 300}) is None  # long: skipped
+
+    sharp, blurred = blob_pair
+    config = DetectionConfig(diameter_um=DIAMETER_UM, pixel_size_um=PIXEL_UM)
+    for image in (sharp, blurred):
+        assert blob_contrast(image, detect_nuclei(image, config)) > 0.8
+    sample = load_sample()  # actin: detections sit on filaments and cytoplasm
+    config = DetectionConfig(diameter_um=16.0, pixel_size_um=sample.pixel_size_um)
+    for image in (sample.blurred, sample.sharp):
+        assert blob_contrast(image, detect_nuclei(image, config)) < 0.4
+
+
+def test_actin_sample_is_flagged_and_nuclear_layers_preselected(make_napari_viewer, qtbot,
+                                                               plugin_registered, blob_pair):
+    from napari_mpt_deblur._sample_data import make_sample_data
+
+    viewer = make_napari_viewer()
+    for data, kwargs, _ in make_sample_data():
+        viewer.add_image(data, **kwargs)
+    widget = open_widget(viewer)
+    widget._input.value = viewer.layers["defocused sample"]
+    widget._deblurred.value = viewer.layers["in focus (reference)"]
+    assert run_and_wait(qtbot, widget)
+    assert "does not look like a nuclear stain" in widget._summary.value
+    assert widget.last_outcome.input.n > 0  # counts are still shown, with the warning
+
+    # changing a picker clears the previous pair's result at once
+    widget._deblurred.value = viewer.layers["defocused sample"]
+    assert widget._summary.value == "" and widget.last_outcome is None
+
+    # a layer named after a nuclear stain is preselected in a new panel, over the active one
+    second = make_napari_viewer()
+    second.add_image(blob_pair[0], name="Hoechst")
+    for data, kwargs, _ in make_sample_data():
+        second.add_image(data, **kwargs)
+    second.layers.selection.active = second.layers["defocused sample"]
+    assert open_widget(second)._input.value == second.layers["Hoechst"]
+
+
+def test_nucleus_like_blobs_are_not_flagged(make_napari_viewer, qtbot, plugin_registered,
+                                            blob_pair):
+    viewer = make_napari_viewer()
+    add_pair(viewer, *blob_pair)
+    widget = open_widget(viewer)
+    widget._pixel_size.value, widget._diameter.value = PIXEL_UM, DIAMETER_UM
+    assert run_and_wait(qtbot, widget)
+    assert widget._summary.value.startswith("input ") and "⚠" not in widget._summary.value
+    assert widget.last_outcome.blob_contrast > 0.8

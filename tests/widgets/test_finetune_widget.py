@@ -1,4 +1,4 @@
-"""The "Defocus Deblur: Fine-tune" panel: its worker (no Qt) and the panel in a real viewer.
+"""The "Fine-tune" panel: its worker (no Qt) and the panel in a real viewer.
 
 Models are tiny and untrained (``mpt-test``, one CPU thread): these tests check the plumbing
 (worker thread, progress, stop, resume, save, catalog, preview placement), not image quality;
@@ -29,7 +29,7 @@ from napari_mpt_deblur._widgets._finetune import (
 from napari_mpt_deblur.train.updates import TrainUpdate, UpdateKind
 
 PLUGIN = "napari-mpt-deblur"
-WIDGET = "Defocus Deblur: Fine-tune"
+WIDGET = "Fine-tune"
 TIMEOUT_MS = 300_000
 
 
@@ -101,6 +101,19 @@ def test_eta_follows_pace_and_time_budget():
     assert eta_seconds(start_step=0, start_time=10.0, step=4, now=18.0, total=100,
                        deadline=48.0) == 30.0
     assert eta_seconds(start_step=5, start_time=0.0, step=10, now=5.0, total=10) == 0.0
+
+
+def test_plot_tick_labels_are_distinct_and_the_reference_label_clears_the_title():
+    from napari_mpt_deblur._widgets._plot import format_ticks, nice_ticks, reference_label_y
+
+    for lo, hi in ((38.005, 38.045), (37.9, 38.1), (0.0, 1.0), (20.0, 40.0), (0.98, 1.02)):
+        labels = format_ticks(nice_ticks(lo, hi))
+        assert len(set(labels)) == len(labels) >= 2, labels
+    assert format_ticks(nice_ticks(38.005, 38.045)) == ["38.01", "38.02", "38.03", "38.04"]
+    assert format_ticks([1e-3, 1e-2, 0.1, 1.0, 10.0]) == ["1e-3", "0.01", "0.1", "1", "10"]
+    # a "start" line at the top of the frame is labelled under it, not into the title
+    assert reference_label_y(22.0, frame_top=20.0, text_height=12.0) > 22.0
+    assert reference_label_y(80.0, frame_top=20.0, text_height=12.0) < 80.0
 
 
 def test_plot_axis_ranges_contain_the_data():
@@ -275,7 +288,7 @@ def test_panel_end_to_end_preview_save_and_deblur_list(
     meta = {"numerical_aperture": 1.2, "refractive_index": 1.515, "wavelength_nm": 520.0}
     viewer.add_image(blurry(5, (128, 256)), name="cells", scale=(0.1, 0.1),
                      translate=(5.0, 7.0), units=("µm", "µm"), metadata=meta)
-    deblur_widget = open_panel(viewer, "Defocus Deblur")
+    deblur_widget = open_panel(viewer, "Deblur")
     widget = open_panel(viewer)
 
     # the layer is chosen and the optics hints come from its metadata and scale
@@ -315,7 +328,10 @@ def test_panel_end_to_end_preview_save_and_deblur_list(
     assert preview.data.shape == (64, 100)
     np.testing.assert_allclose(preview.translate, (5.0 + 20 * 0.1, 7.0 + 40 * 0.1))
     np.testing.assert_allclose(preview.scale, (0.1, 0.1))
+    assert [str(unit) for unit in preview.units] == [str(unit) for unit in
+                                                     viewer.layers["cells"].units]
     assert preview.metadata["napari_mpt_deblur_finetune"]["step"] == 2
+    assert "the the" not in widget._status.value
     assert "cells [fine-tune preview]" not in [layer.name for _, layer in
                                                widget._image_choices()]
 
@@ -466,3 +482,18 @@ def test_panel_reports_a_failing_run_and_recovers(make_napari_viewer, qtbot, plu
         assert widget._start.text == "Start" and widget._start.enabled
     finally:
         catalog.remove(name)
+
+
+@pytest.mark.qt
+def test_panel_prefers_the_users_data_over_deblurred_results(make_napari_viewer,
+                                                             plugin_registered):
+    from napari_mpt_deblur._widgets._layers import METADATA_KEY
+
+    viewer = make_napari_viewer()
+    viewer.add_image(blurry(1), name="cells")
+    viewer.add_image(blurry(2), name="cells [deblurred]",
+                     metadata={METADATA_KEY: {"input": "cells", "key": "k"}})
+    # the result is the newest and the active layer; the panel still picks the input
+    assert viewer.layers.selection.active.name == "cells [deblurred]"
+    widget = open_panel(viewer)
+    assert [layer.name for layer in widget._images.value] == ["cells"]

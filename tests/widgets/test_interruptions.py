@@ -84,7 +84,7 @@ def slow_entry(make_slow_model):
 # ------------------------------------------------------------------------------------------
 def start_deblur(viewer, qtbot, model_name, image):
     viewer.add_image(image, name="big")
-    widget = open_widget(viewer, "Defocus Deblur")
+    widget = open_widget(viewer, "Deblur")
     widget._model.value = model_name
     widget._device.value = "cpu"
     widget._tile.value = "128"  # at least 0.2 s for each of several tiles
@@ -239,7 +239,7 @@ def blurry(seed: int, shape=(128, 192)) -> np.ndarray:
 
 
 def start_finetune(viewer, qtbot, entry_name, *, steps, preview_every=0):
-    widget = open_widget(viewer, "Defocus Deblur: Fine-tune")
+    widget = open_widget(viewer, "Fine-tune")
     widget._model.value = entry_name
     for field, value in dict(device="cpu", batch_size=1, patch_size=32, lr=1e-3,
                              time_budget=0.0, val_every=1, preview_every=preview_every,
@@ -343,7 +343,7 @@ def start_detection(viewer, qtbot):
     viewer.add_image(image, name="blobs")
     viewer.add_image(image * 1.1, name="blobs [deblurred]",
                      metadata={METADATA_KEY: {"input": "blobs", "key": "k"}})
-    widget = open_widget(viewer, "Defocus Deblur: Detection preview")
+    widget = open_widget(viewer, "Detection preview")
     threads = ThreadCheck()
     widget._run.native.click()
     assert widget.running

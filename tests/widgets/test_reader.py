@@ -1,4 +1,5 @@
-"""The napari readers: TIFF with pixel size, checkpoints into the model catalog."""
+"""The napari reader (checkpoints into the model catalog), TIFF layer data with pixel size, and
+what a dropped TIFF does in a real viewer (opened by napari, no reader question)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,14 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_mpt_deblur._io import write_image
-from napari_mpt_deblur._reader import (
-    get_checkpoint_reader,
-    get_tiff_reader,
-    read_tiff,
-    tiff_layer_data,
-)
+from napari_mpt_deblur._reader import get_checkpoint_reader, read_tiff, tiff_layer_data
 
 
 def test_tiff_reader_keeps_pixel_size_and_axes(tmp_path):
     data = np.arange(2 * 16 * 24, dtype=np.uint16).reshape(2, 16, 24)
     path = write_image(tmp_path / "cells.ome.tif", data,
                        {"axes": "ZYX", "pixel_size_um": (0.3, 0.2)})
-    reader = get_tiff_reader(str(path))
-    assert reader is read_tiff
-    [(array, kwargs, kind)] = reader(str(path))
+    [(array, kwargs, kind)] = read_tiff(str(path))
     assert kind == "image"
     np.testing.assert_array_equal(array, data)
     assert kwargs["name"] == "cells"
@@ -54,8 +48,8 @@ def test_channels_become_layers_and_rgb_stays_rgb():
 
 
 def test_readers_decline_other_files(tmp_path):
-    assert get_tiff_reader(str(tmp_path / "a.png")) is None
-    assert get_tiff_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
+    with pytest.raises(ValueError, match="one file at a time"):
+        read_tiff([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")])
     assert get_checkpoint_reader(str(tmp_path / "a.tif")) is None
     assert get_checkpoint_reader([str(tmp_path / "a.pth"), str(tmp_path / "b.tif")]) is None
 
@@ -77,3 +71,32 @@ def test_checkpoint_reader_lists_the_model_and_adds_no_layer(shared_catalog, tin
     broken.write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"broken\.safetensors"):
         get_checkpoint_reader(str(broken))(str(broken))
+
+
+@pytest.mark.qt
+def test_opening_a_tiff_asks_no_question_and_gives_one_image_layer(make_napari_viewer,
+                                                                    plugin_registered, tmp_path):
+    """napari's built-in reader is the only one that claims TIFFs: no MultipleReaderError."""
+    from napari.plugins._npe2 import get_readers
+
+    data = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30)
+    meta = {"axes": "YX", "pixel_size_um": (0.3, 0.2)}
+    path = write_image(tmp_path / "cells.ome.tif", data, meta)
+    assert plugin_registered in get_readers(str(tmp_path / "m.safetensors"))  # we are loaded
+    assert plugin_registered not in get_readers(str(path))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path))  # raised MultipleReaderError while both readers claimed TIFFs
+    assert len(layers) == 1 and list(viewer.layers) == layers
+    [layer] = layers
+    assert layer._type_string == "image"
+    np.testing.assert_array_equal(np.asarray(layer.data), data)
+    assert layer.source.reader_plugin == "napari"
+    # napari's reader does not keep the pixel size; the user guide's read_tiff recipe does
+    from napari.layers import Layer
+
+    for layer_data, kwargs, kind in read_tiff(str(path)):
+        viewer.add_layer(Layer.create(layer_data, kwargs, kind))
+    scaled = viewer.layers["cells"]
+    np.testing.assert_array_equal(np.asarray(scaled.data), data)
+    assert tuple(scaled.scale) == pytest.approx((0.3, 0.2))
+    assert tuple(str(u) for u in scaled.units) == ("micrometer", "micrometer")

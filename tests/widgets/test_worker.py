@@ -9,10 +9,15 @@ import pytest
 
 from napari_mpt_deblur._widgets._worker import (
     DeblurFailed,
+    DeblurProgress,
     DeblurRequest,
     Stage,
     clear_model_cache,
     deblur_steps,
+    describe_progress,
+    describe_work,
+    format_clock,
+    plural,
     returning_errors,
     run_blocking,
 )
@@ -39,7 +44,9 @@ def test_run_blocking_matches_the_engine_and_reports_progress(catalog, smooth_im
     np.testing.assert_array_equal(outcome.data, expected)
     assert updates[0].stage is Stage.LOADING
     running = [(u.done, u.total) for u in updates if u.stage is Stage.RUNNING]
-    assert running == [(1, 2), (2, 2)]  # one record per plane
+    assert running == [(0, 0), (1, 2), (2, 2)]  # started, then one record per plane
+    assert all(u.planes == 2 for u in updates if u.stage is Stage.RUNNING)
+    assert updates[-1].elapsed_s > 0
     assert outcome.report["planes"] == 2 and outcome.report["device"] == "cpu"
     assert outcome.entry["name"] == "tiny" and len(outcome.model_info["sha256"]) == 64
 
@@ -109,3 +116,29 @@ def test_errors_raise_synchronously_and_are_returned_to_the_gui(catalog, smooth_
     assert "synthetic failure" in str(stop.value.value.error)
     with pytest.raises(ValueError, match="unknown model"):
         run_blocking(DeblurRequest(image=smooth_image, axes="YX", model="nope"), catalog=catalog)
+
+
+def test_status_lines_count_what_is_processed_with_percent_and_eta():
+    assert [plural(n, "tile") for n in (0, 1, 2)] == ["0 tiles", "1 tile", "2 tiles"]
+    assert describe_work(1, 1) == "1 tile"
+    assert describe_work(1, 9) == "9 tiles"
+    assert describe_work(5, 5) == "5 planes"  # untiled planes are not tiles
+    assert describe_work(5, 20) == "5 planes × 4 tiles"
+    assert describe_work(3, 7) == "3 planes, 7 tiles in all"
+    assert format_clock(7) == "0:07" and format_clock(3723) == "1:02:03"
+
+    assert describe_progress(DeblurProgress(Stage.LOADING)) == "Loading model…"
+    assert describe_progress(DeblurProgress(Stage.RUNNING, planes=1)) == "Deblurring…"
+    assert describe_progress(DeblurProgress(Stage.RUNNING, planes=3)) == "Deblurring 3 planes…"
+    # one plane in 9 tiles: tiles; 1 of 9 took 2 s -> 16 s to go
+    assert describe_progress(DeblurProgress(Stage.RUNNING, 1, 9, planes=1, elapsed_s=2.0)) == \
+        "Deblurring… 1/9 tiles · 11% · ETA 0:16"
+    # a stack of untiled planes: planes
+    assert describe_progress(DeblurProgress(Stage.RUNNING, 2, 4, planes=4, elapsed_s=2.0)) == \
+        "Deblurring… 2/4 planes · 50% · ETA 0:02"
+    # a tiled stack: the plane in progress and the tiles
+    assert describe_progress(DeblurProgress(Stage.RUNNING, 5, 8, planes=2, elapsed_s=5.0)) == \
+        "Deblurring… plane 2/2 · 5/8 tiles · 62% · ETA 0:03"
+    # done: no ETA; a single tile is "1/1 tile", never "1 tiles"
+    assert describe_progress(DeblurProgress(Stage.RUNNING, 1, 1, planes=1, elapsed_s=1.0)) == \
+        "Deblurring… 1/1 tile · 100%"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import DEVICE_HELP
+
 NAME = "deblur"
 HELP = "deblur image files (TIFF/OME-TIFF/PNG), folders or glob patterns"
 
@@ -21,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="bundled model name or checkpoint file (default: the shipped model)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
     parser.add_argument(
         "--tile",
         type=int,

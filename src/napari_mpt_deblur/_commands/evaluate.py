@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import DEVICE_HELP
+
 logger = logging.getLogger(__name__)
 
 NAME = "evaluate"
@@ -78,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, default=None, metavar="PX",
                         help="evaluate central PX x PX crops (default: whole images)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="camera-noise seed (default: 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import DEVICE_HELP
+
 NAME = "finetune"
 HELP = "fine-tune a model on your own unlabeled blurry images (EFCR + re-blur + replay)"
 
@@ -44,12 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="immersion refractive index (1.0 dry, 1.33 water, 1.515 oil)")
     parser.add_argument("--replay", nargs="+", default=None, metavar="PATH",
                         help="in-focus images for replay pairs (default: procedural images)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--patch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N",
+                        help="training patches per step (default: the --preset's)")
+    parser.add_argument("--patch-size", type=int, default=None, metavar="PX",
+                        help="patch side in pixels, rounded up to the model's multiple "
+                        "(default: the --preset's)")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument("--efcr-weight", type=float, default=None, help="λ on the EFCR term")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None,
+                        help=DEVICE_HELP + " (default: auto)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for every random choice; the same seed repeats a run "
+                        "(default: 0)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT's .state.pt file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")

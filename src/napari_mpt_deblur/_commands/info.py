@@ -23,8 +23,13 @@ def run(args: argparse.Namespace) -> int:
     from ..models._registry import describe_model, list_models
     from ..models.checkpoint import bundled_models, default_model_name, read_header
 
+    default = default_model_name()
+    models = bundled_models()
+    # The default first: it is what `deblur` and the widgets use without --model.
+    order = sorted(models, key=lambda n: n != default)
     bundled = {}
-    for name, path in bundled_models().items():
+    for name in order:
+        path = models[name]
         header = read_header(path) or {}
         bundled[name] = {
             "file": str(path),
@@ -39,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
         "devices": list_devices(),
-        "default_model": default_model_name(),
+        "default_model": default,
         "bundled_models": bundled,
         "architectures": {n: describe_model(n) for n in list_models()},
     }
@@ -48,13 +53,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"napari-mpt-deblur {__version__}  (python {info['python']}, torch {info['torch']})")
     print(f"devices: {', '.join(info['devices'])}   cpu threads: {info['cpu_threads']}")
-    print(f"default model: {info['default_model']}")
+    print(f"default model: {default}")
     print("bundled trained models:" if bundled else "bundled trained models: none")
     for name, meta in bundled.items():
-        print(f"  {name:<22} {meta['arch'] or '?'} ({meta['routing'] or '-'})  {meta['file']}")
+        label = f"{name} (default)" if name == default else name
+        print(f"  {label:<22} {_architecture(meta)}  {meta['file']}")
         if meta["description"]:
             print(f"  {'':<22} {meta['description']}")
     print("architectures (untrained presets, for training):")
     for name, text in info["architectures"].items():
         print(f"  {name:<22} {text}")
     return 0
+
+
+def _architecture(meta: dict) -> str:
+    """``"mpt, aligned routing"`` or ``"htcsf"``: routing only exists for MPT models, so a CNN
+    shows its architecture alone rather than an unexplained placeholder."""
+    arch = meta.get("arch") or "unknown architecture"
+    return f"{arch}, {meta['routing']} routing" if meta.get("routing") else arch

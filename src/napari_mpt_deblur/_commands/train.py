@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import DEVICE_HELP
+
 NAME = "train"
 HELP = "train a deblurring model on simulated defocus pairs (resumable, time-budgeted)"
 
@@ -30,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run folder (overrides the config's out_dir)")
     parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
                         help="folder the config's data paths are relative to")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default=None,
+                        help=DEVICE_HELP + " (default: the config's, else auto)")
     parser.add_argument("--init", default=None, metavar="CKPT",
                         help="start from these weights (bundled name or checkpoint file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     if args.time_budget is not None:
         changes["time_budget_s"] = args.time_budget
     cfg = cfg.replace(**changes) if changes else cfg
+    if args.device is None:  # --device was checked by the CLI; a config's own device is too
+        from .._device import require_device
+
+        require_device(cfg.device)
 
     model = None
     if args.init is not None:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CompareView", "CompareWidget", "ViewerLayout", "grid_of", "is_comparison_layer"]
+__all__ = ["CompareView", "CompareWidget", "ViewerLayout", "grid_of", "is_comparison_layer",
+           "show_panel_title"]
 
 SWIPE_SUFFIX = " [swipe]"
 SWIPE_LINE_SUFFIX = " [swipe line]"
@@ -187,6 +188,8 @@ class CompareView:
             layer.visible = any(layer == s for s in shown)
 
     def _grid(self, *panels: Any) -> None:
+        for layer in panels:
+            show_panel_title(layer)
         layers = self._viewer.layers
         order = [layers.index(p) for p in panels]
         grid = grid_of(self._viewer)
@@ -208,10 +211,12 @@ class CompareView:
 
 @dataclass(frozen=True)
 class ViewerLayout:
-    """The grid settings, layer order and visibility a temporary layout changes.
+    """The grid, layer order, visibility, selection and camera a temporary layout changes.
 
-    Comparison and detection views rearrange the user's viewer; taking one of these first is
-    what lets them put it back exactly, even after layers were removed in between.
+    Comparison and detection views rearrange the user's viewer (and reset its zoom to fit the
+    grid); taking one of these first is what lets them put it back exactly, even after layers
+    were removed in between: the user returns to the same layer selection and the same zoomed
+    region they were looking at.
     """
 
     grid_enabled: bool
@@ -219,14 +224,22 @@ class ViewerLayout:
     grid_stride: int
     visible: tuple[tuple[Any, bool], ...]
     order: tuple[Any, ...]
+    name_shown: tuple[tuple[Any, bool], ...] = ()
+    selected: tuple[Any, ...] = ()
+    active: Any = None
+    camera: tuple[tuple[float, ...], float] | None = None
 
     @classmethod
     def capture(cls, viewer: Any) -> ViewerLayout:
         grid, layers = grid_of(viewer), viewer.layers
+        camera = viewer.camera
         return cls(grid_enabled=bool(grid.enabled), grid_shape=tuple(grid.shape),
                    grid_stride=int(grid.stride),
                    visible=tuple((layer, bool(layer.visible)) for layer in layers),
-                   order=tuple(layers))
+                   order=tuple(layers),
+                   name_shown=tuple((layer, _name_shown(layer)) for layer in layers),
+                   selected=tuple(layers.selection), active=layers.selection.active,
+                   camera=(tuple(float(c) for c in camera.center), float(camera.zoom)))
 
     def restore(self, viewer: Any) -> None:
         """Put the layout back; layers removed since are skipped, layers added since stay on top."""
@@ -237,11 +250,43 @@ class ViewerLayout:
         for layer, visible in self.visible:
             if layer in layers:
                 layer.visible = visible
+        for layer, shown in self.name_shown:
+            if layer in layers:
+                show_panel_title(layer, shown)
         present = [layer for layer in self.order if layer in layers]
         for target, layer in enumerate(present):
             index = layers.index(layer)
             if index != target:
                 layers.move(index, target)
+        selected = [layer for layer in self.selected if layer in layers]
+        if selected or self.selected:
+            layers.selection.clear()
+            layers.selection.update(selected)
+            if self.active is not None and self.active in layers:
+                layers.selection.active = self.active
+        if self.camera is not None:
+            center, zoom = self.camera
+            viewer.camera.center = center
+            viewer.camera.zoom = zoom
+
+
+def _name_shown(layer: Any) -> bool:
+    overlay = getattr(layer, "name_overlay", None)
+    return bool(overlay.visible) if overlay is not None else False
+
+
+def show_panel_title(layer: Any, shown: bool = True) -> None:
+    """Show (or hide) ``layer``'s name in the corner of its grid panel (napari >= 0.6).
+
+    Grid panels have no titles of their own; the layer name says which panel is the input and
+    which the ``[deblurred]`` result or the ``[difference]``. A no-op on older napari.
+    """
+    overlay = getattr(layer, "name_overlay", None)
+    if overlay is None:
+        return
+    overlay.visible = bool(shown)
+    if shown and hasattr(overlay, "box"):
+        overlay.box = True
 
 
 def grid_of(viewer: Any) -> Any:
@@ -356,20 +401,26 @@ class CompareWidget(Container):
         self._difference = PushButton(text="Difference")
         self._normal_view = PushButton(text="Normal view")
         self._swipe_position = FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01,
-                                           label="Swipe split", visible=False)
+                                           label="Swipe split")
+        self._swipe_label = Label(value="Split (input | deblurred)")
+        self._swipe_row = Container(layout="horizontal", labels=False, visible=False,
+                                    widgets=[self._swipe_label, self._swipe_position])
+        self._swipe_row.margins = (0, 0, 0, 0)
         self._link_contrast = CheckBox(value=True, text="Link contrast")
         self._side_by_side.tooltip = "Input and result in a grid; zoom and pan stay in sync"
         self._swipe.tooltip = "Input under the result; drag the slider to move the split"
         self._difference.tooltip = "Adds result − input (pink: darker, green: brighter)"
         self._normal_view.tooltip = "Back to the view from before the comparison"
         self._link_contrast.tooltip = "Same contrast limits on input and result"
+        self._swipe_position.tooltip = self._swipe_label.tooltip = (
+            "Where the split lies: the input is shown left of it, the deblurred result right")
         buttons = Container(layout="horizontal", labels=False,
                             widgets=[self._side_by_side, self._swipe, self._difference])
         buttons.margins = (0, 0, 0, 0)
         row = Container(layout="horizontal", labels=False,
                         widgets=[self._link_contrast, self._normal_view])
         row.margins = (0, 0, 0, 0)
-        self.extend([self._title, buttons, self._swipe_position, row])
+        self.extend([self._title, buttons, self._swipe_row, row])
         self._side_by_side.changed.connect(self.show_side_by_side)
         self._swipe.changed.connect(self.show_swipe)
         self._difference.changed.connect(self.show_difference)
@@ -427,7 +478,7 @@ class CompareWidget(Container):
         self._after()
 
     def _after(self) -> None:
-        self._swipe_position.visible = self._view.mode == "swipe"
+        self._swipe_row.visible = self._view.mode == "swipe"
         self.update_enabled()
 
 

@@ -24,6 +24,7 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from ..models.catalog import CatalogEvent, ModelCatalog, get_catalog
 from . import _dialogs
 from ._compare import CompareWidget, is_comparison_layer
+from ._form import field_row, finish_panel, scrolling_form
 from ._layers import (
     METADATA_KEY,
     PlaneSelection,
@@ -43,6 +44,8 @@ from ._worker import (
     DeblurProgress,
     DeblurRequest,
     Stage,
+    describe_progress,
+    describe_work,
 )
 
 if TYPE_CHECKING:
@@ -97,7 +100,7 @@ class DeblurWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer, catalog: ModelCatalog | None = None) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self._viewer = viewer
         self._catalog = catalog if catalog is not None else get_catalog()
         self._job: _Job | None = None
@@ -126,8 +129,11 @@ class DeblurWidget(Container):
             "High: each tile is deblurred in its 8 rotations and mirror images and the results "
             "are averaged; about +0.3 dB PSNR for 8× the time, same memory"
         )
-        self.extend([self._layer, self._model, self._device, self._tile, self._scope,
-                     self._quality, self._run, self._progress, self._status, self._compare])
+        self._form = scrolling_form(self, [
+            self._layer, self._model, self._device, self._tile, self._scope, self._quality,
+            field_row(self._run), self._progress, self._status, self._compare,
+        ])
+        finish_panel(self, self._form)
 
         self._select_default_model()
         self._last_model = self._model.value
@@ -392,12 +398,12 @@ class DeblurWidget(Container):
     def _on_progress(self, job: _Job, update: DeblurProgress) -> None:
         if job is not self._job or self._closed:
             return
-        if update.stage is Stage.RUNNING and update.total > 0:
-            self._progress.max = update.total
-            self._progress.value = update.done
+        if update.stage is Stage.RUNNING:
             if not job.cancel.is_set():
-                unit = "tiles" if update.total > job.planes else "planes"
-                self._set_status(f"Deblurring… {update.done}/{update.total} {unit}")
+                self._set_status(describe_progress(update))
+            if update.total > 0:
+                self._progress.max = update.total
+                self._progress.value = update.done
         # last: napari's activity dock may process pending Qt events while it repaints, which
         # can deliver this run's end (status "Done", job cleared) before this call returns
         job.activity.update(update)
@@ -425,8 +431,9 @@ class DeblurWidget(Container):
             self._set_status(f"Failed: {exc}")
             return
         report = outcome.report
+        work = describe_work(int(report.get("planes") or 1), int(report.get("n_tiles") or 0))
         self._set_status(f"Done: {report.get('seconds', 0.0):.1f} s on {report.get('device')}, "
-                         f"{report.get('n_tiles')} tiles → {layer.name}")
+                         f"{work} → {layer.name}")
 
     def _on_finished(self, job: _Job) -> None:
         job.activity.close()

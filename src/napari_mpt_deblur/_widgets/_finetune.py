@@ -79,6 +79,7 @@ from ._finetune_job import (
     save_finetuned,
     start_worker,
 )
+from ._form import field_row, finish_panel, scrolling_form, wrap_label
 from ._worker import ActivityProgress, CloseWatch, DeblurProgress, Stage
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class FinetuneWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer, catalog: ModelCatalog | None = None) -> None:
         from ..train.finetune import get_finetune_preset, list_finetune_presets
 
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self._viewer = viewer
         self._catalog = catalog if catalog is not None else get_catalog()
         self._job: _Job | None = None
@@ -224,12 +225,15 @@ class FinetuneWidget(Container):
         self._preview_region = ComboBox(label="Preview crop", choices=self._preview_choices,
                                         nullable=True, value=None)
         self._seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
+        # expert settings: collapsed by default, so the panel stays short
         self._advanced_box = Container(
-            widgets=[self._mode, self._replay_folder, self._paired_blurred, self._paired_sharp,
+            widgets=[self._lr, self._efcr_weight, self._replay, self._mode,
+                     self._replay_folder, self._paired_blurred, self._paired_sharp,
                      self._paired_folder, self._device, self._val_every, self._preview_every,
                      self._seed],
             labels=True, visible=False,
         )
+        self._advanced_box.margins = (0, 0, 0, 0)
         # ---- output and controls
         self._name = LineEdit(label="Model name", value="")
         self._output = FileEdit(label="Save to", mode="w", filter="*.safetensors", nullable=True)
@@ -241,19 +245,19 @@ class FinetuneWidget(Container):
         buttons.margins = (0, 0, 0, 0)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1)
         self._status = Label(label="Status", value="")
-        self._status.native.setWordWrap(True)
+        wrap_label(self._status)
         self._tooltips()
-        self.extend([
+        self._form = scrolling_form(self, [
             Label(value="<b>Data</b> (unlabeled, blurry)"), self._images, self._folder,
             Label(value="<b>Optics</b> for re-blurring"), self._pixel_size, self._na,
             self._wavelength, self._index,
             Label(value="<b>Training</b>"), self._preset, self._model, self._steps,
-            self._time_budget, self._batch_size, self._patch_size, self._lr,
-            self._efcr_weight, self._replay, self._preview_region, self._advanced,
-            self._advanced_box,
+            self._time_budget, self._batch_size, self._patch_size, self._preview_region,
+            field_row(self._advanced), self._advanced_box,
             Label(value="<b>Result</b>"), self._name, self._output, buttons, self._progress,
             self._status,
         ])
+        finish_panel(self, self._form)
         self._add_plots()
 
         self._apply_preset(self._preset.value)
@@ -302,6 +306,8 @@ class FinetuneWidget(Container):
         self._efcr_weight.tooltip = "Weight of the EFCR contrastive term (paper: 5e-4)"
         self._replay.tooltip = ("Share of each batch that replays the model's simulated "
                                 "training pairs, so that it does not forget")
+        self._advanced.tooltip = ("Expert settings: learning rate, EFCR weight, replay, "
+                                  "objective, paired data, device, validation and seed")
         self._mode.tooltip = "What is optimised (for comparisons); 'full' is recommended"
         self._replay_folder.tooltip = ("In-focus images for replay pairs (default: procedural "
                                        "images)")
@@ -328,9 +334,9 @@ class FinetuneWidget(Container):
             "Scores on a crop held out from training (no ground truth needed): re-blur PSNR = "
             "how well the model undoes a known extra blur of your image (higher is better); "
             "sharpness = detail energy of the output relative to the input")
-        layout = self.native.layout()
-        layout.addWidget(self._loss_plot)
-        layout.addWidget(self._val_plot)
+        layout = self._form.native.layout()
+        layout.insertWidget(layout.count() - 1, self._loss_plot)  # above the closing stretch
+        layout.insertWidget(layout.count() - 1, self._val_plot)
 
     @staticmethod
     def _default_preset(presets: Sequence[str]) -> str:
@@ -366,12 +372,22 @@ class FinetuneWidget(Container):
         return choices
 
     def _select_active_layer(self) -> None:
+        """Preselect the user's own blurry data: the active layer, unless it is a deblurred
+        result (those carry the plugin's provenance in their metadata); then its input, or the
+        last layer that is not a result. Fine-tuning on a result would teach the model to
+        sharpen what is already sharp."""
+        from ._layers import input_of_result
+
         active = self._viewer.layers.selection.active
         choices = [layer for _, layer in self._image_choices()]
-        if active is not None and active in choices:
+        originals = [layer for layer in choices if not _is_result(layer)]
+        source = input_of_result(self._viewer.layers, active) if active is not None else None
+        if active is not None and any(active == layer for layer in originals):
             self._images.value = [active]
-        elif choices and not self._images.value:
-            self._images.value = [choices[-1]]
+        elif source is not None and any(source == layer for layer in originals):
+            self._images.value = [source]
+        elif not self._images.value and (originals or choices):
+            self._images.value = [(originals or choices)[-1]]
 
     # ------------------------------------------------------------------ events
     def _on_layers_changed(self, event: Any = None) -> None:
@@ -833,6 +849,8 @@ class FinetuneWidget(Container):
             kwargs["translate"] = tuple(translate + np.array([y, x]) * scale)
             kwargs["contrast_limits"] = tuple(layer.contrast_limits)
             kwargs["colormap"] = layer.colormap.name
+            # same units as its source: napari warns about layers with mixed units
+            kwargs["units"] = tuple(layer.units)[-2:]
         else:
             lo, hi = np.percentile(image, (0.5, 99.8))
             kwargs["contrast_limits"] = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
@@ -877,10 +895,10 @@ class FinetuneWidget(Container):
         what = {"completed": "Done", "cancelled": "Stopped",
                 "time_budget": "Time budget reached"}.get(outcome.reason, outcome.reason)
         gain = best.get("reblur_psnr", float("nan")) - base.get("reblur_psnr", float("nan"))
-        kept = (f"best weights of step {best.get('step')}" if best.get("step") else
+        kept = (f"the best weights, of step {best.get('step')}" if best.get("step") else
                 "the starting weights (no step improved the held-out score)")
         self._set_status(
-            f"{what} after {outcome.steps_done} steps: kept the {kept}, re-blur PSNR "
+            f"{what} after {outcome.steps_done} steps: kept {kept}, re-blur PSNR "
             f"{best.get('reblur_psnr', float('nan')):.2f} dB ({gain:+.2f} dB). Listed as "
             f"{self._memory_entry!r}; Save writes it to a file"
             + ("; Resume continues." if outcome.reason != "completed" else ".")
@@ -968,3 +986,10 @@ class FinetuneWidget(Container):
         self._set_status(f"Saved {written.name} (best weights, settings and data description "
                          f"in its header); listed as {entry.name!r}.")
         return written
+
+
+def _is_result(layer: Any) -> bool:
+    """A deblurred result of this plugin (its provenance is in ``metadata``)."""
+    from ._layers import METADATA_KEY
+
+    return METADATA_KEY in (getattr(layer, "metadata", None) or {})

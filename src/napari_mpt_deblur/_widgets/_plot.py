@@ -13,6 +13,7 @@ so it can be tested without painting.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -24,7 +25,8 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LinePlot", "PlotSeries", "nice_range", "nice_ticks"]
+__all__ = ["LinePlot", "PlotSeries", "format_ticks", "nice_range", "nice_ticks",
+           "reference_label_y"]
 
 _STYLES = {"solid": Qt.PenStyle.SolidLine, "dash": Qt.PenStyle.DashLine,
            "dot": Qt.PenStyle.DotLine}
@@ -108,6 +110,41 @@ def nice_ticks(lo: float, hi: float, *, log: bool = False, count: int = 4) -> li
         ticks.append(0.0 if abs(value) < 1e-12 * step else value)
         value += step
     return ticks
+
+
+def format_ticks(ticks: Sequence[float]) -> list[str]:
+    """Labels for a row of ticks, with just enough decimals to tell them apart.
+
+    A fixed number of significant digits prints close ticks alike (38.01, 38.02, 38.03 all read
+    "38"); here the decimals follow the spacing of the ticks, and grow until no two labels are
+    equal. Labels that already differ in the compact form (three significant digits, exponents
+    for very large or small magnitudes) are kept as they are.
+    """
+    values = [float(t) for t in ticks]
+    compact = [_format(v) for v in values]
+    magnitude = max((abs(v) for v in values), default=0.0)
+    if len(set(compact)) == len(compact) or magnitude >= 1e4 or 0 < magnitude < 1e-2:
+        return compact
+    steps = [abs(b - a) for a, b in itertools.pairwise(values) if b != a]
+    step = min(steps) if steps else magnitude or 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    for extra in range(6):
+        labels = [f"{v:.{decimals + extra}f}" for v in values]
+        labels = ["0" if float(text) == 0 else text for text in labels]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
+def reference_label_y(line_y: float, frame_top: float, text_height: float) -> float:
+    """Baseline of a reference line's label: above the line, or below it near the top.
+
+    Above the line, a label close to the frame's top would run into the title drawn over the
+    frame; there it goes under the line instead.
+    """
+    if line_y - text_height < frame_top:
+        return line_y + text_height
+    return line_y - 2
 
 
 def _format(value: float) -> str:
@@ -269,21 +306,23 @@ class LinePlot(QWidget):
         painter.drawText(QRectF(frame.left(), frame.bottom() + 2, frame.width(), text_h),
                          int(Qt.AlignmentFlag.AlignHCenter), self.x_label)
         # grid and ticks
-        for tick in nice_ticks(ylo, yhi, log=log):
+        left_ticks = nice_ticks(ylo, yhi, log=log)
+        for tick, text in zip(left_ticks, format_ticks(left_ticks), strict=True):
             y = fy(tick, "left")
             painter.setPen(QPen(faint, 1))
             painter.drawLine(QPointF(frame.left(), y), QPointF(frame.right(), y))
             painter.setPen(fg)
             painter.drawText(QRectF(0, y - text_h / 2, margin_l - 4, text_h),
                              int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter),
-                             _format(tick))
+                             text)
         if right is not None:
-            for tick in nice_ticks(*right):
+            right_ticks = nice_ticks(*right)
+            for tick, text in zip(right_ticks, format_ticks(right_ticks), strict=True):
                 y = fy(tick, "right")
                 painter.setPen(fg)
                 painter.drawText(QRectF(frame.right() + 4, y - text_h / 2, margin_r - 4, text_h),
                                  int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
-                                 _format(tick))
+                                 text)
         if xhi - xlo >= 1:
             painter.drawText(QRectF(frame.left(), frame.bottom() + 2, 60, text_h),
                              int(Qt.AlignmentFlag.AlignLeft), _format(round(xlo)))
@@ -300,7 +339,8 @@ class LinePlot(QWidget):
             painter.setPen(QPen(QColor(color), 1, Qt.PenStyle.DashLine))
             painter.drawLine(QPointF(frame.left(), y), QPointF(frame.right(), y))
             if label:
-                painter.drawText(QPointF(frame.left() + 4, y - 2), label)
+                painter.drawText(QPointF(frame.left() + 4,
+                                         reference_label_y(y, frame.top(), text_h)), label)
 
         # curves
         painter.setClipRect(frame.adjusted(-3, -3, 3, 3))

@@ -25,6 +25,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ __all__ = [
     "Stage",
     "clear_model_cache",
     "deblur_steps",
+    "describe_progress",
+    "describe_work",
+    "format_clock",
+    "plural",
     "run_blocking",
     "start_job",
     "start_worker",
@@ -97,11 +102,82 @@ class Stage(enum.Enum):
 
 @dataclass(frozen=True)
 class DeblurProgress:
-    """Progress of a run: ``done`` of ``total`` tiles (planes when untiled); 0/0 while loading."""
+    """Progress of a run: ``done`` of ``total`` tiles (over all planes; a plane that is not
+    tiled counts as one tile). 0/0 while loading, and in the first ``RUNNING`` record, sent
+    when the engine starts (the tile count is known after the first plane).
+
+    ``planes`` is the number of 2-D planes the engine processes (stack positions, and
+    channels for a one-channel model); ``elapsed_s`` the seconds since the engine started,
+    so that a percentage and an ETA can be shown once the first tile is done.
+    """
 
     stage: Stage
     done: int = 0
     total: int = 0
+    planes: int = 1
+    elapsed_s: float = 0.0
+
+
+def plural(count: int, word: str) -> str:
+    """``"1 tile"``, ``"2 tiles"``, ``"0 planes"`` (the words used here take an "s")."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def format_clock(seconds: float) -> str:
+    """``"0:07"``, ``"12:30"``, ``"1:02:03"``: a short duration for status lines."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def describe_work(planes: int, tiles: int) -> str:
+    """What a run processes, in its own units: ``"9 tiles"`` of one plane, ``"5 planes"``
+    that are not tiled, or ``"5 planes × 4 tiles"``.
+
+    Planes (and channels) are not tiles: calling 5 untiled planes "5 tiles" misleads a user
+    who chose a tile size.
+    """
+    planes, tiles = max(1, int(planes)), int(tiles)
+    if planes == 1:
+        return plural(tiles, "tile")
+    if tiles == planes:
+        return plural(planes, "plane")
+    per_plane, rest = divmod(tiles, planes)
+    if rest == 0:
+        return f"{plural(planes, 'plane')} × {plural(per_plane, 'tile')}"
+    return f"{plural(planes, 'plane')}, {plural(tiles, 'tile')} in all"  # tile size changed
+
+
+def describe_progress(update: DeblurProgress) -> str:
+    """The status line for a progress record: what is done, percent and ETA.
+
+    Counts what is actually processed: tiles of a single plane, planes of a stack whose planes
+    are not tiled, both for a tiled stack. Percent and ETA appear once a tile is done (the ETA
+    assumes the remaining tiles take as long as the finished ones on average).
+    """
+    if update.stage is not Stage.RUNNING:
+        return "Loading model…"
+    planes = max(1, update.planes)
+    if update.total <= 0:
+        what = "" if planes == 1 else f" {plural(planes, 'plane')}"
+        return f"Deblurring{what}…"
+    done, total = update.done, update.total
+    per_plane = total // planes if total % planes == 0 else 0
+    if planes == 1:
+        count = f"{done}/{plural(total, 'tile')}"
+    elif per_plane == 1:
+        count = f"{done}/{plural(total, 'plane')}"
+    elif per_plane > 1:
+        plane = min(planes, -(-done // per_plane)) if done else 1
+        count = f"plane {plane}/{planes} · {done}/{plural(total, 'tile')}"
+    else:
+        count = f"{done}/{total}"
+    text = f"Deblurring… {count} · {100.0 * done / total:.0f}%"
+    if 0 < done < total and update.elapsed_s > 0:
+        eta = update.elapsed_s / done * (total - done)
+        text += f" · ETA {format_clock(eta)}"
+    return text
 
 
 @dataclass(frozen=True)
@@ -214,8 +290,10 @@ def deblur_steps(
     if cancelled():
         return None
     image = np.asarray(request.image)  # a dask layer is computed here, in the worker thread
+    planes = _engine_planes(image.shape, request.axes, int(getattr(model, "in_channels", 1)))
     updates: queue.Queue = queue.Queue()
     report = DeblurReport()
+    started = time.perf_counter()
 
     def run() -> None:
         try:
@@ -233,10 +311,12 @@ def deblur_steps(
     thread.start()
     finished = False
     try:
+        yield DeblurProgress(Stage.RUNNING, 0, 0, planes=planes)  # the model is loaded
         while True:
             kind, *payload = updates.get()
             if kind == "progress":
-                yield DeblurProgress(Stage.RUNNING, int(payload[0]), int(payload[1]))
+                yield DeblurProgress(Stage.RUNNING, int(payload[0]), int(payload[1]),
+                                     planes=planes, elapsed_s=time.perf_counter() - started)
             elif kind == "error":
                 finished = True
                 if isinstance(payload[0], Cancelled):
@@ -255,6 +335,21 @@ def deblur_steps(
     info = dict(getattr(model, "info", None) or {})
     info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
     return DeblurOutcome(data=data, report=report.to_dict(), model_info=info, entry=entry)
+
+
+def _engine_planes(shape: tuple[int, ...], axes: str, in_channels: int) -> int:
+    """How many 2-D planes the engine deblurs one by one (its ``_to_planes``).
+
+    Every axis but Y and X is iterated over, channels included, except that a multi-channel
+    model takes the channels of a pixel together.
+    """
+    count = 1
+    for size, axis in zip(shape, axes, strict=False):
+        if axis not in "YX":
+            count *= int(size)
+    if "C" in axes and in_channels > 1 and axes.index("C") < len(shape):
+        count //= max(1, int(shape[axes.index("C")]))
+    return max(1, count)
 
 
 def drive(steps: Generator[Any, None, Any], on_update: Callable[[Any], None] | None = None) -> Any:
