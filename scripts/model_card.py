@@ -1,5 +1,5 @@
 """Write ``weights/<name>.md``, the model card of a bundled model, from its checkpoint header
-and the evaluation results in ``docs/results/quality.md``.
+and the evaluation results in ``docs/results/quality.md`` (and ``quality_oil-1.4.md``).
 
     python scripts/model_card.py mpt-tiny --configs configs/mpt-tiny.yaml \
         configs/mpt-tiny-stage2.yaml ... --notes "..."
@@ -29,6 +29,7 @@ def main() -> None:
     training = header.get("training", {})
     config = training.get("config", training)
     quality = ROOT / "docs" / "results" / "quality.md"
+    oil = ROOT / "docs" / "results" / "quality_oil-1.4.md"  # benchmarks/eval_quality.py --regime
     configs = args.configs or [f"configs/{args.name}.yaml"]
     lineage = (f"config file `{configs[0]}`" if len(configs) == 1 else
                "configs, each stage starting from the previous one's weights: "
@@ -64,6 +65,7 @@ def main() -> None:
         "",
         quality.read_text() if quality.exists() else "(run `benchmarks/eval_quality.py`)",
         "",
+        *([oil.read_text(), ""] if oil.exists() else []),
         "## Limitations",
         "",
         args.notes or "See the notes above.",

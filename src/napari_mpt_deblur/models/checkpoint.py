@@ -417,7 +417,9 @@ def load_model(
         A bundled model name (``list`` them with :func:`bundled_models`), a project checkpoint
         (``.safetensors``), or an authors' checkpoint (``.pth``/``.pytorch``/``.pt``; keys may be
         prefixed ``Network.`` or ``module.Network.``; channels are inferred from the weights and
-        the released code's ``compat`` routing is used). ``None`` loads the default model.
+        the released code's ``compat`` routing is used), or a bioimage.io package (zip, folder
+        or ``rdf.yaml``) exported by ``mpt-deblur export-bioimageio``. ``None`` loads the
+        default model.
     device : str or torch.device
         ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
     routing : {"compat", "aligned"}, optional
@@ -445,6 +447,11 @@ def load_model(
     source = DEFAULT_MODEL if source is None else source
     bundled = bundled_models()
     path = Path(source)
+    if not (isinstance(source, str) and source in bundled):
+        from ..bioimageio import is_bioimageio_package, load_bioimageio
+
+        if is_bioimageio_package(path):  # a model-zoo package exported by this project
+            return load_bioimageio(path, device)
     if isinstance(source, str) and source in bundled:
         path, name = bundled[source], source
     elif path.is_dir():
