@@ -79,6 +79,34 @@ def test_pixel_losses():
         pixel_loss(a, b, "huber")
 
 
+def test_psnr_loss_is_minus_mean_psnr_and_weighs_small_errors():
+    target = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    # sample 0: a near-focus patch with a tiny error; sample 1: a blurred one, a large error
+    pred = target.clone()
+    pred[0] += 0.001
+    pred[1] += 0.1
+    loss = pixel_loss(pred, target, "psnr")
+    mse = [float(((pred[i] - target[i]) ** 2).mean()) for i in range(2)]
+    # minus the PSNR at data range 1 (the loss adds 1e-8 to the MSE: PSNR capped at 80 dB)
+    expected = np.mean([10 * np.log10(m + 1e-8) for m in mse])
+    assert loss.item() == pytest.approx(expected, abs=1e-3)
+    # Unlike L1, halving the *small* error lowers the loss as much as halving the large one.
+    small, large = pred.clone(), pred.clone()
+    small[0] = target[0] + 0.0005
+    large[1] = target[1] + 0.05
+    drop_small = loss - pixel_loss(small, target, "psnr")
+    drop_large = loss - pixel_loss(large, target, "psnr")
+    assert drop_small.item() == pytest.approx(drop_large.item(), rel=0.05)
+    l1_small = pixel_loss(pred, target, "l1") - pixel_loss(small, target, "l1")
+    l1_large = pixel_loss(pred, target, "l1") - pixel_loss(large, target, "l1")
+    assert l1_large > 50 * l1_small
+    # a perfect prediction is finite (capped at 80 dB) and has finite gradients
+    exact = target.clone().requires_grad_(True)
+    value = pixel_loss(exact, target, "psnr")
+    value.backward()
+    assert value.item() == pytest.approx(-80.0, abs=1e-3) and torch.isfinite(exact.grad).all()
+
+
 # -------------------------------------------------------------------------------- re-blur
 
 

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant")
-_PIXEL_LOSSES = ("l1", "mse", "charbonnier")
+_PIXEL_LOSSES = ("l1", "mse", "charbonnier", "psnr")
 _ROUTINGS = ("aligned", "compat")
 
 # Fields that only steer how a run is executed; they may differ when a run is resumed.
@@ -120,8 +120,9 @@ class TrainConfig:
         λ in ``L = pixel + λ·CR`` (authors: 5e-4); 0 disables EFCR.
     efcr_rel_weight : float
         Factor on the relative term inside CR (paper: 0.1).
-    pixel_loss : {"l1", "mse", "charbonnier"}
-        Pixel reconstruction loss.
+    pixel_loss : {"l1", "mse", "charbonnier", "psnr"}
+        Pixel reconstruction loss; "psnr" is minus the mean per-sample PSNR, which weighs
+        near-focus samples by their relative error (``losses.psnr_loss``).
     amp : {"auto", "off", "bf16", "fp16"}
         Mixed precision on CUDA; "auto" picks bf16 where supported, otherwise fp16. Always off on
         the CPU.

@@ -62,7 +62,7 @@ from ._common import (
     set_lr,
     step_generator,
 )
-from .losses import efcr_terms, haar_dwt, pixel_loss
+from .losses import PIXEL_LOSSES, efcr_terms, haar_dwt, pixel_loss
 from .reblur import ReblurBank, build_reblur_bank, make_negatives, make_reblurred_set
 from .updates import TrainUpdate, UpdateKind
 
@@ -118,7 +118,7 @@ class FinetuneConfig:
         Fraction of the labeled batch drawn as simulated replay pairs ("full" and "efcr").
     paired_fraction : float
         Fraction of the labeled batch drawn from user pairs, when given.
-    pixel_loss : {"l1", "mse", "charbonnier"}
+    pixel_loss : {"l1", "mse", "charbonnier", "psnr"}
         Pixel loss.
     mode : {"full", "reblur_only", "efcr"}
         Which parts are used (module notes).
@@ -188,9 +188,10 @@ class FinetuneConfig:
             raise ValueError(
                 f"mode must be one of {', '.join(map(repr, FINETUNE_MODES))}; got {self.mode!r}"
             )
-        if self.pixel_loss not in ("l1", "mse", "charbonnier"):
+        if self.pixel_loss not in PIXEL_LOSSES:
             raise ValueError(
-                f"pixel_loss must be 'l1', 'mse' or 'charbonnier'; got {self.pixel_loss!r}"
+                f"pixel_loss must be one of {', '.join(map(repr, PIXEL_LOSSES))}; "
+                f"got {self.pixel_loss!r}"
             )
         for name in ("steps", "batch_size", "patch_size", "val_crop_size"):
             v = getattr(self, name)
