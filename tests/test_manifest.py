@@ -72,8 +72,9 @@ def test_contributions_are_wired(manifest):
     }
     menu = contributions.menus["napari/layers/filter"]
     assert [item.command for item in menu] == ["napari-mpt-deblur.deblur_image"]
-    [sample] = contributions.sample_data
-    assert sample.key == "defocused_actin" and sample.command in command_ids
+    samples = {sample.key: sample.command for sample in contributions.sample_data}
+    assert list(samples) == ["defocused_actin", "defocused_nuclei_actin"]
+    assert set(samples.values()) <= command_ids
     patterns = [p for reader in contributions.readers for p in reader.filename_patterns]
     for name in [f"model{s}" for s in CHECKPOINT_SUFFIXES]:
         assert any(fnmatch.fnmatchcase(name, p) for p in patterns), name

@@ -1,6 +1,11 @@
-"""The bundled sample: a real in-focus BBBC006 crop and its simulated 8 µm defocus.
+"""The bundled samples: real in-focus images and their simulated 8 µm defocus.
 
-Provenance and licence: ``data/README.md``; made by ``scripts/make_sample_data.py``.
+* ``defocused_actin``: a BBBC006 actin crop (one channel).
+* ``defocused_nuclei_actin``: DNA (Hoechst) and actin of one CellProfiler "ExampleHuman" field,
+  so that the detection preview has a real nuclear channel to count, next to a channel whose
+  "nuclei" would be texture.
+
+Provenance and licences: ``data/README.md``; made by ``scripts/make_sample_data.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Sample", "load_sample", "make_sample_data"]
+__all__ = [
+    "Channel",
+    "Sample",
+    "load_nuclei_actin_sample",
+    "load_sample",
+    "make_nuclei_actin_sample",
+    "make_sample_data",
+]
+
+EXAMPLE_HUMAN_SOURCE = (
+    "CellProfiler \"ExampleHuman\" HT29 cells (David Root, CC0), one field: "
+    "d0 DNA (Hoechst), d2 actin (phalloidin)"
+)
 
 
 @dataclass(frozen=True)
@@ -62,3 +79,69 @@ def make_sample_data() -> list[tuple[np.ndarray, dict[str, Any], str]]:
         ),
         (sample.blurred, {**common, "name": "defocused sample", "metadata": provenance}, "image"),
     ]
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel of a multi-channel sample: defocused image, in-focus reference, how made."""
+
+    name: str
+    stain: str
+    blurred: np.ndarray
+    sharp: np.ndarray
+    params: dict[str, Any]
+
+
+def load_nuclei_actin_sample() -> tuple[Channel, Channel]:
+    """Read the bundled two-channel sample: (DNA/Hoechst, actin) of the same field."""
+    import tifffile
+
+    folder = resources.files("napari_mpt_deblur") / "data"
+    with resources.as_file(folder / "sample_nuclei_actin_defocused.tif") as p:
+        blurred = tifffile.imread(p)
+    with resources.as_file(folder / "sample_nuclei_actin_infocus.tif") as p:
+        sharp = tifffile.imread(p)
+    params = json.loads((folder / "sample_nuclei_actin_params.json").read_text())
+    (dna_key, dna), (actin_key, actin) = params.items()  # channel order of the files
+    return (
+        Channel("nuclei", dna_key, blurred[0], sharp[0], dna),
+        Channel("actin", actin_key, blurred[1], sharp[1], actin),
+    )
+
+
+def make_nuclei_actin_sample() -> list[tuple[np.ndarray, dict[str, Any], str]]:
+    """napari sample-data contribution: nuclei and actin of one field, defocused by 8 µm.
+
+    Both defocused channels are shown overlaid (additive, cyan nuclei, magenta actin); their
+    in-focus references are added hidden. The nuclei layer comes last, so it is the active
+    layer, and its name says "nuclei" and "Hoechst", so the detection preview picks it; the
+    actin layer's name says "actin", so counting "nuclei" there draws the preview's warning.
+    The simulation parameters sit under ``metadata["simulation"]`` for the fine-tune panel.
+    """
+    nuclei, actin = load_nuclei_actin_sample()
+    layers = []
+    for channel, colormap, suffix, visible in (
+        (nuclei, "cyan", "in focus (reference)", False),
+        (actin, "magenta", "in focus (reference)", False),
+        (actin, "magenta", "(defocused)", True),
+        (nuclei, "cyan", "(defocused)", True),
+    ):
+        size = float(channel.params.get("pixel_size_um", 0.645))
+        label = "nuclei (Hoechst)" if channel is nuclei else "actin (phalloidin)"
+        metadata = {
+            "source": f"{EXAMPLE_HUMAN_SOURCE}; this layer: {channel.params.get('source')}",
+            "stain": channel.stain,
+            "simulation": channel.params,
+        }
+        kwargs = {
+            "name": f"{label} {suffix}",
+            "scale": (size, size),
+            "units": ("µm", "µm"),
+            "colormap": colormap,
+            "blending": "additive",
+            "visible": visible,
+            "metadata": metadata,
+        }
+        data = channel.blurred if visible else channel.sharp
+        layers.append((data, kwargs, "image"))
+    return layers

@@ -298,3 +298,51 @@ def test_nucleus_like_blobs_are_not_flagged(make_napari_viewer, qtbot, plugin_re
     assert run_and_wait(qtbot, widget)
     assert widget._summary.value.startswith("input ") and "⚠" not in widget._summary.value
     assert widget.last_outcome.blob_contrast > 0.8
+
+
+def test_two_channel_sample_preselects_nuclei_and_flags_actin(make_napari_viewer, qtbot,
+                                                             plugin_registered):
+    from napari_mpt_deblur.detect import DetectionConfig, detect_nuclei
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "defocused_nuclei_actin")
+    nuclei = viewer.layers["nuclei (Hoechst) (defocused)"]
+    actin = viewer.layers["actin (phalloidin) (defocused)"]
+    nuclei_ref = viewer.layers["nuclei (Hoechst) in focus (reference)"]
+    actin_ref = viewer.layers["actin (phalloidin) in focus (reference)"]
+    for layer in (nuclei, actin, nuclei_ref, actin_ref):
+        assert tuple(layer.scale) == pytest.approx((0.645, 0.645))
+        assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+        assert layer.blending == "additive" and layer.data.shape == (512, 512)
+        assert "ExampleHuman" in layer.metadata["source"]
+    assert nuclei.colormap.name == "cyan" and actin.colormap.name == "magenta"
+    assert nuclei.visible and actin.visible and not nuclei_ref.visible
+    assert nuclei.metadata["simulation"]["wavelength_nm"] == 460.0
+    assert actin.metadata["simulation"]["wavelength_nm"] == 620.0
+
+    widget = open_widget(viewer)
+    assert widget._input.value == nuclei
+    assert widget._pixel_size.value == pytest.approx(0.645)
+    widget._deblurred.value = nuclei_ref  # the reference stands in for a deblurred image
+    assert run_and_wait(qtbot, widget)
+    assert "does not look like a nuclear stain" not in widget._summary.value
+    assert widget.last_outcome.input.n > 50
+    assert widget.last_outcome.blob_contrast > 0.45  # blobs, also by the image itself
+
+    widget._input.value, widget._deblurred.value = actin, actin_ref
+    assert run_and_wait(qtbot, widget)
+    assert "does not look like a nuclear stain" in widget._summary.value
+
+    # a panel opened before the sample still ends on the nuclei, not the first layer added
+    second = make_napari_viewer()
+    early = open_widget(second)
+    second.open_sample(PLUGIN, "defocused_nuclei_actin")
+    assert early._input.value == second.layers["nuclei (Hoechst) (defocused)"]
+    # ... but never overrides the user's own choice
+    early._input.value = second.layers["actin (phalloidin) (defocused)"]
+    second.add_image(nuclei.data, name="DAPI")
+    assert early._input.value == second.layers["actin (phalloidin) (defocused)"]
+
+    # the nuclei channel really has nuclei where the actin channel has texture
+    config = DetectionConfig(diameter_um=16.0, pixel_size_um=0.645)
+    assert detect_nuclei(nuclei.data, config).n > detect_nuclei(actin.data, config).n

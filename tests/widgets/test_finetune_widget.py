@@ -497,3 +497,114 @@ def test_panel_prefers_the_users_data_over_deblurred_results(make_napari_viewer,
     assert viewer.layers.selection.active.name == "cells [deblurred]"
     widget = open_panel(viewer)
     assert [layer.name for layer in widget._images.value] == ["cells"]
+
+
+@pytest.mark.qt
+@pytest.mark.slow
+def test_panel_exports_the_saved_checkpoint_for_bioimageio(
+    make_napari_viewer, qtbot, plugin_registered, shared_catalog, tmp_path, monkeypatch
+):
+    pytest.importorskip("bioimageio.spec")
+    from napari_mpt_deblur import load_model
+    from napari_mpt_deblur._widgets import _dialogs, _finetune_job
+    from napari_mpt_deblur.bioimageio import is_bioimageio_package
+
+    _, entry = shared_catalog
+    viewer = make_napari_viewer()
+    viewer.add_image(blurry(7, (128, 192)), name="cells")
+    widget = open_panel(viewer)
+    configure(widget, entry.name, steps=2, mode="reblur_only", preview_every=0)
+    widget._start.native.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.last_outcome is not None, widget._status.value
+    assert not widget._export.enabled  # nothing saved yet: nothing to export
+
+    saved = widget.save(tmp_path / "cells-ft.safetensors")
+    assert saved is not None and widget._export.enabled
+
+    # a name typed without ".zip" must not silently replace the ".zip" file of that name
+    (tmp_path / "taken.zip").write_bytes(b"keep me")
+    monkeypatch.setattr(_dialogs, "ask_save_path",
+                        lambda parent, title, filter, suggestion=None: str(tmp_path / "taken"))
+    widget._export.native.click()
+    assert not widget.exporting and (tmp_path / "taken.zip").read_bytes() == b"keep me"
+    assert widget._status.value.startswith("Not exported")
+
+    target = tmp_path / "export" / "cells-ft.zip"
+    asked = []
+
+    def ask(parent, title, filter, suggestion=None):
+        asked.append((filter, suggestion))
+        return str(target)
+
+    monkeypatch.setattr(_dialogs, "ask_save_path", ask)
+    widget._export.native.click()
+    assert widget.exporting and not widget._export.enabled
+    assert widget._status.value.startswith("Exporting cells-ft.safetensors")
+    qtbot.waitUntil(lambda: not widget.exporting, timeout=TIMEOUT_MS)
+    assert "*.zip" in asked[0][0] and asked[0][1].endswith("cells-ft.zip")
+    assert widget._status.value.startswith("Exported cells-ft.zip"), widget._status.value
+    assert target.is_file() and is_bioimageio_package(target)
+    assert not list(target.parent.glob(".*partial*"))  # written atomically, nothing left over
+    load_model(target, device="cpu")
+    assert widget._export.enabled
+
+    # a failing export is reported, and the panel can export again
+    def broken(checkpoint, output):
+        raise OSError("disk full")
+        yield  # pragma: no cover - a generator
+
+    monkeypatch.setattr(_finetune_job, "export_steps", broken)
+    widget._export.native.click()
+    qtbot.waitUntil(lambda: not widget.exporting, timeout=TIMEOUT_MS)
+    assert widget._status.value == "Export failed: disk full"
+    assert widget._export.enabled and target.is_file()
+
+    # without bioimageio.spec the button says why and stays off, even after a save
+    monkeypatch.setattr(_finetune_job, "bioimageio_unavailable",
+                        lambda: "Exporting needs the bioimageio.spec package")
+    other = open_panel(make_napari_viewer())
+    other._last = widget.last_outcome
+    assert other.save(tmp_path / "other.safetensors") is not None
+    assert not other._export.enabled
+    assert "bioimageio.spec" in other._export.tooltip
+
+
+@pytest.mark.qt
+def test_dropped_tiff_prefills_the_pixel_size(make_napari_viewer, plugin_registered, tmp_path):
+    """napari's built-in reader opens TIFFs at scale 1: the pixel size comes from the file."""
+    import tifffile
+
+    from napari_mpt_deblur._io import layer_pixel_size_um
+
+    imagej = tmp_path / "imagej.tif"
+    tifffile.imwrite(imagej, blurry(8), imagej=True, resolution=(1 / 0.108, 1 / 0.108),
+                     metadata={"unit": "um"})
+    ome = tmp_path / "ome.ome.tif"
+    tifffile.imwrite(ome, blurry(9), ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.26, "PhysicalSizeY": 0.26})
+    dpi = tmp_path / "document.tif"  # 72 dpi: an image editor's default, not a microscope
+    tifffile.imwrite(dpi, blurry(10), resolution=(72, 72), resolutionunit="INCH")
+
+    assert layer_pixel_size_um((1.0, 1.0), ("pixel", "pixel"), imagej) == pytest.approx(
+        (0.108, 0.108))
+    assert layer_pixel_size_um((1.0, 1.0), ("pixel", "pixel"), dpi) is None
+    # the layer's own scale wins; a scale in unknown units is not overridden by the file
+    assert layer_pixel_size_um((0.5, 0.5), ("µm", "µm"), imagej) == (0.5, 0.5)
+    assert layer_pixel_size_um((2.0, 2.0), ("pixel", "pixel"), imagej) is None
+
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(imagej)
+    assert tuple(layer.scale) == (1.0, 1.0) and layer.source.path  # napari's reader
+    widget = open_panel(viewer)
+    assert widget._pixel_size.value == pytest.approx(0.108)
+    detect = open_panel(viewer, "Detection preview")
+    assert detect._pixel_size.value == pytest.approx(0.108) and not detect._pixel_size.enabled
+
+    second = make_napari_viewer()
+    [layer] = second.open(ome)
+    assert tuple(layer.scale) == (1.0, 1.0)
+    assert open_panel(second)._pixel_size.value == pytest.approx(0.26)
+    third = make_napari_viewer()
+    third.open(dpi)
+    assert open_panel(third)._pixel_size.value == 0.0  # "from model": nothing trustworthy

@@ -40,10 +40,17 @@ from magicgui.widgets import (
     PushButton,
 )
 
+from .._io import layer_pixel_size_um
 from ..detect import DetectionConfig, DetectionResult, MatchResult, detect_nuclei, match_points
 from ._compare import ViewerLayout, grid_of, is_comparison_layer, show_panel_title
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
-from ._layers import OUTPUT_SUFFIX, PREVIEW_SUFFIX, input_of_result, layer_axes
+from ._layers import (
+    OUTPUT_SUFFIX,
+    PREVIEW_SUFFIX,
+    input_of_result,
+    layer_axes,
+    layer_source_path,
+)
 from ._worker import CloseWatch, DeblurFailed, drive, start_job
 
 if TYPE_CHECKING:
@@ -415,15 +422,19 @@ def _describe(layer: Any, index: dict[int, int]) -> str:
 
 
 def pixel_size_from_layer(layer: Any) -> float | None:
-    """Pixel size in µm from ``layer.scale`` when the Y and X units are lengths, else ``None``.
+    """Pixel size in µm of ``layer``, or ``None`` when unknown.
 
+    From its scale when the Y and X units are lengths, else, at napari's default scale, from
+    the TIFF it was opened from (:func:`napari_mpt_deblur._io.layer_pixel_size_um`).
     Anisotropic pixels give their geometric mean: the detector assumes round nuclei.
     """
     try:
-        sizes = []
-        for scale, unit in zip(layer.scale[-2:], layer.units[-2:], strict=True):
-            sizes.append(abs(float((float(scale) * unit).to("micrometer").magnitude)))
-    except Exception:  # 'pixel' or missing units: not convertible to a length
+        sizes = layer_pixel_size_um(tuple(layer.scale), tuple(layer.units),
+                                    layer_source_path(layer))
+    except Exception:  # odd layers: no size, the user enters it
+        logger.debug("could not read the pixel size of %s", layer, exc_info=True)
+        return None
+    if sizes is None:
         return None
     size = math.sqrt(sizes[0] * sizes[1])
     return size if size > 0 and math.isfinite(size) else None
@@ -618,6 +629,7 @@ class DetectionWidget(Container):
         self._layout = DetectionLayout(viewer)
         self._closed = False
         self._close_watch = CloseWatch(self.native, self._on_viewer_closed)
+        self._input_chosen = False  # the user picked the input (not this widget's default)
         self.runs_completed = 0
 
         self._input = ComboBox(label="Input", choices=self._image_choices, nullable=True)
@@ -665,6 +677,7 @@ class DetectionWidget(Container):
         self._select_default_pair()
         self._on_layer_choice(schedule=False)
 
+        self._input.changed.connect(self._on_input_picked)
         self._input.changed.connect(self._on_layer_choice)
         self._deblurred.changed.connect(self._on_layer_choice)
         for widget in (self._method, self._diameter, self._pixel_size, self._threshold):
@@ -727,7 +740,8 @@ class DetectionWidget(Container):
 
         Preference: a pair whose input is named or described as a nuclear stain (Hoechst,
         DAPI...: see :func:`stain_hint`), then the active layer's pair, then the latest
-        full run; without any pair, a nuclear-stain layer, else the active or last image.
+        full run; without any pair, a nuclear-stain layer (a visible one first: hidden ones
+        are usually in-focus references), else the active or last image.
         """
         pairs = self._pairs()
         active = self._viewer.layers.selection.active
@@ -744,8 +758,9 @@ class DetectionWidget(Container):
             return
         images = [layer for _, layer in self._image_choices()]
         nuclear_images = [image for image in images if _is_nuclear(image)]
-        if nuclear_images:
-            self._set_pair(nuclear_images[-1], None)
+        if nuclear_images:  # a visible one first: a hidden one is usually a reference
+            visible = [image for image in nuclear_images if image.visible]
+            self._set_pair((visible or nuclear_images)[-1], None)
         elif images:
             pick = active if any(_same(active, image) for image in images) else images[-1]
             self._set_pair(pick, None)
@@ -796,8 +811,31 @@ class DetectionWidget(Container):
         if self._closed:
             return
         self._set_pair(self._input.value, self._deblurred.value)
+        if self._input.value is None:
+            self._input_chosen = False
         if self._input.value is None and self._deblurred.value is None:
             self._select_default_pair()
+        elif self._deblurred.value is None and not self._input_chosen:
+            self._prefer_nuclear_input()
+
+    def _on_input_picked(self, *_: Any) -> None:
+        """The picker's signal fires only for the user's (or a script's) choice: the widget's
+        own choices are made with it blocked (:meth:`_set_pair`)."""
+        self._input_chosen = self._input.value is not None
+
+    def _prefer_nuclear_input(self) -> None:
+        """Layers added after the panel opened (e.g. a multi-channel sample or file, one layer
+        at a time) may bring a nuclear stain: take it over the widget's earlier default pick,
+        which was simply the only image at the time. Visible layers first, since a hidden one
+        is usually a reference. The user's own choice is never overridden."""
+        current = self._input.value
+        nuclear = [layer for _, layer in self._image_choices() if _is_nuclear(layer)]
+        if not nuclear:
+            return
+        visible = [layer for layer in nuclear if layer.visible]
+        best = (visible or nuclear)[-1]
+        if current is None or not (_is_nuclear(current) and (current.visible or not visible)):
+            self._set_pair(best, None)
 
     def _on_layer_choice(self, *_: Any, schedule: bool = True) -> None:
         # what is shown belongs to the previous pair: clear it (and forget it) at once

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..models.catalog import CHECKPOINT_SUFFIXES
 
-__all__ = ["ask_checkpoint_path"]
+__all__ = ["ask_checkpoint_path", "ask_save_path"]
 
 
 def ask_checkpoint_path(parent: Any, title: str) -> str | None:
@@ -23,4 +23,18 @@ def ask_checkpoint_path(parent: Any, title: str) -> str | None:
     path, _ = QFileDialog.getOpenFileName(
         parent, title, str(Path.home()), f"Checkpoints ({patterns});;All files (*)"
     )
+    return path or None
+
+
+def ask_save_path(
+    parent: Any, title: str, filter: str, suggestion: str | None = None
+) -> str | None:
+    """Ask where to write a new file; ``None`` when the user cancels.
+
+    Qt's save dialog itself asks before an existing file is chosen, so a returned path that
+    exists has been confirmed by the user.
+    """
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(parent, title, suggestion or str(Path.home()), filter)
     return path or None

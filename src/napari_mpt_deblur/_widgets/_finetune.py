@@ -60,7 +60,7 @@ from magicgui.widgets import (
 
 from ..models.catalog import CatalogEvent, ModelCatalog, get_catalog
 from ..train.updates import TrainUpdate, UpdateKind
-from . import _dialogs
+from . import _dialogs, _finetune_job
 from ._finetune_job import (
     FinetuneData,
     FinetuneFailed,
@@ -77,9 +77,11 @@ from ._finetune_job import (
     optics_from_layer,
     run_blocking,
     save_finetuned,
+    start_export_worker,
     start_worker,
 )
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
+from ._layers import layer_source_path
 from ._worker import ActivityProgress, CloseWatch, DeblurProgress, Stage
 
 if TYPE_CHECKING:
@@ -167,6 +169,9 @@ class FinetuneWidget(Container):
         self._last: FinetuneOutcome | None = None
         self._memory_entry: str | None = None
         self._saved_paths: set[Path] = set()
+        self._saved_checkpoint: Path | None = None  # what "Export for bioimage.io" exports
+        self._export_worker: GeneratorWorker | None = None
+        self._export_unavailable = _finetune_job.bioimageio_unavailable()
         self._prefilled: dict[str, float] = {}
         self._name_edited = False
         self._runs = 0
@@ -243,6 +248,7 @@ class FinetuneWidget(Container):
         buttons = Container(widgets=[self._start, self._resume, self._save], layout="horizontal",
                             labels=False)
         buttons.margins = (0, 0, 0, 0)
+        self._export = PushButton(text="Export for bioimage.io…", enabled=False)
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1)
         self._status = Label(label="Status", value="")
         wrap_label(self._status)
@@ -254,8 +260,8 @@ class FinetuneWidget(Container):
             Label(value="<b>Training</b>"), self._preset, self._model, self._steps,
             self._time_budget, self._batch_size, self._patch_size, self._preview_region,
             field_row(self._advanced), self._advanced_box,
-            Label(value="<b>Result</b>"), self._name, self._output, buttons, self._progress,
-            self._status,
+            Label(value="<b>Result</b>"), self._name, self._output, buttons,
+            field_row(self._export), self._progress, self._status,
         ])
         finish_panel(self, self._form)
         self._add_plots()
@@ -276,6 +282,7 @@ class FinetuneWidget(Container):
         self._start.changed.connect(self._on_start_clicked)
         self._resume.changed.connect(lambda *_: self.resume())
         self._save.changed.connect(lambda *_: self.save())
+        self._export.changed.connect(lambda *_: self.export_bioimageio())
         self._catalog.connect(self._on_catalog_event)
         layers = viewer.layers
         for event in (layers.events.inserted, layers.events.removed, layers.events.moved):
@@ -318,6 +325,9 @@ class FinetuneWidget(Container):
         self._start.tooltip = "Start fine-tuning; Stop keeps the best weights so far"
         self._resume.tooltip = "Continue the last stopped run (Steps and time budget may change)"
         self._save.tooltip = "Write the fine-tuned model as a checkpoint and list it"
+        self._export.tooltip = (self._export_unavailable or
+                                "Write the saved checkpoint as a bioimage.io model package "
+                                "(.zip) for the model zoo, deepImageJ, ilastik or careamics")
 
     def _add_plots(self) -> None:
         from ._plot import LinePlot
@@ -420,7 +430,8 @@ class FinetuneWidget(Container):
         layer = layers[0]
         try:
             hints = optics_from_layer(layer.metadata, scale=tuple(layer.scale),
-                                      units=tuple(layer.units))
+                                      units=tuple(layer.units),
+                                      source_path=layer_source_path(layer))
         except Exception:  # odd metadata must not break the panel
             logger.debug("could not read optics from %s", layer.name, exc_info=True)
             return
@@ -510,6 +521,8 @@ class FinetuneWidget(Container):
         """
         self._closed = True
         self._catalog.disconnect(self._on_catalog_event)
+        if self._export_worker is not None:
+            self._export_worker.quit()
         job = self._job
         if job is not None:
             job.cancel.set()
@@ -544,6 +557,11 @@ class FinetuneWidget(Container):
                 self._status.value = "No trained model is installed yet: load a checkpoint."
         self._resume.enabled = (not running and self._last is not None and self._last.resumable)
         self._save.enabled = not running and self._last is not None
+        self._export.enabled = (self._export_unavailable is None and not running
+                                and self._saved_checkpoint is not None
+                                and self._export_worker is None)
+        self._export.text = ("Exporting…" if self._export_worker is not None
+                             else "Export for bioimage.io…")
         for widget in (self._images, self._folder, self._paired_blurred, self._paired_sharp,
                        self._paired_folder, self._preset, self._model, self._batch_size,
                        self._patch_size, self._lr, self._efcr_weight, self._replay, self._mode,
@@ -983,9 +1001,80 @@ class FinetuneWidget(Container):
             self._catalog.remove(self._memory_entry)
         self._memory_entry = None
         entry = self._catalog.add_checkpoint(written, name=name, select=True)
+        self._saved_checkpoint = written
+        self._update_state()
         self._set_status(f"Saved {written.name} (best weights, settings and data description "
                          f"in its header); listed as {entry.name!r}.")
         return written
+
+    # ------------------------------------------------------------------ bioimage.io export
+    @property
+    def exporting(self) -> bool:
+        """True while a bioimage.io export is in flight."""
+        return self._export_worker is not None
+
+    def export_bioimageio(self) -> bool:
+        """Export the last saved checkpoint as a bioimage.io package, in a worker thread.
+
+        Asks for the ``.zip`` with a save dialog (which itself asks before an existing file is
+        replaced). A name typed without ``.zip`` gets it, and the file of that new name is then
+        not replaced, since nobody confirmed it. The package is written atomically. Returns
+        whether an export was started; the result shows in the status line.
+        """
+        from napari.utils.notifications import show_warning
+
+        checkpoint = self._saved_checkpoint
+        if self._export_unavailable is not None:
+            show_warning(self._export_unavailable)
+            return False
+        if checkpoint is None:
+            show_warning("Save the fine-tuned model first: the saved checkpoint is exported.")
+            return False
+        if self.running or self.exporting:
+            show_warning("Wait until the run or the export in progress has ended.")
+            return False
+        chosen = _dialogs.ask_save_path(self.native, "Export for bioimage.io",
+                                        "bioimage.io packages (*.zip)",
+                                        str(checkpoint.with_suffix(".zip")))
+        if not chosen:
+            return False
+        target = Path(chosen).expanduser()
+        if target.suffix != ".zip":
+            target = target.with_name(target.name + ".zip")
+            if target.exists():
+                self._set_status(f"Not exported: {target.name} exists; choose that file in the "
+                                 "dialog to replace it.")
+                return False
+        connect = {
+            "returned": lambda outcome: self._on_export_returned(outcome, target),
+            "finished": self._on_export_finished,
+        }
+        self._export_worker = start_export_worker(checkpoint, target, connect)
+        self._set_status(f"Exporting {checkpoint.name} for bioimage.io to {target.name}…")
+        self._update_state()
+        return True
+
+    def _on_export_returned(self, outcome: Any, target: Path) -> None:
+        from napari.utils.notifications import show_error
+
+        if self._closed:
+            return
+        if isinstance(outcome, FinetuneFailed):
+            message = str(outcome.error) or type(outcome.error).__name__
+            show_error(f"Could not export for bioimage.io: {message}")
+            self._set_status(f"Export failed: {message}")
+            return
+        if outcome is None:
+            self._set_status("Export stopped.")
+            return
+        formats = ", ".join(outcome.weight_formats) or "no weights"
+        skipped = "".join(f"; {fmt} skipped: {why}" for fmt, why in outcome.skipped.items())
+        self._set_status(f"Exported {outcome.path.name} for bioimage.io ({formats}{skipped}).")
+
+    def _on_export_finished(self) -> None:
+        self._export_worker = None
+        if not self._closed:
+            self._update_state()
 
 
 def _is_result(layer: Any) -> bool:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._io import layer_pixel_size_um
 from ..models.catalog import ModelCatalog, get_catalog
 from ..train.updates import TrainUpdate, UpdateKind
 from ._worker import drive, start_job
@@ -45,14 +46,17 @@ __all__ = [
     "FinetuneStatus",
     "PreviewCrop",
     "ResumePoint",
+    "bioimageio_unavailable",
     "checkpoint_metadata",
     "eta_seconds",
+    "export_steps",
     "finetune_steps",
     "format_clock",
     "load_data",
     "optics_from_layer",
     "run_blocking",
     "save_finetuned",
+    "start_export_worker",
     "start_worker",
 ]
 
@@ -68,8 +72,6 @@ _KEYS = {
     "wavelength_nm": ("wavelength_nm", "emission_wavelength_nm", "emission_nm", "wavelength"),
     "refractive_index": ("refractive_index", "immersion_index", "immersion_refractive_index"),
 }
-_UNIT_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0, "nm": 1e-3,
-            "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3}
 _IMMERSION_INDEX = {"oil": 1.515, "water": 1.333, "glycerol": 1.47, "air": 1.0,
                     "silicone": 1.406, "multi": None, "other": None}
 
@@ -150,6 +152,7 @@ def optics_from_layer(
     *,
     scale: Sequence[float] | None = None,
     units: Sequence[Any] | None = None,
+    source_path: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """Optical hints for the re-blur operator found in what napari knows about a layer.
 
@@ -158,7 +161,9 @@ def optics_from_layer(
     ``metadata`` (``pixel_size_um``, ``numerical_aperture``/``na``, ``wavelength_nm``,
     ``refractive_index``/``immersion_index``), the same keys in its ``"simulation"`` or
     ``"optics"`` dicts (the plugin's sample data), OME-XML (``metadata["ome_xml"]`` or the OME-TIFF
-    named by ``metadata["source"]``), and finally the layer's X scale when its unit is a length.
+    named by ``metadata["source"]`` or by ``source_path``), and finally the layer's X pixel size
+    (:func:`napari_mpt_deblur._io.layer_pixel_size_um`: its scale when the units are lengths,
+    else, at the default scale, what the TIFF at ``source_path`` records).
 
     Parameters
     ----------
@@ -166,6 +171,9 @@ def optics_from_layer(
         ``layer.metadata``.
     scale, units : sequence, optional
         ``layer.scale`` and ``layer.units`` (pint units or strings).
+    source_path : path, optional
+        ``layer.source.path``: the file napari opened the layer from (its built-in TIFF reader
+        drops the pixel size and OME-XML, so they are read from the file).
 
     Returns
     -------
@@ -182,15 +190,14 @@ def optics_from_layer(
             _from_mapping(nested, found)
     xml = metadata.get("ome_xml")
     if not isinstance(xml, str):
-        xml = _ome_of_file(metadata.get("source"))
+        xml = _ome_of_file(metadata.get("source")) or _ome_of_file(source_path)
     if xml:
         for name, value in _optics_from_ome(xml).items():
             found.setdefault(name, value)
-    if "pixel_size_um" not in found and scale is not None and units is not None and len(units):
-        factor = _UNIT_UM.get(str(units[-1]).strip().lower())
-        value = _positive(scale[-1]) if len(scale) else None
-        if factor is not None and value is not None:
-            found["pixel_size_um"] = value * factor
+    if "pixel_size_um" not in found:
+        size = layer_pixel_size_um(scale, units, source_path)
+        if size is not None:
+            found["pixel_size_um"] = size[1]
     return found
 
 
@@ -376,6 +383,49 @@ class FinetuneFailed:
     """A run that raised; returned (not raised) by the worker, see :func:`start_worker`."""
 
     error: Exception
+
+
+def bioimageio_unavailable() -> str | None:
+    """Why exporting for bioimage.io is impossible here (``None``: it is possible).
+
+    The export validates the package with ``bioimageio.spec``, an optional dependency.
+    """
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("bioimageio.spec") is not None
+    except (ImportError, ValueError):
+        found = False
+    if found:
+        return None
+    return ("Exporting needs the bioimageio.spec package: "
+            "pip install 'napari-mpt-deblur[bioimageio]'")
+
+
+def export_steps(
+    checkpoint: str | os.PathLike, output: str | os.PathLike
+) -> Generator[str, None, Any]:
+    """Export a saved checkpoint as a bioimage.io package; the worker generator of the panel.
+
+    Yields once (the stage) so that a quit worker stops before the slow part, then returns the
+    :class:`~napari_mpt_deblur.bioimageio.ExportReport`. The package is written atomically by
+    :func:`~napari_mpt_deblur.bioimageio.export_bioimageio` (a partial file, then a rename), so
+    a failed export leaves any earlier file at ``output`` untouched.
+    """
+    from ..bioimageio import export_bioimageio
+
+    yield "exporting"
+    return export_bioimageio(checkpoint, output)
+
+
+def start_export_worker(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    connect: dict[str, Callable[..., Any]],
+) -> GeneratorWorker:
+    """Start :func:`export_steps` in a napari worker; errors return as :class:`FinetuneFailed`."""
+    return start_job(export_steps(checkpoint, output), FinetuneFailed, "bioimage.io export",
+                     connect)
 
 
 def _split_planes(array: Any, label: str) -> list[np.ndarray]:

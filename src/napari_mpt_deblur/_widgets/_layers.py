@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ __all__ = [
     "find_result_layer",
     "input_of_result",
     "layer_axes",
+    "layer_source_path",
     "make_provenance",
     "output_name",
     "region_of_input",
@@ -71,6 +73,15 @@ def layer_axes(layer: napari.layers.Image) -> str:
             )
         axes = _STACK_LETTERS[n_stack] + "YX"
     return axes + ("C" if layer.rgb else "")
+
+
+def layer_source_path(layer: Any) -> str | None:
+    """The file napari opened ``layer`` from (``layer.source.path``), or ``None``.
+
+    Kept for reading what napari's built-in reader drops (a TIFF's pixel size and OME-XML).
+    """
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if isinstance(path, (str, os.PathLike)) and str(path) else None
 
 
 def stack_axes(axes: str) -> list[int]:
