@@ -43,16 +43,22 @@ class Sample:
     params: dict[str, Any]
 
 
-def load_sample() -> Sample:
-    """Read the bundled sample (no network, no ``shared/`` folder needed)."""
+def _read_bundled(stem: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(defocused, in focus, parameters)`` of a bundled sample, from the package itself (no
+    network, no ``shared/`` folder needed)."""
     import tifffile
 
     folder = resources.files("napari_mpt_deblur") / "data"
-    with resources.as_file(folder / "sample_defocused.tif") as p:
+    with resources.as_file(folder / f"{stem}_defocused.tif") as p:
         blurred = tifffile.imread(p)
-    with resources.as_file(folder / "sample_infocus.tif") as p:
+    with resources.as_file(folder / f"{stem}_infocus.tif") as p:
         sharp = tifffile.imread(p)
-    params = json.loads((folder / "sample_params.json").read_text())
+    return blurred, sharp, json.loads((folder / f"{stem}_params.json").read_text())
+
+
+def load_sample() -> Sample:
+    """Read the bundled actin sample."""
+    blurred, sharp, params = _read_bundled("sample")
     return Sample(
         "BBBC006 U2OS actin, 8 µm defocus (simulated)",
         blurred,
@@ -94,14 +100,7 @@ class Channel:
 
 def load_nuclei_actin_sample() -> tuple[Channel, Channel]:
     """Read the bundled two-channel sample: (DNA/Hoechst, actin) of the same field."""
-    import tifffile
-
-    folder = resources.files("napari_mpt_deblur") / "data"
-    with resources.as_file(folder / "sample_nuclei_actin_defocused.tif") as p:
-        blurred = tifffile.imread(p)
-    with resources.as_file(folder / "sample_nuclei_actin_infocus.tif") as p:
-        sharp = tifffile.imread(p)
-    params = json.loads((folder / "sample_nuclei_actin_params.json").read_text())
+    blurred, sharp, params = _read_bundled("sample_nuclei_actin")
     (dna_key, dna), (actin_key, actin) = params.items()  # channel order of the files
     return (
         Channel("nuclei", dna_key, blurred[0], sharp[0], dna),
