@@ -106,7 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="in-focus w1 images")
     parser.add_argument(
-        "--levels", type=float, nargs="+", default=[4.0, 8.0, 16.0, 24.0], help="defocus, µm"
+        "--levels", type=float, nargs="+", default=[0.0, 2.0, 4.0, 8.0, 16.0, 24.0],
+        help="defocus, µm (0: in focus)",
     )
     parser.add_argument("--method", default="log", help="detector: log or watershed")
     parser.add_argument("--diameter-um", type=float, default=None, help="BBBC006 nucleus size")
