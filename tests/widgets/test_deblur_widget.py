@@ -323,6 +323,9 @@ def test_compare_views_and_back(make_napari_viewer, plugin_registered, shared_ca
     assert grid.enabled and tuple(grid.shape) == (1, 2)
     # every panel says which image it shows: its layer name, "... [deblurred]" for the result
     assert source.name_overlay.visible and result.name_overlay.visible
+    from napari_mpt_deblur._widgets._compare import PANEL_TITLE_FONT_SIZE
+
+    assert result.name_overlay.font_size <= PANEL_TITLE_FONT_SIZE  # fits three panels
     assert not other.name_overlay.visible
     assert not other.visible and source.visible and result.visible
     assert tuple(result.contrast_limits) == (100, 1500)  # linked to the input

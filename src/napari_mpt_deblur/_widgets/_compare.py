@@ -40,6 +40,7 @@ __all__ = ["CompareView", "CompareWidget", "ViewerLayout", "grid_of", "is_compar
 SWIPE_SUFFIX = " [swipe]"
 SWIPE_LINE_SUFFIX = " [swipe line]"
 DIFFERENCE_SUFFIX = " [difference]"
+PANEL_TITLE_FONT_SIZE = 8
 
 
 class CompareView:
@@ -287,6 +288,9 @@ def show_panel_title(layer: Any, shown: bool = True) -> None:
     overlay.visible = bool(shown)
     if shown and hasattr(overlay, "box"):
         overlay.box = True
+    if shown and hasattr(overlay, "font_size"):
+        # three panels side by side on a 1920-px screen: long result names must still fit
+        overlay.font_size = min(overlay.font_size, PANEL_TITLE_FONT_SIZE)
 
 
 def grid_of(viewer: Any) -> Any:
@@ -403,7 +407,8 @@ class CompareWidget(Container):
         self._swipe_position = FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01,
                                            label="Swipe split")
         self._swipe_label = Label(value="Split (input | deblurred)")
-        self._swipe_row = Container(layout="horizontal", labels=False, visible=False,
+        # label above the slider, so the slider gets the dock's whole width to drag in
+        self._swipe_row = Container(layout="vertical", labels=False, visible=False,
                                     widgets=[self._swipe_label, self._swipe_position])
         self._swipe_row.margins = (0, 0, 0, 0)
         self._link_contrast = CheckBox(value=True, text="Link contrast")
