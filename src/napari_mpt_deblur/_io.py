@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LENGTH_UM",
     "atomic_write",
     "expand_inputs",
     "layer_pixel_size_um",
@@ -148,14 +149,16 @@ def read_pixel_size_um(path: str | os.PathLike) -> tuple[float, float] | None:
         return None
 
 
-_LENGTH_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micrometre": 1.0, "micron": 1.0,
-              "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "millimeter": 1e3,
-              "millimetre": 1e3}
+#: µm per unit of length, by the names OME, ImageJ and napari (pint) write; the one table for
+#: every conversion to µm in the package (the TIFF reader's z spacing uses it too).
+LENGTH_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micrometre": 1.0, "micron": 1.0,
+             "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "millimeter": 1e3,
+             "millimetre": 1e3, "m": 1e6, "meter": 1e6, "metre": 1e6}
 
 
 def _to_um(value: float, unit: Any) -> float | None:
     """``value`` ``unit`` in µm (unit a string or a pint unit); ``None`` if not a length."""
-    factor = _LENGTH_UM.get(str(unit).strip().lower())
+    factor = LENGTH_UM.get(str(unit).strip().lower())
     if factor is not None:
         return value * factor
     try:  # other pint length units (napari's layer.units are pint units)

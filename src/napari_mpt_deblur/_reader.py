@@ -40,8 +40,6 @@ PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
 LayerDataTuple = tuple[Any, ...]
 
 _CHANNEL_COLORMAPS = ("magenta", "green", "cyan", "yellow", "red", "blue")
-_UNIT_SCALE_UM = {"nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "m": 1e6,
-                  "meter": 1e6, "µm": 1.0, "um": 1.0, "micrometer": 1.0, "micron": 1.0}
 
 
 def _single(path: PathOrPaths) -> str | None:
@@ -87,7 +85,9 @@ def _z_spacing_um(ome_xml: str | None) -> float | None:
     for element in root.iter():
         if element.tag.endswith("Pixels") and element.get("PhysicalSizeZ"):
             unit = element.get("PhysicalSizeZUnit", "µm")
-            factor = _UNIT_SCALE_UM.get(unit)
+            from ._io import LENGTH_UM
+
+            factor = LENGTH_UM.get(unit)
             value = float(element.get("PhysicalSizeZ")) * factor if factor else None
             return value if value and value > 0 else None
     return None
