@@ -266,3 +266,50 @@ def test_fit_trains_htcsf_with_multiscale_supervision(tiny_data_root, tmp_path, 
         model = load_model(out / "best.safetensors")
         assert model.info["arch"] == "htcsf"
     assert len(calls) == 2 * 6 and all(shape[-1] == 32 for shape in calls)
+
+
+# -------------------------------------------------------------------------------- speed options
+
+
+def test_cpu_amp_bf16_only_when_asked_and_supported(monkeypatch, caplog):
+    from napari_mpt_deblur.train import _common
+
+    cpu = torch.device("cpu")
+    assert _common.resolve_amp("auto", cpu) is None  # results must not depend on the CPU model
+    assert _common.resolve_amp("off", cpu) is None
+    assert _common.resolve_amp("fp16", cpu) is None
+    monkeypatch.setattr(_common, "cpu_has_native_bf16", lambda: True)
+    assert _common.resolve_amp("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(_common, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert _common.resolve_amp("bf16", cpu) is None
+    assert "no native bf16" in caplog.text
+    with pytest.raises(ValueError, match="amp must be one of"):
+        _common.resolve_amp("int8", cpu)
+
+
+def test_bf16_compiled_training_learns_and_saves_float32_weights(tiny_data_root, tmp_path,
+                                                                monkeypatch):
+    from napari_mpt_deblur.train import _common
+
+    monkeypatch.setattr(_common, "cpu_has_native_bf16", lambda: True)  # emulated elsewhere
+    cfg = _config(tiny_data_root, tmp_path / "bf", steps=4, val_every=4, ckpt_every=2,
+                  amp="bf16", compile=True)
+    model = _tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    history = fit(cfg, model=model)
+    assert history.stopped == "completed" and history.step == 4
+    assert all(np.isfinite(r["loss"]) for r in history.train)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    state = torch.load(tmp_path / "bf" / "state.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
+
+
+def test_speed_options_may_change_when_resuming(tiny_data_root, tmp_path):
+    cfg = _config(tiny_data_root, tmp_path / "s", steps=2, val_every=2)
+    fit(cfg.replace(steps=1), model=_tiny())
+    history = fit(cfg.replace(amp="off", compile=False, steps=2), model=_tiny(), resume=True)
+    assert history.step == 2
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        TrainConfig(compile="yes")

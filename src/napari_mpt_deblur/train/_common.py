@@ -94,16 +94,35 @@ def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
         group["lr"] = value
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where oneDNN's bf16
+    kernels are fast; elsewhere they are emulated and slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``mode`` on ``device``; ``None`` means full float32.
 
-    Mixed precision is used on CUDA only: bf16 where the GPU supports it (no loss scaling
-    needed), fp16 with a GradScaler otherwise. CPU autocast is slower than float32 for these
-    models and is never used.
+    CUDA: "auto" and "bf16" use bf16 where the GPU supports it (no loss scaling needed), fp16
+    with a GradScaler otherwise. CPU: only an explicit "bf16" turns autocast on, and only on a
+    CPU with native bf16 (``benchmarks/train_throughput.py`` measured 1.22x the float32 step
+    rate for mpt-tiny on an AVX-512 BF16 CPU, 1.43x with ``compile``); "auto" stays float32
+    there so that results do not depend on which CPU ran them. MPS always runs float32.
     """
     if mode not in ("auto", "off", "bf16", "fp16"):
         raise ValueError(f"amp must be one of 'auto', 'off', 'bf16', 'fp16'; got {mode!r}")
-    if device.type != "cuda" or mode == "off":
+    if mode == "off":
+        return None
+    if device.type == "cpu":
+        if mode == "bf16":
+            if cpu_has_native_bf16():
+                return torch.bfloat16
+            logger.warning("amp='bf16': this CPU has no native bf16, training in float32")
+        return None
+    if device.type != "cuda":
         return None
     if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16

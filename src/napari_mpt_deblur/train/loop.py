@@ -564,6 +564,11 @@ def fit(
                                   betas=(0.9, 0.999))
     amp_dtype = resolve_amp(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # The compiled wrapper shares the parameters; validation and checkpoints use ``model``.
+    train_model = torch.compile(model) if cfg.compile else model
+    if amp_dtype is not None or cfg.compile:
+        logger.info("training forward: %s%s", "compiled, " if cfg.compile else "",
+                    f"autocast {str(amp_dtype).removeprefix('torch.')}" if amp_dtype else "float32")
     history = History(total_steps=cfg.steps)
     start = 0
     if state is not None:
@@ -667,7 +672,7 @@ def fit(
                     break
             t_step = time.monotonic()
             batch = next(batches)
-            record = _train_step(model, batch, cfg=cfg, step=step, optimizer=optimizer,
+            record = _train_step(train_model, batch, cfg=cfg, step=step, optimizer=optimizer,
                                  scaler=scaler, bank=data.bank, device=device,
                                  amp_dtype=amp_dtype)
             done = step + 1
