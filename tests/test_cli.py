@@ -347,3 +347,23 @@ def test_ensemble_option_is_used_and_checked(tiff_520x696, tiny_checkpoint, tmp_
     two, _ = read_image(tmp_path / "two" / "cells_deblurred.ome.tif")
     assert two.shape == image.shape and two.dtype == image.dtype
     assert not np.array_equal(one, two)  # the mirrored view changed the untrained model's output
+
+
+def test_deblur_float32_flag_reaches_the_engine(tiff_520x696, tiny_checkpoint, tmp_path,
+                                                monkeypatch):
+    from napari_mpt_deblur.engine import predict
+
+    seen = []
+    real = predict.deblur
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("amp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "deblur", spy)  # the command imports it when it runs
+    src, _ = tiff_520x696
+    base = ["deblur", str(src), "--model", str(tiny_checkpoint), "--device", "cpu",
+            "--no-progress"]
+    assert cli.main([*base, "-o", str(tmp_path / "a")]) == 0
+    assert cli.main([*base, "-o", str(tmp_path / "b"), "--float32"]) == 0
+    assert seen == ["auto", False]

@@ -36,6 +36,17 @@ def list_devices() -> list[str]:
     return names
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where oneDNN's bf16
+    kernels are fast; elsewhere they are emulated and slower than float32."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def get_device(
     device: str | torch.device | None = "auto", *, fallback: bool = True
 ) -> torch.device:

@@ -272,15 +272,16 @@ def test_fit_trains_htcsf_with_multiscale_supervision(tiny_data_root, tmp_path, 
 
 
 def test_cpu_amp_bf16_only_when_asked_and_supported(monkeypatch, caplog):
+    from napari_mpt_deblur import _device
     from napari_mpt_deblur.train import _common
 
     cpu = torch.device("cpu")
     assert _common.resolve_amp("auto", cpu) is None  # results must not depend on the CPU model
     assert _common.resolve_amp("off", cpu) is None
     assert _common.resolve_amp("fp16", cpu) is None
-    monkeypatch.setattr(_common, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(_device, "cpu_has_native_bf16", lambda: True)
     assert _common.resolve_amp("bf16", cpu) is torch.bfloat16
-    monkeypatch.setattr(_common, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(_device, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level("WARNING"):
         assert _common.resolve_amp("bf16", cpu) is None
     assert "no native bf16" in caplog.text
@@ -290,9 +291,9 @@ def test_cpu_amp_bf16_only_when_asked_and_supported(monkeypatch, caplog):
 
 def test_bf16_compiled_training_learns_and_saves_float32_weights(tiny_data_root, tmp_path,
                                                                 monkeypatch):
-    from napari_mpt_deblur.train import _common
+    from napari_mpt_deblur import _device
 
-    monkeypatch.setattr(_common, "cpu_has_native_bf16", lambda: True)  # emulated elsewhere
+    monkeypatch.setattr(_device, "cpu_has_native_bf16", lambda: True)  # emulated elsewhere
     cfg = _config(tiny_data_root, tmp_path / "bf", steps=4, val_every=4, ckpt_every=2,
                   amp="bf16", compile=True)
     model = _tiny()

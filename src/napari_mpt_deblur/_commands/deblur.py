@@ -46,6 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="test-time augmentation: average N orientations of each tile (1, 2, 4 or 8; "
         "8 takes 8x the time for about +0.3 dB; default: 1, off)",
     )
+    parser.add_argument(
+        "--float32",
+        action="store_true",
+        help="compute in float32 even where bf16 autocast is used by default (CUDA, and CPUs "
+        "with AVX-512 BF16 or AMX, about 1.3x faster there, PSNR within 0.05 dB)",
+    )
     parser.add_argument("--axes", default=None, help="layout, e.g. YX, ZYX, TZYX, YXC")
     parser.add_argument("--suffix", default="_deblurred", help="added to output file names")
     existing = parser.add_mutually_exclusive_group()
@@ -128,12 +134,14 @@ def run(args: argparse.Namespace) -> int:
                 tile=args.tile,
                 max_memory=args.max_memory,
                 ensemble=args.ensemble,
+                amp=False if args.float32 else "auto",
                 progress=progress,
                 report=report,
             )
             bar.close()
             write_image(dst, result, meta, overwrite=args.overwrite)
-            log.info("%s -> %s (%.1f s, %d tiles)", src, dst, report.seconds, report.n_tiles)
+            log.info("%s -> %s (%.1f s, %d tiles, %s)", src, dst, report.seconds,
+                     report.n_tiles, report.precision)
         except (ValueError, TypeError, MemoryError) as exc:
             failures += 1
             log.error("%s: %s", src, exc)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _device
 from .._io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -94,15 +95,6 @@ def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
         group["lr"] = value
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), where oneDNN's bf16
-    kernels are fast; elsewhere they are emulated and slower than float32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``mode`` on ``device``; ``None`` means full float32.
 
@@ -118,7 +110,7 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
         return None
     if device.type == "cpu":
         if mode == "bf16":
-            if cpu_has_native_bf16():
+            if _device.cpu_has_native_bf16():
                 return torch.bfloat16
             logger.warning("amp='bf16': this CPU has no native bf16, training in float32")
         return None
