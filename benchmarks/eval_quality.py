@@ -114,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    from napari_mpt_deblur._commands.evaluate import _model_entries
     from napari_mpt_deblur._io import atomic_write
     from napari_mpt_deblur.evaluation import (
         eval_config,
         evaluate,
+        model_columns,
         save_example_figure,
         to_markdown,
     )
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
     )
     stem = "quality" if args.regime == "20x" else f"quality_{args.regime}"
-    models = _model_entries(args.models)
+    models = model_columns(args.models)
     started = time.perf_counter()
     result = evaluate(models, cfg, rl_cache=RESULTS / "rl_iterations.json",
                       progress=lambda d, t: logger.debug("%d/%d", d, t))  # fmt: skip

@@ -45,13 +45,13 @@ import numpy as np
 import torch
 
 from napari_mpt_deblur import deblur, load_model
-from napari_mpt_deblur._commands.evaluate import _split_views
 from napari_mpt_deblur.evaluation import (
     EvalConfig,
-    _noise_rng,
-    _read_plane,
     eval_config,
+    noise_rng,
+    read_plane,
     simulation_params,
+    split_views,
 )
 from napari_mpt_deblur.metrics import psnr
 from napari_mpt_deblur.simulate import make_pair
@@ -98,10 +98,10 @@ def _pairs(cfg: EvalConfig) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
         if not files:
             raise SystemExit(f"no validation images in {folder} (run prepare_extra_data.py?)")
         for path in files:
-            source = _read_plane(path)
+            source = read_plane(path)
             lo, hi = (float(v) for v in np.percentile(source, list(cfg.source_percentiles)))
             for level in cfg.levels_um:
-                rng = _noise_rng(cfg.seed, f"val-{name}", path.name, level)
+                rng = noise_rng(cfg.seed, f"val-{name}", path.name, level)
                 params = simulation_params(cfg, wavelength, level)
                 pair = make_pair(source, params, rng, source_range=(lo, hi))
                 pairs.append((name, level, pair.blurred, pair.sharp))
@@ -127,7 +127,7 @@ def main() -> None:
     baseline = _scores(pairs, lambda b: b)
     rows = {"blurred input": baseline}
     for candidate in args.candidates:
-        spec, views = _split_views(candidate)
+        spec, views = split_views(candidate)
         model = _load(spec)
         name = model.info["name"] + (f" ×{views}" if views > 1 else "")
         rows[name] = _scores(pairs, lambda b, m=model, v=views: deblur(

@@ -270,14 +270,14 @@ def test_cli_writes_results_and_refuses_overwrite(tmp_path, tiny_checkpoint):
 
 
 def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, monkeypatch):
-    from napari_mpt_deblur._commands.evaluate import _model_entries
     from napari_mpt_deblur.engine import predict
+    from napari_mpt_deblur.evaluation import model_columns
 
-    entries = _model_entries([str(tiny_checkpoint), f"{tiny_checkpoint}@x8"])
+    entries = model_columns([str(tiny_checkpoint), f"{tiny_checkpoint}@x8"])
     assert list(entries) == ["tiny", "tiny ×8"]
     assert entries["tiny ×8"] == evaluation.Ensembled(str(tiny_checkpoint), 8)
     with pytest.raises(ValueError, match="must be one of 1, 2, 4, 8"):
-        _model_entries([f"{tiny_checkpoint}@x3"])
+        model_columns([f"{tiny_checkpoint}@x3"])
 
     seen: list[int] = []
     real_deblur = predict.deblur

@@ -69,9 +69,13 @@ __all__ = [
     "eval_config",
     "evaluate",
     "fit_affine",
+    "model_columns",
+    "noise_rng",
+    "read_plane",
     "richardson_lucy_deconvolve",
     "save_example_figure",
     "simulation_params",
+    "split_views",
     "to_markdown",
     "tune_richardson_lucy",
 ]
@@ -519,7 +523,7 @@ def _image_files(folder: Path, *, recursive: bool = False) -> list[Path]:
                   _IMAGE_SUFFIXES)  # fmt: skip
 
 
-def _read_plane(path: Path) -> np.ndarray:
+def read_plane(path: Path) -> np.ndarray:
     from ._io import read_image
 
     array = np.squeeze(read_image(path)[0])
@@ -536,7 +540,7 @@ def _central_crop(image: np.ndarray, size: int | None) -> np.ndarray:
     return image[y : y + h, x : x + w]
 
 
-def _noise_rng(seed: int, tag: str, name: str, defocus_um: float) -> np.random.Generator:
+def noise_rng(seed: int, tag: str, name: str, defocus_um: float) -> np.random.Generator:
     # Keyed by names, not positions, so any subset of images or levels gets the same noise.
     words = [int(seed), zlib.crc32(tag.encode()), zlib.crc32(name.encode()),
              round(float(defocus_um) * 1000)]  # fmt: skip
@@ -663,7 +667,7 @@ def tune_richardson_lucy(
     if todo:
         logger.info("tuning Richardson-Lucy on %d validation images for %d cells",
                     len(files), len(todo))  # fmt: skip
-    sources = [(p.relative_to(root).as_posix(), _read_plane(p)) for p in files] if todo else []
+    sources = [(p.relative_to(root).as_posix(), read_plane(p)) for p in files] if todo else []
     candidates = settings["candidates"]
     metric = psnr if cfg.rl_criterion == "psnr" else ssim
     for done, (wavelength, defocus) in enumerate(cells, start=1):
@@ -674,7 +678,7 @@ def tune_richardson_lucy(
         started = time.perf_counter()
         scores: dict[int, list[float]] = {n: [] for n in candidates}
         pairs = [
-            _simulate(src, cfg, wavelength, defocus, _noise_rng(cfg.seed, "val", name, defocus))
+            _simulate(src, cfg, wavelength, defocus, noise_rng(cfg.seed, "val", name, defocus))
             for name, src in sources
         ]
         paths = [_rl_iterates(p.blurred, p.psf, candidates) for p in pairs]
@@ -1079,10 +1083,10 @@ def evaluate(
     for key, paths in files.items():
         wavelength = IMAGE_SETS[key].wavelength_nm
         for index, path in enumerate(paths):
-            source = _read_plane(path)
+            source = read_plane(path)
             window = None
             for defocus in cfg.levels_um:
-                rng = _noise_rng(cfg.seed, key, path.name, defocus)
+                rng = noise_rng(cfg.seed, key, path.name, defocus)
                 pair = _simulate(source, cfg, wavelength, defocus, rng)
                 psf = psfs.setdefault((wavelength, defocus), pair.psf)
                 example = index == 0  # the first image of each set
@@ -1154,8 +1158,8 @@ def _evaluate_real_pair(
     models: Mapping[str, Any],
 ) -> None:
     defocused_path, focused_path = files
-    blurred = _central_crop(_read_plane(defocused_path), cfg.crop_px).astype(np.float32)
-    reference = _central_crop(_read_plane(focused_path), cfg.crop_px).astype(np.float32)
+    blurred = _central_crop(read_plane(defocused_path), cfg.crop_px).astype(np.float32)
+    reference = _central_crop(read_plane(focused_path), cfg.crop_px).astype(np.float32)
     if blurred.shape != reference.shape:
         raise ValueError(
             f"real pair images differ in shape: {defocused_path.name} {blurred.shape}, "
@@ -1401,3 +1405,46 @@ def save_example_figure(
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), overwrite=overwrite)
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------
+# Model columns from the command line (mpt-deblur evaluate, benchmarks, scripts)
+
+
+def split_views(value: str) -> tuple[str, int]:
+    """``"mpt-tiny@x8"`` -> ``("mpt-tiny", 8)``: the model and its test-time views."""
+    from .engine.predict import ENSEMBLE_SIZES
+
+    head, sep, tail = value.rpartition("@x")
+    if not sep or not head:
+        return value, 1
+    if not tail.isdigit() or int(tail) not in ENSEMBLE_SIZES:
+        raise ValueError(
+            f"{value!r}: the test-time views after '@x' must be one of "
+            f"{', '.join(map(str, ENSEMBLE_SIZES))} (e.g. mpt-tiny@x8)"
+        )
+    return head, int(tail)
+
+
+def model_columns(values: list[str] | None) -> dict[str, Any]:
+    """Column name -> model spec; ``NAME@x8`` adds a column with 8-view test-time augmentation."""
+    from .models.checkpoint import bundled_models
+
+    bundled = bundled_models()
+    if values is None:
+        if not bundled:
+            logger.warning("no trained models are bundled; evaluating the baselines only")
+        return {name: name for name in bundled}
+    entries: dict[str, Any] = {}
+    for value in values:
+        if value.lower() == "none":
+            continue
+        spec, views = split_views(value)
+        name = spec if spec in bundled else Path(spec).name.removesuffix(".safetensors")
+        if views > 1:
+            name = f"{name} ×{views}"
+        base, k = name, 2
+        while name in entries:
+            name, k = f"{base} ({k})", k + 1
+        entries[name] = Ensembled(spec, views) if views > 1 else spec
+    return entries

@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from . import DEVICE_HELP
 
@@ -85,46 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _split_views(value: str) -> tuple[str, int]:
-    """``"mpt-tiny@x8"`` -> ``("mpt-tiny", 8)``: the model and its test-time views."""
-    from ..engine.predict import ENSEMBLE_SIZES
-
-    head, sep, tail = value.rpartition("@x")
-    if not sep or not head:
-        return value, 1
-    if not tail.isdigit() or int(tail) not in ENSEMBLE_SIZES:
-        raise ValueError(
-            f"{value!r}: the test-time views after '@x' must be one of "
-            f"{', '.join(map(str, ENSEMBLE_SIZES))} (e.g. mpt-tiny@x8)"
-        )
-    return head, int(tail)
-
-
-def _model_entries(values: list[str] | None) -> dict[str, Any]:
-    """Column name -> model spec; ``NAME@x8`` adds a column with 8-view test-time augmentation."""
-    from ..evaluation import Ensembled
-    from ..models.checkpoint import bundled_models
-
-    bundled = bundled_models()
-    if values is None:
-        if not bundled:
-            logger.warning("no trained models are bundled; evaluating the baselines only")
-        return {name: name for name in bundled}
-    entries: dict[str, Any] = {}
-    for value in values:
-        if value.lower() == "none":
-            continue
-        spec, views = _split_views(value)
-        name = spec if spec in bundled else Path(spec).name.removesuffix(".safetensors")
-        if views > 1:
-            name = f"{name} ×{views}"
-        base, k = name, 2
-        while name in entries:
-            name, k = f"{base} ({k})", k + 1
-        entries[name] = Ensembled(spec, views) if views > 1 else spec
-    return entries
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate, then write the three output files atomically."""
     import json
@@ -133,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .._io import atomic_write
-    from ..evaluation import eval_config, evaluate, save_example_figure, to_markdown
+    from ..evaluation import (
+        eval_config,
+        evaluate,
+        model_columns,
+        save_example_figure,
+        to_markdown,
+    )
 
     out_dir: Path = args.out
     targets = {name: out_dir / name for name in OUTPUT_FILES}
@@ -158,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if cache is None:
         results_dir = _source_checkout_results()
         cache = (results_dir or out_dir) / "rl_iterations.json"
-    models = _model_entries(args.models)
+    models = model_columns(args.models)
     logger.info("evaluating %s on %s (Richardson-Lucy cache %s)",
                 ", ".join(["baselines", *models]), cfg.eval_dir, cache)  # fmt: skip
     bar = tqdm(desc="evaluate", unit="image", disable=args.no_progress or None)
