@@ -140,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
             )
             bar.close()
             write_image(dst, result, meta, overwrite=args.overwrite)
-            log.info("%s -> %s (%.1f s, %d tiles, %s)", src, dst, report.seconds,
-                     report.n_tiles, report.precision)
+            log.info("%s -> %s (%.1f s, %s, %d tiles)", src, dst, report.seconds,
+                     report.precision, report.n_tiles)
         except (ValueError, TypeError, MemoryError) as exc:
             failures += 1
             log.error("%s: %s", src, exc)
