@@ -338,7 +338,7 @@ def deblur(
                         tile,
                         ov,
                         torch_device,
-                        amp,
+                        amp_dtype,
                         work,
                         ensemble,
                         progress_state=(done, total, planes.shape[0]),
@@ -449,7 +449,7 @@ def check_ensemble(ensemble: Any) -> int:
 
 
 def _run_plane(
-    net, plane, norm, fixed_range, tile, overlap, device, amp, work, ensemble=1, *,
+    net, plane, norm, fixed_range, tile, overlap, device, amp_dtype, work, ensemble=1, *,
     progress_state, progress, cancel,
 ):
     """Deblur one ``(C, H, W)`` plane; returns ``(float32 result, n_tiles)``."""
@@ -476,7 +476,7 @@ def _run_plane(
         if _is_cancelled(cancel):
             raise Cancelled("deblurring was cancelled; no output was produced")
         patch = padded[(slice(None), *t.slices)]
-        result = _forward_views(net, patch, device, amp, ensemble, cancel)
+        result = _forward_views(net, patch, device, amp_dtype, ensemble, cancel)
         win = (
             blend_window(t, ph, pw, overlap)
             if len(tiles) > 1
@@ -493,31 +493,33 @@ def _run_plane(
     return out, len(tiles)
 
 
-def _forward_views(net, patch: np.ndarray, device, amp, ensemble: int, cancel) -> np.ndarray:
+def _forward_views(net, patch: np.ndarray, device, amp_dtype, ensemble: int, cancel
+                   ) -> np.ndarray:
     """The model's output for ``patch``, averaged over ``ensemble`` orientations."""
     if ensemble == 1:
-        return _forward(net, patch, device, amp)
+        return _forward(net, patch, device, amp_dtype)
     total = None
     for turns, mirror in _VIEWS[:ensemble]:
         if _is_cancelled(cancel):
             raise Cancelled("deblurring was cancelled; no output was produced")
         view = np.rot90(patch, turns, axes=(-2, -1))
         view = view[..., ::-1] if mirror else view
-        out = _forward(net, view, device, amp)
+        out = _forward(net, view, device, amp_dtype)
         out = out[..., ::-1] if mirror else out
         out = np.rot90(out, -turns, axes=(-2, -1))
         total = out.copy() if total is None else total + out
     return total / ensemble
 
 
-def _forward(net, patch: np.ndarray, device, amp) -> np.ndarray:
+def _forward(net, patch: np.ndarray, device, amp_dtype) -> np.ndarray:
+    """One forward; ``amp_dtype`` is resolved once per call of :func:`deblur` (``_amp_dtype``),
+    so every tile runs, and the report names, the same precision."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(patch))[None].to(device, non_blocking=True)
-    dtype = _amp_dtype(device, amp)
     with torch.inference_mode():
-        if dtype is not None:
-            with torch.autocast(device.type, dtype=dtype):
+        if amp_dtype is not None:
+            with torch.autocast(device.type, dtype=amp_dtype):
                 y = net(x)
         else:
             y = net(x)
