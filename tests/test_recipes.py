@@ -17,7 +17,7 @@ from napari_mpt_deblur.train.config import RUN_CONTROL_FIELDS, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "configs" / "recipes"
-# A commit, then a path inside it (``git show c9b753e:configs/...``, ``git archive 7f1c27b
+# A commit, then a path inside it (``git show 7f1c27b:configs/htcsf.yaml``, ``git archive 7f1c27b
 # training-state``): a pointer into the history, not a claim that the file is in the tree.
 _IN_HISTORY = re.compile(r"[0-9a-f]{7,40}[: ]$")
 
