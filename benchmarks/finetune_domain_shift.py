@@ -79,8 +79,17 @@ def domain_simulation(name: str):
 #: Held-out sources (everything else found is used, blurred, for fine-tuning).
 HELD_OUT = ("ndev_neocortex-3Ch_c1", "ndev_neuron-4Ch_c2", "ndev_neuron-4Ch_c3",
             "ndev_scratch_nuclei_t3", "ndev_scratch_nuclei_t4", "j21_s2_w2", "k14_s1_w2", "d0")
-MODES = (("(a) no fine-tuning", None), ("(b) re-blur self-supervision only", "reblur_only"),
-         ("(c) full EFCR", "full"))
+#: Rows: label, the --modes key, and the fine-tuning settings that make the row.
+VARIANTS = (
+    ("(a) no fine-tuning", "none", None),
+    ("(b) re-blur self-supervision only", "reblur_only", {"mode": "reblur_only"}),
+    ("(c) full EFCR (re-blur + EFCR + replay)", "full", {"mode": "full"}),
+    ("(d) EFCR + replay, no re-blur loss", "efcr", {"mode": "efcr"}),
+    ("(e) replay at the given optics only", "replay", {"mode": "replay"}),
+    ("(f) as (e), late blocks only", "replay-late", {"mode": "replay", "trainable": "late"}),
+    ("(g) as (e), norms and biases only", "replay-norms", {"mode": "replay",
+                                                           "trainable": "norms"}),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget", type=float, default=240.0, metavar="S",
                         help="cap on each fine-tuning run, seconds (0: none)")
     parser.add_argument("--modes", nargs="+", default=["none", "reblur_only", "full"],
-                        choices=["none", "reblur_only", "full", "efcr", "replay"],
+                        choices=[key for _, key, _ in VARIANTS],
                         help="which rows to run")
     parser.add_argument("--preset", default=None,
                         help="fine-tuning preset (default: gpu on CUDA, else cpu-laptop)")
@@ -382,17 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"label": "blurred input", "mode": None, "runs": [{"summary": blurred}]}]
     checkpoints: list[dict] = []
     start_truth = None
-    for label, mode in (*MODES, ("(d) EFCR + replay, no re-blur loss", "efcr"),
-                        ("(e) replay at the given optics only", "replay")):
-        wanted = "none" if mode is None else mode
-        if wanted not in args.modes:
+    for label, key, variant in VARIANTS:
+        if key not in args.modes:
             continue
+        mode = key if variant is not None else None
         row: dict = {"label": label, "mode": mode, "runs": []}
-        for seed in ([None] if mode is None else args.seeds):
+        for seed in ([None] if variant is None else args.seeds):
             model = load_model(args.model, device=device)
             run: dict = {"seed": seed}
-            if mode is not None:
-                changes = {"steps": args.steps, "mode": mode, "device": device, "seed": seed,
+            if variant is not None:
+                changes = {**variant, "steps": args.steps, "device": device, "seed": seed,
                            "time_budget_s": args.time_budget or None, "preview_every": 0,
                            "state_every": 0, "val_every": max(1, args.steps // 4),
                            "replay_optics": args.replay_optics,

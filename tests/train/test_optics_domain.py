@@ -166,3 +166,33 @@ def test_guard_lets_a_real_improvement_through(blurry_images):
     assert result.best["score"] >= result.baseline["score"] + 0.05
     assert float(result.model.scale) > 0.6
     assert "fine-tuned weights of step" in result.verdict
+
+
+def test_parameter_efficient_choices_freeze_the_rest(blurry_images):
+    from napari_mpt_deblur.models._registry import create_model
+    from napari_mpt_deblur.train.trainable import select_trainable
+
+    torch.manual_seed(0)
+    model = create_model("mpt-test", routing="aligned")
+    total = sum(p.numel() for p in model.parameters())
+    late = select_trainable(model, "late")
+    assert 0 < late < total / 2
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(n.startswith(("decoder_level1", "up2_1", "output", "refinement", "decoder_level2",
+                             "up3_2")) for n in trained), sorted(trained)[:5]
+    norms = select_trainable(model, "norms")
+    assert 0 < norms < late
+    assert all(n.endswith(("bias", "weight")) for n, p in model.named_parameters()
+               if p.requires_grad)
+    assert select_trainable(model, "all") == total
+    with pytest.raises(ValueError, match="trainable must be one of"):
+        select_trainable(model, "some")
+
+    # a run adapting only the late blocks leaves the others untouched and hands back a model
+    # whose parameters all train again
+    tiny = TinyNet()
+    first = tiny.conv1.weight.detach().clone()
+    result = finetune(tiny, blurry_images, settings=_settings(
+        mode="replay", trainable="late", min_gain_db=0.0, max_defocus_um=2.0, **OIL))
+    assert torch.equal(result.model.conv1.weight, first)
+    assert all(p.requires_grad for p in result.model.parameters())

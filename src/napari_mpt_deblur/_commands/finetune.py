@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-optics", choices=("auto", "user", "model"), default=None,
                         help="simulate replay pairs and the selection score at your optics "
                         "(auto: when pixel size and NA are known) or the model's")
+    parser.add_argument("--trainable", choices=("all", "late", "norms"), default=None,
+                        help="which parameters adapt: all (default), the last third of the "
+                        "network's blocks, or normalisation weights and biases")
     parser.add_argument("--replay", nargs="+", default=None, metavar="PATH",
                         help="in-focus images for replay pairs (default: procedural images)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "refractive_index": args.refractive_index,
         "max_defocus_um": args.max_defocus_um,
         "replay_optics": args.replay_optics,
+        "trainable": args.trainable,
         "batch_size": args.batch_size,
         "patch_size": args.patch_size,
         "lr": args.lr,

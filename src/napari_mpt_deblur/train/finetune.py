@@ -75,6 +75,7 @@ from .optics_domain import (
     simulation_for_optics,
 )
 from .reblur import ReblurBank, build_reblur_bank, make_negatives, make_reblurred_set
+from .trainable import TRAINABLE_CHOICES, select_trainable
 from .updates import TrainUpdate, UpdateKind
 
 __all__ = [
@@ -169,6 +170,9 @@ class FinetuneConfig:
     match_camera : bool
         Set the photon count of replay pairs and score pairs so they are as noisy as the user's
         images (:func:`~napari_mpt_deblur.train.optics_domain.match_camera`).
+    trainable : {"all", "late", "norms"}
+        Which parameters adapt (:mod:`~napari_mpt_deblur.train.trainable`): all, the last third
+        of the network's blocks, or normalisation weights and biases.
     val_crop_size : int
         Side of the held-out validation crop (rounded down to the model's multiple).
     val_every, preview_every, state_every : int
@@ -209,6 +213,7 @@ class FinetuneConfig:
     min_gain_db: float = 0.05
     score_pairs: int = 16
     match_camera: bool = True
+    trainable: str = "all"
     val_crop_size: int = 256
     val_every: int = 25
     preview_every: int = 50
@@ -237,6 +242,9 @@ class FinetuneConfig:
             raise ValueError("replay_optics='user' needs pixel_size_um and numerical_aperture")
         if self.max_defocus_um is not None and not self.max_defocus_um > 0:
             raise ValueError(f"max_defocus_um must be > 0 or None; got {self.max_defocus_um!r}")
+        if self.trainable not in TRAINABLE_CHOICES:
+            raise ValueError(f"trainable must be one of {', '.join(map(repr, TRAINABLE_CHOICES))}"
+                             f"; got {self.trainable!r}")
         if not self.min_gain_db >= 0:
             raise ValueError(f"min_gain_db must be >= 0; got {self.min_gain_db!r}")
         for name in ("steps", "batch_size", "patch_size", "val_crop_size", "score_pairs"):
@@ -750,8 +758,9 @@ class _FinetuneRun:
             reblurred.append(r)
         self.val_inputs = torch.cat([e, *reblurred])
 
-        self.optimizer = torch.optim.AdamW(
-            _common.parameter_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
+        self.n_trainable = select_trainable(model, s.trainable)
+        groups = [g for g in _common.parameter_groups(model, s.weight_decay) if g["params"]]
+        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.step = 0
@@ -798,6 +807,7 @@ class _FinetuneRun:
     def restore_best(self) -> None:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+        select_trainable(self.model, "all")  # the model handed back trains like any other
         self.model.eval()
 
     # ------------------------------------------------------------------------------------
@@ -930,6 +940,7 @@ class _FinetuneRun:
                 "image_fingerprint": self.fingerprint,
                 "validation_crop": {"image": self.val_image, "box_yxhw": list(self.val_box)},
                 "composition": self.composition,
+                "trainable_parameters": self.n_trainable,
                 "replay": self.replay_description,
                 "replay_simulation": self.replay_simulation.to_dict(),
                 "image_noise_sigma": self.noise_sigma,
