@@ -96,3 +96,31 @@ def test_the_catalog_shows_old_names_and_loads_by_key_without_warnings():
         warnings.simplefilter("error")
         net = catalog.load("mpt-tiny-wide", device="cpu")
     assert net.info.key == "mpt_tiny.defocus_wide"
+
+
+def test_the_command_line_accepts_old_names_without_warnings(tmp_path, monkeypatch):
+    from napari_mpt_deblur import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "build_parser", _parser_running(lambda: seen.append(
+        load_model("mpt-tiny", device="cpu").info.key)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cli.main(["fake"]) == 0
+    assert seen == ["mpt_tiny.defocus"]
+    with pytest.warns(DeprecationWarning):  # outside the command line, code is told
+        load_model("mpt-tiny", device="cpu")
+
+
+def _parser_running(body):
+    import argparse
+
+    def build_parser():
+        parser = argparse.ArgumentParser()
+        parser.add_argument("-v", "--verbose", action="count", default=0)
+        parser.add_argument("-q", "--quiet", action="store_true")
+        sub = parser.add_subparsers(dest="command")
+        sub.add_parser("fake").set_defaults(_run=lambda args: body())
+        return parser
+
+    return build_parser

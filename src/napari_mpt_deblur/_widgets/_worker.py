@@ -1,7 +1,7 @@
 """Run the core ``deblur`` off the GUI thread and report its progress as yielded records.
 
-:func:`deblur_steps` is the one computation, written as a generator: it loads the model (cached
-between runs), starts :func:`napari_mpt_deblur.engine.predict.deblur` in a helper thread whose
+:func:`deblur_steps` is the one computation, written as a generator: it loads the model (through
+the package's one model cache, :mod:`napari_mpt_deblur.models.resolve`), starts :func:`napari_mpt_deblur.engine.predict.deblur` in a helper thread whose
 ``progress(done, total)`` callbacks arrive through a queue, yields a :class:`DeblurProgress`
 per tile or plane, and *returns* a :class:`DeblurOutcome` (``None`` when cancelled). The widget
 runs it in a napari generator ``thread_worker`` (:func:`start_worker`); tests and the Layers →
@@ -190,7 +190,8 @@ class DeblurOutcome:
     report : dict
         :class:`~napari_mpt_deblur.engine.predict.DeblurReport` as a dict.
     model_info : dict
-        ``model.info`` (name, source, sha256...); empty for a bare in-memory model.
+        The scalar fields of the model's :class:`~napari_mpt_deblur.models.info.ModelInfo`
+        (name, key, source, sha256 ...); name and architecture only for a bare network.
     entry : dict
         The catalog entry that was used (:meth:`CatalogEntry.to_dict`).
     """

@@ -16,9 +16,12 @@ are each entry's ``label``: still accepted everywhere a model is named (with a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -127,6 +130,8 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
 )
 
 _BY_KEY = {e.key: e for e in _ENTRIES}
+# Set while the command line runs: old names typed by a user are accepted without warnings.
+_ACCEPT_OLD_NAMES = contextvars.ContextVar("accept_old_names", default=False)
 _BY_LABEL = {e.label: e for e in _ENTRIES}
 
 
@@ -161,7 +166,7 @@ def get_pretrained(name: str, *, warn: bool = True) -> PretrainedEntry:
         return _BY_KEY[name]
     if name in _BY_LABEL:
         entry = _BY_LABEL[name]
-        if warn:
+        if warn and not _ACCEPT_OLD_NAMES.get():
             warnings.warn(
                 f"the weights name {name!r} is deprecated; use the pretrained key "
                 f"{entry.key!r} (architecture preset names now only name untrained networks)",
@@ -169,6 +174,21 @@ def get_pretrained(name: str, *, warn: bool = True) -> PretrainedEntry:
             )
         return entry
     raise ValueError(unknown_message(name))
+
+
+@contextlib.contextmanager
+def old_names_accepted() -> Iterator[None]:
+    """Accept old names without a ``DeprecationWarning`` inside this block.
+
+    The CLI runs its commands in one: names on a command line or in a config are what a user
+    typed (and what the docs of earlier versions showed), not code to update, and some reach
+    the resolver through library code that cannot know where they came from.
+    """
+    token = _ACCEPT_OLD_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _ACCEPT_OLD_NAMES.reset(token)
 
 
 def _caller_stacklevel() -> int:
