@@ -1,11 +1,12 @@
 """Run the core ``deblur`` off the GUI thread and report its progress as yielded records.
 
-:func:`deblur_steps` is the one computation, written as a generator: it loads the model (through
-the package's one model cache, :mod:`napari_mpt_deblur.models.resolve`), starts :func:`napari_mpt_deblur.engine.predict.deblur` in a helper thread whose
-``progress(done, total)`` callbacks arrive through a queue, yields a :class:`DeblurProgress`
-per tile or plane, and *returns* a :class:`DeblurOutcome` (``None`` when cancelled). The widget
-runs it in a napari generator ``thread_worker`` (:func:`start_worker`); tests and the Layers →
-Filter command drive the same generator synchronously (:func:`run_blocking`).
+:func:`deblur_steps` is the one computation, written as a generator: it loads the model
+(through the package's one model cache, :mod:`napari_mpt_deblur.models.resolve`), starts
+:func:`napari_mpt_deblur.engine.predict.deblur` in a helper thread whose ``progress(done,
+total)`` callbacks arrive through a queue, yields a :class:`DeblurProgress` per tile or plane,
+and *returns* a :class:`DeblurOutcome` (``None`` when cancelled). The widget runs it in a
+napari generator ``thread_worker`` (:func:`start_worker`); tests and the Layers → Filter
+command drive the same generator synchronously (:func:`run_blocking`).
 
 The worker receives a plain :class:`DeblurRequest` (arrays and names, no widgets or layers) and a
 cancel event. Setting the event stops the engine before its next tile; closing the generator

@@ -326,7 +326,7 @@ def model_from_state_dict(
     state_dict = arch.filter_state_dict(dict(state_dict))
     if arch.check_config is not None:
         arch.check_config(config, state_dict)
-    model = arch.build(config)
+    model = build_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
