@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.write_docs and args.max_images is not None:
         parser.error("the docs table uses all eval images; drop --max-images with --write-docs")
+    if not args.data.is_dir():
+        parser.error(f"data root {str(args.data)!r} does not exist: pass --data, the folder "
+                     "holding eval/ and val/")  # fmt: skip
     return args
 
 
@@ -125,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = eval_config(
         args.regime,
-        eval_dir=str(args.data / "eval"),
-        val_dir=str(args.data / "val"),
+        data_root=args.data,
         sets=tuple(args.sets),
         levels_um=tuple(args.levels) if args.levels else None,
         seed=args.seed,

@@ -48,10 +48,34 @@ logger = logging.getLogger("finetune_domain_shift")
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_EXTRA = REPO / "runs" / "extra_data"
-DOMAIN = "oil-1.2"
-#: Optics of the target domain, as a user would enter them in the panel (``oil-1.2`` preset).
-HINTS = {"pixel_size_um": 0.1, "numerical_aperture": 1.2, "refractive_index": 1.515,
-         "wavelength_nm": 550.0}
+#: Shifted domains: simulation preset (with overrides), the optics a user would enter in the
+#: panel (with the deepest defocus they expect), and the defocus levels of the held-out pairs.
+DOMAINS = {
+    # NA 1.2 oil at 0.1 µm/px, 0.5-4 µm defocus: another PSF family than the training one.
+    "oil-1.2": {"preset": "oil-1.2", "overrides": {},
+                "hints": {"pixel_size_um": 0.1, "numerical_aperture": 1.2,
+                          "refractive_index": 1.515, "wavelength_nm": 550.0,
+                          "max_defocus_um": 4.0},
+                "levels": (1.0, 2.0, 3.0)},
+    # The training optics (20x NA 0.5 dry, 0.645 µm/px) with a dim, noisy camera: 10-40
+    # photons per unit instead of 300-5000, 4-8 e- read noise.
+    "dim-camera": {"preset": "bbbc006",
+                   "overrides": {"photons_per_unit_range": (10.0, 40.0),
+                                 "read_noise_e_range": (4.0, 8.0),
+                                 "defocus_um_range": (2.0, 16.0)},
+                   "hints": {"pixel_size_um": 0.645, "numerical_aperture": 0.5,
+                             "refractive_index": 1.0, "wavelength_nm": 540.0,
+                             "max_defocus_um": 16.0},
+                   "levels": (4.0, 8.0, 12.0)},
+}
+
+
+def domain_simulation(name: str):
+    from napari_mpt_deblur.simulate import get_simulation_preset
+
+    spec = DOMAINS[name]
+    sim = get_simulation_preset(spec["preset"])
+    return sim.replace(**spec["overrides"]) if spec["overrides"] else sim
 #: Held-out sources (everything else found is used, blurred, for fine-tuning).
 HELD_OUT = ("ndev_neocortex-3Ch_c1", "ndev_neuron-4Ch_c2", "ndev_neuron-4Ch_c3",
             "ndev_scratch_nuclei_t3", "ndev_scratch_nuclei_t4", "j21_s2_w2", "k14_s1_w2", "d0")
@@ -69,18 +93,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget", type=float, default=240.0, metavar="S",
                         help="cap on each fine-tuning run, seconds (0: none)")
     parser.add_argument("--modes", nargs="+", default=["none", "reblur_only", "full"],
-                        choices=["none", "reblur_only", "full", "efcr"],
+                        choices=["none", "reblur_only", "full", "efcr", "replay"],
                         help="which rows to run")
     parser.add_argument("--preset", default=None,
                         help="fine-tuning preset (default: gpu on CUDA, else cpu-laptop)")
     parser.add_argument("--lr", type=float, default=None, help="override the preset's lr")
+    parser.add_argument("--replay-optics", default="auto", choices=["auto", "user", "model"],
+                        help="optics of replay pairs and of the selection score")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--reblur-dof", nargs="+", type=float, default=None, metavar="F",
                         help="re-blur defocus in depths of field (default: the preset's)")
     parser.add_argument("--reblur-kernel", type=int, default=None, metavar="PX",
                         help="largest re-blur kernel side (default: the preset's)")
-    parser.add_argument("--levels", nargs="+", type=float, default=[1.0, 2.0, 3.0],
-                        help="defocus of the held-out pairs, µm")
+    parser.add_argument("--domain", default="oil-1.2", choices=sorted(DOMAINS),
+                        help="the shifted domain (module DOMAINS)")
+    parser.add_argument("--levels", nargs="+", type=float, default=None,
+                        help="defocus of the held-out pairs, µm (default: the domain's)")
     parser.add_argument("--crop", type=int, default=256, help="held-out pair size, px")
     parser.add_argument("--max-side", type=int, default=512,
                         help="fine-tuning images are cropped to this side, px")
@@ -93,10 +121,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="in-focus images for replay (default: <data>/train/bbbc006_w2)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the domain's data")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="fine-tuning seeds (each mode runs once per seed)")
     parser.add_argument("--json", type=Path, default=None, help="also write every score here")
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.levels is None:
+        args.levels = list(DOMAINS[args.domain]["levels"])
+    return args
 
 
 # ------------------------------------------------------------------------------------------
@@ -149,6 +182,7 @@ def build_domain(sources, args):
     """Unlabeled blurry images for fine-tuning and held-out (blurred, sharp) pairs."""
     from napari_mpt_deblur.simulate import make_pair
 
+    sim = domain_simulation(args.domain)
     held = [(n, s) for n, s in sources if n in HELD_OUT]
     if args.max_eval is not None:
         held = held[: args.max_eval]
@@ -161,7 +195,7 @@ def build_domain(sources, args):
         crop = densest_window(src, args.max_side)
         rng = np.random.default_rng([args.seed, 1, i])
         source_range = tuple(float(v) for v in np.percentile(src, (0.5, 99.9)))
-        pair = make_pair(crop, DOMAIN, rng, source_range=source_range)  # random defocus
+        pair = make_pair(crop, sim, rng, source_range=source_range)  # random defocus
         unlabeled.append(pair.blurred)
         unlabeled_names.append(f"{name} ({pair.params['defocus_um']:.2f} µm)")
     pairs = []
@@ -170,7 +204,7 @@ def build_domain(sources, args):
         source_range = tuple(float(v) for v in np.percentile(src, (0.5, 99.9)))
         for level in args.levels:
             rng = np.random.default_rng([args.seed, 2, i, round(level * 100)])
-            pair = make_pair(crop, DOMAIN, rng, defocus_um=level, source_range=source_range)
+            pair = make_pair(crop, sim, rng, defocus_um=level, source_range=source_range)
             pairs.append({"source": name, "level": level, "blurred": pair.blurred,
                           "sharp": pair.sharp})
     return unlabeled, unlabeled_names, pairs
@@ -225,44 +259,81 @@ def machine_info(device: str) -> dict[str, object]:
     return info
 
 
-def to_markdown(rows, levels, info, argv, context) -> str:
+def spearman(a, b) -> float:
+    """Spearman rank correlation (ties get their mean rank)."""
+    from scipy.stats import spearmanr
+
+    if len(a) < 3:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _cell(values, digits=2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def to_markdown(rows, checkpoints, levels, info, argv, context) -> str:
     command = shlex.join(["PYTHONPATH=src", "python", "benchmarks/finetune_domain_shift.py",
                           *argv])
     machine = (f"{info['cpu_count']} CPUs, {info['platform']}, Python {info['python']}, "
                f"torch {info['torch']} ({info['torch_threads']} threads)")
     if "gpu" in info:
         machine += f", GPU {info['gpu']}"
+    hints = ", ".join(f"{k} {v:g}" for k, v in DOMAINS[context["domain"]]["hints"].items())
     lines = [
         "<!-- Generated by benchmarks/finetune_domain_shift.py -->",
         f"Command: `{command}`  ",
         f"Machine: {machine}  ",
         f"Date: {info['date']}  ",
         f"Start model: `{context['model']}` (simulation: {context['model_simulation']})  ",
-        f"Target domain: `{DOMAIN}` simulation; fine-tuned on {context['n_unlabeled']} blurry "
-        f"images only, scored on {context['n_pairs']} held-out pairs "
-        f"({context['n_held']} images × {len(levels)} defocus levels)",
+        f"Target domain: `{context['domain']}`; optics given as a user would ({hints}); "
+        f"fine-tuned on {context['n_unlabeled']} blurry images only, scored on "
+        f"{context['n_pairs']} held-out pairs ({context['n_held']} images × {len(levels)} "
+        f"defocus levels); seeds {context['seeds']} (mean ± std over seeds)",
         "",
     ]
-    head = ["method", *[f"{lv:g} µm PSNR / SSIM" for lv in levels], "mean PSNR / SSIM",
-            "Δ PSNR vs (a)", "steps", "fine-tune time", "re-blur PSNR (val crop)"]
+    head = ["method", *[f"{lv:g} µm PSNR" for lv in levels], "mean PSNR", "mean SSIM",
+            "Δ PSNR vs (a)", "steps", "kept start", "selection score start → kept"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
-    base = next((r for r in rows if r["mode"] is None and r["label"].startswith("(a)")), None)
+    base = next((r for r in rows if r["label"].startswith("(a)")), None)
     for row in rows:
+        runs = row["runs"]
         cells = [row["label"]]
-        for key in [f"{lv:g}" for lv in levels] + ["mean"]:
-            p, s = row["summary"][key]
-            cells.append(f"{p:.2f} / {s:.3f}")
+        for key in [f"{lv:g}" for lv in levels]:
+            cells.append(_cell([r["summary"][key][0] for r in runs]))
+        cells.append(_cell([r["summary"]["mean"][0] for r in runs]))
+        cells.append(_cell([r["summary"]["mean"][1] for r in runs], 3))
         if base is not None and row is not base and row["label"] != "blurred input":
-            cells.append(f"{row['summary']['mean'][0] - base['summary']['mean'][0]:+.2f} dB")
+            ref = base["runs"][0]["summary"]["mean"][0]
+            cells.append(_cell([r["summary"]["mean"][0] - ref for r in runs]) + " dB")
         else:
             cells.append("")
-        cells.append(str(row.get("steps", "")))
-        cells.append(f"{row['seconds']:.0f} s" if row.get("seconds") else "")
-        val = row.get("validation")
-        cells.append(f"{val['baseline']:.2f} → {val['best']:.2f} (step {val['best_step']})"
-                     if val else "")
+        cells.append(_cell([r.get("steps") for r in runs], 0))
+        kept = [r["kept_start"] for r in runs if "kept_start" in r]
+        cells.append(f"{sum(kept)}/{len(kept)}" if kept else "")
+        val = [r["validation"] for r in runs if r.get("validation")]
+        cells.append("; ".join(f"{v['baseline']:.2f} → {v['best']:.2f}" for v in val))
         lines.append("| " + " | ".join(cells) + " |")
+    if checkpoints:
+        truth = [c["true_psnr"] for c in checkpoints]
+        lines += [
+            "",
+            f"Do the validation scores rank the {len(checkpoints)} checkpoints (every validation "
+            "of every run above, the start included) like the true held-out PSNR?",
+            "",
+            "| score (no ground truth) | Spearman ρ with the true mean PSNR |",
+            "|---|---:|",
+            f"| selection score: simulated PSNR at the given optics | "
+            f"{spearman([c['score'] for c in checkpoints], truth):+.2f} |",
+            f"| re-blur PSNR on a held-out crop of the user's images (the old selection score) | "
+            f"{spearman([c['reblur_psnr'] for c in checkpoints], truth):+.2f} |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -276,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_mpt_deblur._device import get_device
     from napari_mpt_deblur.models.checkpoint import load_model
-    from napari_mpt_deblur.train.finetune import finetune, get_finetune_preset
+    from napari_mpt_deblur.train.finetune import finetune_iter, get_finetune_preset
+    from napari_mpt_deblur.train.updates import UpdateKind
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,59 +378,94 @@ def main(argv: list[str] | None = None) -> int:
         replay = [p for p in find_images([replay_dir]) if _stem(p) not in HELD_OUT]
     preset = args.preset or ("gpu" if device.startswith("cuda") else "cpu-laptop")
 
-    rows = [{"label": "blurred input", "mode": None, "summary": summarise(score(pairs, None,
-                                                                                 device),
-                                                                           args.levels)}]
-    for label, mode in (*MODES, ("(d) EFCR + replay, no re-blur loss", "efcr")):
+    blurred = summarise(score(pairs, None, device), args.levels)
+    rows = [{"label": "blurred input", "mode": None, "runs": [{"summary": blurred}]}]
+    checkpoints: list[dict] = []
+    start_truth = None
+    for label, mode in (*MODES, ("(d) EFCR + replay, no re-blur loss", "efcr"),
+                        ("(e) replay at the given optics only", "replay")):
         wanted = "none" if mode is None else mode
         if wanted not in args.modes:
             continue
-        model = load_model(args.model, device=device)
-        row: dict = {"label": label, "mode": mode}
-        if mode is not None:
-            changes = {"steps": args.steps, "mode": mode, "device": device, "seed": args.seed,
-                       "time_budget_s": args.time_budget or None, "preview_every": 0,
-                       "state_every": 0, "val_every": max(1, args.steps // 4), **HINTS}
-            if args.lr is not None:
-                changes["lr"] = args.lr
-            if args.batch_size is not None:
-                changes["batch_size"] = args.batch_size
-            if args.reblur_dof is not None:
-                changes["reblur_defocus_dof"] = tuple(args.reblur_dof)
-            if args.reblur_kernel is not None:
-                changes["reblur_kernel_size"] = args.reblur_kernel
-            settings = get_finetune_preset(preset, **changes)
-            started = time.perf_counter()
-            result = finetune(model, unlabeled, settings=settings, replay_images=replay)
-            row["seconds"] = time.perf_counter() - started
-            row["steps"] = max((h["step"] for h in result.history if h["kind"] == "loss"),
-                               default=0)
-            row["stopped"] = result.stopped
-            row["validation"] = {"baseline": result.baseline["reblur_psnr"],
-                                 "best": result.best["reblur_psnr"],
-                                 "best_step": result.best.get("step", 0)}
-            row["settings"] = settings.to_dict()
-            model = result.model
-            logger.info("%s: %d steps in %.0f s (%s); re-blur PSNR %.2f -> %.2f dB", label,
-                        row["steps"], row["seconds"], result.stopped,
-                        row["validation"]["baseline"], row["validation"]["best"])
-        scores = score(pairs, model, device)
-        row["summary"] = summarise(scores, args.levels)
-        row["scores"] = scores
-        logger.info("%s: mean PSNR %.2f dB, SSIM %.3f", label, *row["summary"]["mean"])
+        row: dict = {"label": label, "mode": mode, "runs": []}
+        for seed in ([None] if mode is None else args.seeds):
+            model = load_model(args.model, device=device)
+            run: dict = {"seed": seed}
+            if mode is not None:
+                changes = {"steps": args.steps, "mode": mode, "device": device, "seed": seed,
+                           "time_budget_s": args.time_budget or None, "preview_every": 0,
+                           "state_every": 0, "val_every": max(1, args.steps // 4),
+                           "replay_optics": args.replay_optics,
+                           **DOMAINS[args.domain]["hints"]}
+                if args.lr is not None:
+                    changes["lr"] = args.lr
+                if args.batch_size is not None:
+                    changes["batch_size"] = args.batch_size
+                if args.reblur_dof is not None:
+                    changes["reblur_defocus_dof"] = tuple(args.reblur_dof)
+                if args.reblur_kernel is not None:
+                    changes["reblur_kernel_size"] = args.reblur_kernel
+                settings = get_finetune_preset(preset, **changes)
+                started = time.perf_counter()
+                result = None
+                for update in finetune_iter(model, unlabeled, settings=settings,
+                                            replay_images=replay):
+                    if update.kind is UpdateKind.VALIDATION:
+                        # the truth for this checkpoint (the run's current weights)
+                        if update.step == 0 and start_truth is not None:
+                            truth = start_truth
+                        else:
+                            truth = summarise(score(pairs, model, device), args.levels)
+                            truth = truth["mean"][0]
+                        if update.step == 0:
+                            start_truth = truth
+                        checkpoints.append({"mode": mode, "seed": seed, "step": update.step,
+                                            "score": update.value["score"],
+                                            "reblur_psnr": update.value["reblur_psnr"],
+                                            "true_psnr": truth})
+                    elif update.kind is UpdateKind.DONE:
+                        result = update.value["result"]
+                assert result is not None
+                run["seconds"] = time.perf_counter() - started
+                run["steps"] = max((h["step"] for h in result.history if h["kind"] == "loss"),
+                                   default=0)
+                run["stopped"] = result.stopped
+                run["kept_start"] = result.kept_start
+                run["validation"] = {"baseline": result.baseline["score"],
+                                     "best": result.best["score"],
+                                     "best_step": result.best.get("step", 0),
+                                     "verdict": result.verdict}
+                run["settings"] = settings.to_dict()
+                model = result.model
+                logger.info("%s seed %s: %d steps in %.0f s (%s); %s", label, seed, run["steps"],
+                            run["seconds"], result.stopped, result.verdict)
+            scores = score(pairs, model, device)
+            run["summary"] = summarise(scores, args.levels)
+            run["scores"] = scores
+            logger.info("%s: mean PSNR %.2f dB, SSIM %.3f", label, *run["summary"]["mean"])
+            row["runs"].append(run)
+            del model
         rows.append(row)
-        del model
+    # the start model's checkpoint is counted once, not once per run
+    seen_start, unique = False, []
+    for c in checkpoints:
+        if c["step"] == 0:
+            if seen_start:
+                continue
+            seen_start = True
+        unique.append(c)
 
     context = {"model": args.model, "model_simulation": sim_name or "unknown",
+               "domain": args.domain, "seeds": args.seeds,
                "n_unlabeled": len(unlabeled), "n_pairs": len(pairs),
                "n_held": len({p["source"] for p in pairs})}
     info = machine_info(device)
-    sys.stdout.write(to_markdown(rows, args.levels, info, argv, context))
+    sys.stdout.write(to_markdown(rows, unique, args.levels, info, argv, context))
     if args.json is not None:
         from napari_mpt_deblur._io import atomic_write
 
         payload = {"machine": info, "argv": argv, "context": context,
-                   "unlabeled": unlabeled_names, "rows": rows}
+                   "unlabeled": unlabeled_names, "rows": rows, "checkpoints": unique}
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(
             json.dumps(payload, indent=1, default=str), encoding="utf-8"), overwrite=True)
     return 0

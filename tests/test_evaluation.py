@@ -17,6 +17,7 @@ from napari_mpt_deblur.evaluation import (
     EvalConfig,
     EvalResult,
     RLTuning,
+    baselines,
     evaluate,
     fit_affine,
     richardson_lucy_deconvolve,
@@ -102,7 +103,7 @@ def test_richardson_lucy_trajectory_equals_scikit_image_runs():
     image = rng.random((30, 41)).astype(np.float32) - 0.2  # negative values: shifted by min
     psf = np.outer(np.hanning(7), np.hanning(7)).astype(np.float32)
     psf /= psf.sum()
-    for n, estimate in evaluation._rl_iterates(image, psf, [1, 4, 9]):
+    for n, estimate in baselines._rl_iterates(image, psf, [1, 4, 9]):
         np.testing.assert_allclose(estimate, richardson_lucy_deconvolve(image, psf, n),
                                    rtol=1e-5, atol=1e-6)  # fmt: skip
 
@@ -127,7 +128,7 @@ def test_tune_richardson_lucy_uses_val_only_and_caches(tmp_path, monkeypatch):
     def no_tuning(*args, **kwargs):
         raise AssertionError("tuned again instead of reading the cache")
 
-    monkeypatch.setattr(evaluation, "_rl_iterates", no_tuning)
+    monkeypatch.setattr(baselines, "_rl_iterates", no_tuning)
     again = tune_richardson_lucy(root / "val", cfg, cells=[(460.0, 4.0)], cache_path=cache)
     assert again.iterations == tuning.iterations
     with pytest.raises(AssertionError, match="tuned again"):  # other settings: not reused
@@ -297,3 +298,53 @@ def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, m
     by_method = {s.method: s.psnr_db for s in result.scores}
     assert by_method["tiny"] != by_method["tiny ×8"]
     assert "mean of 8 rotated/mirrored views" in to_markdown(result)
+
+
+def test_data_folders_are_parameters_with_clear_errors(tmp_path):
+    """The package has no default data location; a missing or unset one is named clearly."""
+    assert EvalConfig().eval_dir is None and EvalConfig().val_dir is None
+    root = _data_root(tmp_path / "data", real_pair=False)
+    cfg = evaluation.eval_config(data_root=root, sets=("w1",), levels_um=(4.0,),
+                                 real_pair=False, max_images=1)  # fmt: skip
+    assert (cfg.eval_dir, cfg.val_dir) == (str(root / "eval"), str(root / "val"))
+    explicit = evaluation.eval_config(data_root=root, val_dir=str(tmp_path / "v"))
+    assert explicit.val_dir == str(tmp_path / "v") and explicit.eval_dir == str(root / "eval")
+    tuning = _fixed_tuning(cfg)
+    assert evaluate({}, cfg, rl_tuning=tuning).images == {"w1": ["a01_s1_w1.png"]}
+
+    with pytest.raises(ValueError, match=r"EvalConfig\.eval_dir is not set.*data_root"):
+        evaluate({}, cfg.replace(eval_dir=None), rl_tuning=tuning)
+    with pytest.raises(ValueError, match=r"EvalConfig\.val_dir is not set"):
+        evaluate({}, cfg.replace(val_dir=None))  # tuning needs the validation images
+    missing = evaluation.eval_config(data_root=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"eval_dir .*nowhere.* does not exist.*eval/"):
+        evaluate({}, missing, rl_tuning=tuning)
+    with pytest.raises(FileNotFoundError, match=r"val_dir .*nowhere.* does not exist"):
+        tune_richardson_lucy(tmp_path / "nowhere" / "val", cfg)
+
+
+def test_cli_data_root_and_rl_cache_defaults(tmp_path, monkeypatch):
+    from napari_mpt_deblur import cli
+    from napari_mpt_deblur._commands import evaluate as command
+
+    # The RL cache follows the working folder (a source checkout's benchmarks/results), never
+    # the install location of the package.
+    checkout = tmp_path / "repo"
+    (checkout / "benchmarks").mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text("[project]\n")
+    out = tmp_path / "out"
+    assert command.default_rl_cache(out, checkout) == (
+        checkout / "benchmarks" / "results" / "rl_iterations.json"
+    )
+    assert command.default_rl_cache(out, tmp_path) == out / "rl_iterations.json"
+    monkeypatch.chdir(checkout)
+    assert command.default_rl_cache(out) == Path("benchmarks/results/rl_iterations.json").resolve()
+
+    monkeypatch.delenv("MPT_DEBLUR_DATA", raising=False)
+    assert command.default_data_root() == Path("../shared/data")
+    monkeypatch.setenv("MPT_DEBLUR_DATA", str(tmp_path / "nowhere"))
+    assert command.default_data_root() == tmp_path / "nowhere"
+    args = cli.build_parser().parse_args(["evaluate", "--models", "none", "--out", str(out)])
+    with pytest.raises(FileNotFoundError, match=r"data root .*nowhere.* --data"):
+        command.run(args)
+    assert not out.exists()

@@ -16,6 +16,7 @@ CORE = [
     "napari_mpt_deblur.detect",
     "napari_mpt_deblur.cli",
     "napari_mpt_deblur.metrics",
+    "napari_mpt_deblur.evaluation",
 ]
 
 
@@ -35,3 +36,12 @@ def test_package_import_is_cheap():
     code = "import sys, napari_mpt_deblur; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_evaluation_import_is_cheap():
+    """The harness loads torch, scikit-image and matplotlib only when it runs or draws."""
+    code = ("import sys, napari_mpt_deblur.evaluation; "
+            "print(','.join(m for m in ('torch', 'matplotlib', 'skimage') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

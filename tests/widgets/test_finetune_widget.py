@@ -319,7 +319,10 @@ def test_panel_end_to_end_preview_save_and_deblur_list(
     assert widget._status.value.startswith("Done after 3 steps")
     assert seen[-1] == 3 and widget._progress.max == 3
     assert widget._loss_plot.series("loss").xs == [1.0, 2.0, 3.0]
-    assert widget._val_plot.series("re-blur PSNR").xs == [0.0, 1.0, 2.0, 3.0]
+    assert widget._val_plot.series("simulated PSNR").xs == [0.0, 1.0, 2.0, 3.0]
+    assert len(widget._val_plot.series("re-blur PSNR (diagnostic)").ys) == 4
+    assert widget._val_plot.title == "Selection score: simulated PSNR at your optics"
+    assert outcome.verdict and outcome.verdict in widget._status.value
     assert len(widget._val_plot.series("sharpness").ys) == 4
     widget._loss_plot.grab()  # paints without error
     widget._val_plot.grab()

@@ -23,12 +23,29 @@ HELP = "PSNR/SSIM per defocus level on the eval images: blurred, Richardson-Lucy
 OUTPUT_FILES = ("results.md", "results.json", "examples.png")
 
 
-def _source_checkout_results() -> Path | None:
-    """``benchmarks/results`` of the source checkout this module runs from, if any."""
-    repo = Path(__file__).resolve().parents[3]
+#: The data root when neither --data nor $MPT_DEBLUR_DATA is given: the project's layout, with
+#: the shared data next to the repository and the command run from the repository root.
+DEFAULT_DATA = Path("../shared/data")
+
+
+def default_data_root() -> Path:
+    """``$MPT_DEBLUR_DATA`` if set, else :data:`DEFAULT_DATA` (relative to the current folder)."""
+    return Path(os.environ.get("MPT_DEBLUR_DATA", DEFAULT_DATA))
+
+
+def default_rl_cache(out_dir: Path, cwd: Path | None = None) -> Path:
+    """Where the tuned Richardson–Lucy iterations are cached when ``--rl-iterations`` is not given.
+
+    Run from a source checkout (the current folder holds ``pyproject.toml`` and
+    ``benchmarks/``), it is the checkout's ``benchmarks/results/rl_iterations.json``, shared with
+    ``benchmarks/eval_quality.py`` so the tuning is paid once and the docs' table reproduces;
+    anywhere else ``OUT/rl_iterations.json``. Decided from the working folder, like the data
+    root, never from where the package is installed.
+    """
+    repo = Path.cwd() if cwd is None else Path(cwd)
     if (repo / "pyproject.toml").is_file() and (repo / "benchmarks").is_dir():
-        return repo / "benchmarks" / "results"
-    return None
+        return repo / "benchmarks" / "results" / "rl_iterations.json"
+    return out_dir / "rl_iterations.json"
 
 
 # Literal so that building the parser imports nothing heavy; tied to
@@ -65,8 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=Path(os.environ.get("MPT_DEBLUR_DATA", "../shared/data")),
-        help="data root holding eval/ and val/ (default: $MPT_DEBLUR_DATA or %(default)s)",
+        default=None,
+        help="data root holding eval/ and val/ (default: $MPT_DEBLUR_DATA or "
+        f"{DEFAULT_DATA}, from the repository root)",
     )
     parser.add_argument(
         "--rl-iterations",
@@ -74,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="JSON",
         help="cache of the Richardson-Lucy iterations tuned on val/ (default: "
-        "benchmarks/results/rl_iterations.json in a source checkout, else OUT/rl_iterations.json)",
+        "benchmarks/results/rl_iterations.json when run from a source checkout's root, else "
+        "OUT/rl_iterations.json)",
     )
     parser.add_argument("--crop", type=int, default=None, metavar="PX",
                         help="evaluate central PX x PX crops (default: whole images)")  # fmt: skip
@@ -106,11 +125,15 @@ def run(args: argparse.Namespace) -> int:
         existing = [str(p) for p in targets.values() if p.exists()]
         if existing:
             raise FileExistsError(f"{', '.join(existing)} exist; use --overwrite to replace them")
-    data = Path(args.data)
+    data = default_data_root() if args.data is None else Path(args.data)
+    if not data.is_dir():
+        raise FileNotFoundError(
+            f"data root {str(data)!r} does not exist: pass --data (or set MPT_DEBLUR_DATA) to "
+            "the folder holding eval/ and val/"
+        )
     cfg = eval_config(
         args.regime,
-        eval_dir=str(data / "eval"),
-        val_dir=str(data / "val"),
+        data_root=data,
         sets=tuple(args.sets),
         levels_um=tuple(args.levels) if args.levels else None,
         seed=args.seed,
@@ -119,10 +142,7 @@ def run(args: argparse.Namespace) -> int:
         real_pair=False if args.no_real_pair else None,
         device=args.device,
     )
-    cache = args.rl_iterations
-    if cache is None:
-        results_dir = _source_checkout_results()
-        cache = (results_dir or out_dir) / "rl_iterations.json"
+    cache = default_rl_cache(out_dir) if args.rl_iterations is None else args.rl_iterations
     models = model_columns(args.models)
     logger.info("evaluating %s on %s (Richardson-Lucy cache %s)",
                 ", ".join(["baselines", *models]), cfg.eval_dir, cache)  # fmt: skip

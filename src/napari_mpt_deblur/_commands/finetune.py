@@ -5,9 +5,11 @@ Example::
     mpt-deblur finetune my_images/ --model mpt_tiny.defocus -o my-mpt.safetensors \\
         --pixel-size-um 0.65 --na 0.5 --wavelength-nm 520 --time-budget 900
 
-The checkpoint holds the best weights found (judged on a held-out crop of your images) and a
-record of the run; ``mpt-deblur deblur --model my-mpt.safetensors`` uses it. A stopped run
-(``--time-budget``, Ctrl-C) continues with ``--resume``.
+The checkpoint holds the best weights found, judged by the PSNR on fixed simulated pairs at your
+optics (real in-focus images the run never trains on), and a record of the run; when no
+checkpoint beats the starting model it holds the starting weights and says so.
+``mpt-deblur deblur --model my-mpt.safetensors`` uses it. A stopped run (``--time-budget``,
+Ctrl-C) continues with ``--resume``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from . import DEVICE_HELP
 NAME = "finetune"
 HELP = "fine-tune a model on your own unlabeled blurry images (EFCR + re-blur + replay)"
 
-_MODES = ("full", "reblur_only", "efcr")
+_MODES = ("full", "reblur_only", "efcr", "replay")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=float, default=None, metavar="S",
                         help="stop cleanly before S seconds")
     parser.add_argument("--mode", choices=_MODES, default=None,
-                        help="full (default), reblur_only or efcr (for ablations)")
+                        help="full (default), reblur_only, efcr or replay (for ablations)")
     parser.add_argument("--pixel-size-um", type=float, default=None,
                         help="pixel size in the sample plane (default: from the image metadata, "
                         "else the model's simulation optics)")
@@ -45,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="emission wavelength in nm")
     parser.add_argument("--refractive-index", type=float, default=None,
                         help="immersion refractive index (1.0 dry, 1.33 water, 1.515 oil)")
+    parser.add_argument("--max-defocus-um", type=float, default=None, metavar="UM",
+                        help="deepest defocus in your images (default: the model's training "
+                        "range carried over to your optics)")
+    parser.add_argument("--replay-optics", choices=("auto", "user", "model"), default=None,
+                        help="simulate replay pairs and the selection score at your optics "
+                        "(auto: when pixel size and NA are known) or the model's")
     parser.add_argument("--replay", nargs="+", default=None, metavar="PATH",
                         help="in-focus images for replay pairs (default: procedural images)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -103,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         "numerical_aperture": args.numerical_aperture,
         "wavelength_nm": args.wavelength_nm,
         "refractive_index": args.refractive_index,
+        "max_defocus_um": args.max_defocus_um,
+        "replay_optics": args.replay_optics,
         "batch_size": args.batch_size,
         "patch_size": args.patch_size,
         "lr": args.lr,
@@ -145,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix(loss=f"{update.value['loss']:.4g}", refresh=False)
                 bar.refresh()
             elif update.kind is UpdateKind.VALIDATION:
-                log.info("step %d: re-blur PSNR %.2f dB (identity %.2f), detail ratio %.3f",
-                         update.step, update.value["reblur_psnr"],
+                log.info("step %d: %s %.2f dB; re-blur PSNR %.2f dB (identity %.2f), "
+                         "detail ratio %.3f", update.step, update.value["score_name"],
+                         update.value["score"], update.value["reblur_psnr"],
                          update.value["reblur_psnr_identity"], update.value["hf_energy_ratio"])
             elif update.kind is UpdateKind.DONE:
                 done = update.value
@@ -155,10 +166,7 @@ def run(args: argparse.Namespace) -> int:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     if done is not None:
-        best = done["best"]
-        log.info("%s: best re-blur PSNR %.2f dB at step %s (start %.2f dB); wrote %s",
-                 done["reason"], best["reblur_psnr"], best.get("step"),
-                 done["baseline"].get("reblur_psnr", float("nan")), done["checkpoint"])
+        log.info("%s: %s; wrote %s", done["reason"], done["verdict"], done["checkpoint"])
         if done["reason"] != "completed":
             log.info("continue with --resume")
     return 0

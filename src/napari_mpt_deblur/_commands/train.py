@@ -1,11 +1,12 @@
 """``mpt-deblur train``: supervised training on simulated defocus pairs, in resumable chunks.
 
-Everything about the run is in the config file (``configs/*.yaml``); the options here only steer
-its execution. A run that stops on ``--time-budget`` or Ctrl-C saves its state and continues
-with ``--resume``::
+Everything about the run is in the config file (``configs/recipes/*.yaml``); the options here
+only steer its execution. A run that stops on ``--time-budget`` or Ctrl-C saves its state and
+continues with ``--resume``; ``--init`` starts from trained weights (a recipe that continues
+another model's training)::
 
-    mpt-deblur train --config configs/mpt-tiny.yaml --time-budget 540
-    mpt-deblur train --config configs/mpt-tiny.yaml --time-budget 540 --resume
+    mpt-deblur train --config configs/recipes/mpt-tiny.yaml --init mpt-tiny --out runs/mine
+    mpt-deblur train --config configs/recipes/mpt-tiny.yaml --out runs/mine --resume
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ HELP = "train a deblurring model on simulated defocus pairs (resumable, time-bud
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path,
-                        help="training config, JSON or YAML (see configs/)")
+                        help="training config, JSON or YAML (see configs/recipes/)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run saved in the output folder")
     parser.add_argument("--time-budget", type=float, default=None, metavar="S",

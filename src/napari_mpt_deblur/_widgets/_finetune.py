@@ -15,8 +15,9 @@ Life of a run:
   loads a private copy of the start model, and trains. Checkpoint and resumable state go to a
   per-widget working folder (deleted when the widget goes away).
 * **Stop** sets a cancel event: the engine finishes the step in progress, validates, writes the
-  best weights and its state, and ends. The best weights (judged by the self-supervised re-blur
-  PSNR on a held-out crop; the starting model counts) are kept, never the last ones.
+  best weights and its state, and ends. The best weights are kept, never the last ones, judged
+  by the selection score (PSNR on fixed simulated pairs at the user's optics, from in-focus
+  images the run never trains on); the starting model counts and is kept unless beaten.
 * **Removing a layer** the run trains on does not disturb it: the run holds the arrays it was
   given and keeps training on them; only previews of a removed layer are no longer shown.
   **Closing the viewer** quits the run at its next step; nothing is shown or listed after that.
@@ -126,10 +127,17 @@ _RUN_CONTROL = ("steps", "time_budget_s", "device", "val_every", "preview_every"
 _MAX_PREVIEW_SIDE = 1024
 
 
+#: The validation plot: the selection score (validated against the true PSNR), then diagnostics.
+SCORE_TITLE = "Selection score"
+SCORE_SERIES = "simulated PSNR"
+REBLUR_SERIES = "re-blur PSNR (diagnostic)"
+
+
 # ==========================================================================================
 # The widget
 # ==========================================================================================
 @dataclass
+
 class _Job:
     """What the widget remembers about the run in flight."""
 
@@ -196,8 +204,10 @@ class FinetuneWidget(Container):
                                         step=10.0, value=0.0)
         self._index = FloatSpinBox(label="Immersion index", min=0.0, max=2.0, step=0.01,
                                    value=0.0)
+        self._max_defocus = FloatSpinBox(label="Max defocus (µm)", min=0.0, max=1000.0,
+                                         step=0.5, value=0.0)
         for widget, decimals in ((self._pixel_size, 4), (self._na, 3), (self._wavelength, 0),
-                                 (self._index, 3)):
+                                 (self._index, 3), (self._max_defocus, 2)):
             widget.native.setDecimals(decimals)
             widget.native.setSpecialValueText("from model")
         # ---- settings
@@ -255,8 +265,8 @@ class FinetuneWidget(Container):
         self._tooltips()
         self._form = scrolling_form(self, [
             Label(value="<b>Data</b> (unlabeled, blurry)"), self._images, self._folder,
-            Label(value="<b>Optics</b> for re-blurring"), self._pixel_size, self._na,
-            self._wavelength, self._index,
+            Label(value="<b>Optics</b> of your microscope"), self._pixel_size, self._na,
+            self._wavelength, self._index, self._max_defocus,
             Label(value="<b>Training</b>"), self._preset, self._model, self._steps,
             self._time_budget, self._batch_size, self._patch_size, self._preview_region,
             field_row(self._advanced), self._advanced_box,
@@ -304,6 +314,10 @@ class FinetuneWidget(Container):
                                     "metadata when known. 'from model': the start model's optics")
         self._na.tooltip = "Objective numerical aperture (re-blur kernels are defocus PSFs)"
         self._wavelength.tooltip = "Emission wavelength"
+        self._max_defocus.tooltip = (
+            "How far out of focus your images are at most. With pixel size and NA known, "
+            "training pairs and the selection score are simulated at your optics up to this "
+            "defocus ('from model': the model's training range carried over to your optics)")
         self._index.tooltip = "Immersion refractive index: 1.0 air, 1.333 water, 1.515 oil"
         self._preset.tooltip = "Sensible defaults for a laptop CPU or a GPU"
         self._model.tooltip = "The trained model to adapt (bundled, or a checkpoint)"
@@ -335,15 +349,20 @@ class FinetuneWidget(Container):
         self._loss_plot = LinePlot("Training loss", log_left=True)
         self._loss_plot.add_series("loss", color="#9aa5b1")
         self._loss_plot.add_series("smoothed", color="#1f77b4")
-        self._val_plot = LinePlot("Held-out crop", left_label="dB", right_label="ratio")
-        self._val_plot.add_series("re-blur PSNR", color="#2ca02c", markers=True)
+        self._val_plot = LinePlot(SCORE_TITLE, left_label="dB", right_label="ratio")
+        self._val_plot.add_series(SCORE_SERIES, color="#2ca02c", markers=True)
+        self._val_plot.add_series(REBLUR_SERIES, color="#9aa5b1", style="dash", markers=True)
         self._val_plot.add_series("sharpness", color="#d62728", axis="right", style="dash",
                                   markers=True)
         self._loss_plot.setToolTip("Training loss per step (grey) and its moving average")
         self._val_plot.setToolTip(
-            "Scores on a crop held out from training (no ground truth needed): re-blur PSNR = "
-            "how well the model undoes a known extra blur of your image (higher is better); "
-            "sharpness = detail energy of the output relative to the input")
+            "Selection score (green, the one that decides which weights are kept): PSNR on "
+            "fixed simulated pairs at your optics, made from real in-focus images the run never "
+            "trains on, in focus included; it ranks checkpoints like the true PSNR on held-out "
+            "pairs (docs/finetuning.md). The starting weights are kept unless a step beats them. "
+            "Diagnostics on a crop of your images: re-blur PSNR (grey; rewards what the re-blur "
+            "loss trains, so it can rise while the model gets worse) and sharpness (red, detail "
+            "energy of the output relative to the input)")
         layout = self._form.native.layout()
         layout.insertWidget(layout.count() - 1, self._loss_plot)  # above the closing stretch
         layout.insertWidget(layout.count() - 1, self._val_plot)
@@ -566,7 +585,7 @@ class FinetuneWidget(Container):
                        self._paired_folder, self._preset, self._model, self._batch_size,
                        self._patch_size, self._lr, self._efcr_weight, self._replay, self._mode,
                        self._replay_folder, self._device, self._seed, self._pixel_size,
-                       self._na, self._wavelength, self._index, self._steps,
+                       self._na, self._wavelength, self._index, self._max_defocus, self._steps,
                        self._time_budget, self._val_every, self._preview_every,
                        self._preview_region, self._name, self._output):
             widget.enabled = not running
@@ -589,7 +608,9 @@ class FinetuneWidget(Container):
                 "(1.333 water, 1.515 oil)"
             )
         budget_min = float(self._time_budget.value)
+        max_defocus = float(self._max_defocus.value)
         return self._get_preset(str(self._preset.value)).replace(
+            max_defocus_um=max_defocus if max_defocus > 0 else None,
             steps=int(self._steps.value),
             time_budget_s=budget_min * 60.0 if budget_min > 0 else None,
             batch_size=int(self._batch_size.value),
@@ -839,14 +860,19 @@ class FinetuneWidget(Container):
             job.deadline = job.train_start_time + budget if budget else None
         if value.get("resumed"):
             return
-        psnr = float(value.get("reblur_psnr", float("nan")))
+        score = float(value.get("score", float("nan")))
         if update.step == 0:
-            self._val_plot.set_reference(psnr, "start")
-        self._val_plot.append("re-blur PSNR", update.step, psnr)
+            self._val_plot.set_reference(score, "start")
+            name = str(value.get("score_name", "simulated PSNR"))
+            self._val_plot.title = f"{SCORE_TITLE}: {name}"
+        self._val_plot.append(SCORE_SERIES, update.step, score)
+        self._val_plot.append(REBLUR_SERIES, update.step,
+                              float(value.get("reblur_psnr", float("nan"))))
         self._val_plot.append("sharpness", update.step,
                               float(value.get("hf_energy_ratio", float("nan"))))
         if not job.cancel.is_set() and update.step == 0:
-            self._set_status(f"Starting model: re-blur PSNR {psnr:.2f} dB on the held-out crop")
+            self._set_status(f"Starting model: {value.get('score_name', 'score')} "
+                             f"{score:.2f} dB")
 
     def _show_preview(self, update: TrainUpdate) -> None:
         value = update.value
@@ -909,15 +935,10 @@ class FinetuneWidget(Container):
             logger.exception("could not list the fine-tuned model")
             self._set_status(f"Fine-tuned, but the model could not be listed: {exc}")
             return
-        best, base = outcome.best, outcome.baseline
         what = {"completed": "Done", "cancelled": "Stopped",
                 "time_budget": "Time budget reached"}.get(outcome.reason, outcome.reason)
-        gain = best.get("reblur_psnr", float("nan")) - base.get("reblur_psnr", float("nan"))
-        kept = (f"the best weights, of step {best.get('step')}" if best.get("step") else
-                "the starting weights (no step improved the held-out score)")
         self._set_status(
-            f"{what} after {outcome.steps_done} steps: kept {kept}, re-blur PSNR "
-            f"{best.get('reblur_psnr', float('nan')):.2f} dB ({gain:+.2f} dB). Listed as "
+            f"{what} after {outcome.steps_done} steps: {outcome.verdict}. Listed as "
             f"{self._memory_entry!r}; Save writes it to a file"
             + ("; Resume continues." if outcome.reason != "completed" else ".")
         )

@@ -355,6 +355,10 @@ class FinetuneOutcome:
         In-focus images used for replay.
     history : list of dict
         Loss and validation records.
+    kept_start : bool
+        The guard kept the starting weights (no checkpoint beat them on the selection score).
+    verdict : str
+        Which weights were kept and why, in one sentence.
     """
 
     reason: str
@@ -371,6 +375,8 @@ class FinetuneOutcome:
     optics_origin: dict[str, str] = field(default_factory=dict)
     replay_folder: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    kept_start: bool = False
+    verdict: str = ""
 
     @property
     def resumable(self) -> bool:
@@ -617,7 +623,8 @@ def finetune_steps(
         state_path=request.state_path if request.state_path.is_file() else None,
         settings=settings, data=data, model_entry=entry, run_name=request.run_name,
         optics_origin=dict(request.optics_origin), replay_folder=request.replay_folder,
-        history=list(result.history),
+        history=list(result.history), kept_start=bool(result.kept_start),
+        verdict=str(result.verdict),
     )
 
 

@@ -1,7 +1,8 @@
 """Training configuration: one frozen dataclass that fully describes a supervised run.
 
 A run is reproducible from its config alone (plus the data it names), so the config is stored in
-every checkpoint and in the resumable state, and read from JSON or YAML files in ``configs/``.
+every checkpoint and in the resumable state, and read from JSON or YAML files (the bundled
+models' recipes are in ``configs/recipes/``).
 """
 
 from __future__ import annotations

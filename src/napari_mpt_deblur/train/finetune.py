@@ -9,16 +9,20 @@ engine adapts a model to them without ground truth, mixing per step:
 (b) EFCR on the real blurry images: the relative term pushes ``f(E)`` away from re-blurred
     copies of ``E`` (:func:`~napari_mpt_deblur.train.losses.efcr_terms`), and the contrastive
     ratio acts on every labeled pair in the batch;
-(c) replay of simulated labeled pairs from the model's own simulation preset (read from the
-    checkpoint metadata) on in-focus replay images, so the model does not forget how to undo
-    strong defocus; optional user pairs join them.
+(c) replay of simulated labeled pairs on in-focus replay images, so the model does not forget
+    how to undo strong defocus; when the user gives the optics (pixel size, NA, ...) the replay
+    is simulated at *their* optics (:mod:`~napari_mpt_deblur.train.optics_domain`), which
+    teaches the new PSF family directly; optional user pairs join them.
 
 Modes for ablations: ``"full"`` = (a) + (b) + (c); ``"reblur_only"`` = (a) alone (pixel loss, no
-EFCR, no replay); ``"efcr"`` = (b) + (c) without the re-blur pixel loss.
+EFCR, no replay); ``"efcr"`` = (b) + (c) without the re-blur pixel loss; ``"replay"`` = (c)
+alone (supervised on simulated pairs, the user's images only for validation).
 
-Validation, without ground truth, on a crop of the user's data held out from training: the
-self-supervised re-blur PSNR ``PSNR(f(G(E)), E)`` for two fixed kernels (the selection score),
-and a sharpness score, the ratio of Haar detail energy of ``f(E)`` to that of ``E``.
+Selection and the guard: the self-supervised re-blur PSNR ``PSNR(f(G(E)), E)`` on the user's
+held-out crop rose while the true PSNR fell (docs/finetuning.md), so it only stays as a
+diagnostic. Weights are chosen by the PSNR on fixed simulated pairs at the replay optics, made
+from real in-focus images that training never sees (the bundled samples), in focus included;
+the starting weights are kept unless a checkpoint beats them by ``min_gain_db``.
 
 :func:`finetune_iter` is a generator of :class:`~napari_mpt_deblur.train.updates.TrainUpdate`
 records, so a napari ``thread_worker`` can forward them and stop it between steps;
@@ -63,6 +67,7 @@ from ._common import (
     step_generator,
 )
 from .losses import PIXEL_LOSSES, efcr_terms, haar_dwt, pixel_loss
+from .optics_domain import SimulatedScore, simulation_for_optics
 from .reblur import ReblurBank, build_reblur_bank, make_negatives, make_reblurred_set
 from .updates import TrainUpdate, UpdateKind
 
@@ -80,7 +85,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FINETUNE_MODES = ("full", "reblur_only", "efcr")
+FINETUNE_MODES = ("full", "reblur_only", "efcr", "replay")
+REPLAY_OPTICS = ("auto", "user", "model")
+#: The selection score's pairs do not depend on the run's seed: one yardstick for every run.
+SCORE_SEED = 2027
 _STREAM_DATA = 11
 _STREAM_STEP = 12
 _RUN_CONTROL = frozenset({"steps", "time_budget_s", "device", "val_every", "preview_every",
@@ -120,7 +128,7 @@ class FinetuneConfig:
         Fraction of the labeled batch drawn from user pairs, when given.
     pixel_loss : {"l1", "mse", "charbonnier", "psnr"}
         Pixel loss.
-    mode : {"full", "reblur_only", "efcr"}
+    mode : {"full", "reblur_only", "efcr", "replay"}
         Which parts are used (module notes).
     pixel_size_um, numerical_aperture, wavelength_nm, refractive_index : float or None
         Optical hints for the re-blur operator; ``None`` takes them from the model's simulation
@@ -138,6 +146,20 @@ class FinetuneConfig:
         otherwise smoother than any real input).
     simulation : str or None
         Simulation preset for replay; ``None`` uses the model's own (metadata), else "bbbc006".
+    replay_optics : {"auto", "user", "model"}
+        Optics of the replay pairs and of the selection score. "user" moves the replay
+        simulation to the optical hints (:func:`~napari_mpt_deblur.train.optics_domain.
+        simulation_for_optics`: the user's PSF family, the model's relative defocus range);
+        "model" keeps the model's own simulation; "auto" is "user" when ``pixel_size_um`` and
+        ``numerical_aperture`` are given.
+    max_defocus_um : float or None
+        Deepest defocus the user expects, µm; default: the model's training range carried over
+        to the user's optics in depths of field.
+    min_gain_db : float
+        Guard: fine-tuned weights replace the starting ones only when they beat them on the
+        selection score (simulated PSNR at the replay optics) by at least this much.
+    score_pairs : int
+        Number of fixed simulated pairs behind the selection score.
     val_crop_size : int
         Side of the held-out validation crop (rounded down to the model's multiple).
     val_every, preview_every, state_every : int
@@ -173,6 +195,10 @@ class FinetuneConfig:
     reblur_kernel_size: int = 63
     reblur_noise: bool = True
     simulation: str | None = None
+    replay_optics: str = "auto"
+    max_defocus_um: float | None = None
+    min_gain_db: float = 0.05
+    score_pairs: int = 16
     val_crop_size: int = 256
     val_every: int = 25
     preview_every: int = 50
@@ -193,7 +219,17 @@ class FinetuneConfig:
                 f"pixel_loss must be one of {', '.join(map(repr, PIXEL_LOSSES))}; "
                 f"got {self.pixel_loss!r}"
             )
-        for name in ("steps", "batch_size", "patch_size", "val_crop_size"):
+        if self.replay_optics not in REPLAY_OPTICS:
+            raise ValueError(f"replay_optics must be one of {', '.join(map(repr, REPLAY_OPTICS))};"
+                             f" got {self.replay_optics!r}")
+        if self.replay_optics == "user" and (self.pixel_size_um is None
+                                             or self.numerical_aperture is None):
+            raise ValueError("replay_optics='user' needs pixel_size_um and numerical_aperture")
+        if self.max_defocus_um is not None and not self.max_defocus_um > 0:
+            raise ValueError(f"max_defocus_um must be > 0 or None; got {self.max_defocus_um!r}")
+        if not self.min_gain_db >= 0:
+            raise ValueError(f"min_gain_db must be >= 0; got {self.min_gain_db!r}")
+        for name in ("steps", "batch_size", "patch_size", "val_crop_size", "score_pairs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer; got {v!r}")
@@ -224,6 +260,13 @@ class FinetuneConfig:
             raise ValueError(f"reblur_kernel_size must be an odd integer >= 3; got {size!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be 'auto', 'off', 'bf16' or 'fp16'; got {self.amp!r}")
+
+    @property
+    def uses_user_optics(self) -> bool:
+        """Whether replay pairs and the selection score are simulated at the optical hints."""
+        if self.replay_optics == "model":
+            return False
+        return self.pixel_size_um is not None and self.numerical_aperture is not None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible dict."""
@@ -286,6 +329,11 @@ class FinetuneResult:
         The checkpoint written, if any.
     stopped : str
         "completed", "cancelled" or "time_budget".
+    kept_start : bool
+        True when no checkpoint beat the starting weights by ``min_gain_db`` on the selection
+        score, so ``model`` holds the starting weights.
+    verdict : str
+        One sentence saying which weights were kept and why.
     """
 
     model: nn.Module
@@ -294,6 +342,8 @@ class FinetuneResult:
     baseline: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     stopped: str = "completed"
+    kept_start: bool = False
+    verdict: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,6 +470,12 @@ def _holdout(planes: Sequence[np.ndarray], side: int, multiple: int, patch: int
     return index, candidates[0], False
 
 
+def _score(record: Mapping[str, Any]) -> float:
+    """The selection score of a validation record (older records: minus infinity)."""
+    value = record.get("score")
+    return float(value) if value is not None else -math.inf
+
+
 def _crop_padded(plane: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     y, x, hh, ww = box
     crop = plane[y : y + hh, x : x + ww]
@@ -523,6 +579,7 @@ def finetune_iter(
         result = run.finish()
         yield TrainUpdate(UpdateKind.DONE, run.step, total, {
             "reason": stopped, "best": result.best, "baseline": result.baseline,
+            "kept_start": result.kept_start, "verdict": result.verdict,
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,
             "result": result,
         })
@@ -623,6 +680,18 @@ class _FinetuneRun:
 
         self.simulation = _model_simulation(model, s.simulation)
         self.bank = _reblur_bank(s, self.simulation).to(self.device)
+        self.replay_simulation = self.simulation
+        if s.uses_user_optics:
+            self.replay_simulation = simulation_for_optics(
+                self.simulation, pixel_size_um=float(s.pixel_size_um),
+                numerical_aperture=float(s.numerical_aperture), wavelength_nm=s.wavelength_nm,
+                refractive_index=s.refractive_index, max_defocus_um=s.max_defocus_um)
+        score_patch = max(multiple, (128 // multiple) * multiple)
+        self.score = SimulatedScore(self.replay_simulation, n_pairs=s.score_pairs,
+                                    patch_size=score_patch, seed=SCORE_SEED,
+                                    normalization=self.normalization)
+        self.score_label = ("simulated PSNR at your optics" if s.uses_user_optics else
+                            "simulated PSNR at the model's training optics")
 
         # Batch composition.
         n_replay = n_paired = 0
@@ -633,7 +702,7 @@ class _FinetuneRun:
         if s.mode != "reblur_only" and s.replay_fraction > 0:
             n_replay = max(1, round(s.batch_size * s.replay_fraction))
         n_reblur = max(1, s.batch_size - n_replay - n_paired)
-        if s.mode == "efcr":
+        if s.mode in ("efcr", "replay"):
             n_replay = max(n_replay, s.batch_size - n_paired)
         simulator = None
         self.replay_description = "none"
@@ -647,15 +716,15 @@ class _FinetuneRun:
                 rplanes = [synthetic_infocus((side, side), rng) for _ in range(4)]
                 rnames = [f"synthetic{i}" for i in range(len(rplanes))]
                 self.replay_description = "procedural in-focus images (no replay images given)"
-            pct = list(self.simulation.source_percentiles)
+            pct = list(self.replay_simulation.source_percentiles)
             sources = []
             for name, p in zip(rnames, rplanes):
                 lo_r, hi_r = (float(v) for v in np.percentile(p, pct))
                 if hi_r > lo_r:
                     sources.append(SourceImage(name=name, plane=p, value_range=(lo_r, hi_r)))
-            simulator = PairSimulator(sources, self.simulation, patch, patch_norm_fraction=0.25,
-                                      normalization=self.normalization)
-        self.n_reblur = n_reblur if s.mode != "efcr" else 0
+            simulator = PairSimulator(sources, self.replay_simulation, patch,
+                                      patch_norm_fraction=0.25, normalization=self.normalization)
+        self.n_reblur = n_reblur if s.mode not in ("efcr", "replay") else 0
         self.builder = BatchBuilder(
             seed=s.seed, stream=_STREAM_DATA, simulator=simulator, n_simulated=n_replay,
             real=real, n_real=n_paired, unlabeled=unlabeled,
@@ -709,8 +778,9 @@ class _FinetuneRun:
             self.best = dict(self.baseline)
             self.best_state = self._snapshot()
             self.history.append({"kind": "validation", **self.baseline})
-            logger.info("fine-tuning %s: %s; composition %s; starting re-blur PSNR %.2f dB",
-                        self.settings.mode, ", ".join(self.image_names), self.composition,
+            logger.info("fine-tuning %s: %s; composition %s; starting %s %.2f dB (re-blur "
+                        "PSNR %.2f dB)", self.settings.mode, ", ".join(self.image_names),
+                        self.composition, self.score_label, self.baseline["score"],
                         self.baseline["reblur_psnr"])
             yield TrainUpdate(UpdateKind.VALIDATION, 0, self.settings.steps, dict(self.baseline))
             if self.settings.preview_every:
@@ -742,10 +812,12 @@ class _FinetuneRun:
             inputs.append(batch["blurred"].to(device))
             targets.append(batch["sharp"].to(device))
         e = batch["unlabeled"].to(device)
-        g_e, members = make_reblurred_set(e, self.bank, generator=gen)
-        if s.reblur_noise:
-            sigma = estimate_noise_sigma(e)
-            g_e = g_e + sigma * torch.randn(g_e.shape, generator=gen).to(device)
+        uses_efcr = s.mode in ("full", "efcr") and s.efcr_weight > 0
+        if self.n_reblur or uses_efcr:
+            g_e, members = make_reblurred_set(e, self.bank, generator=gen)
+            if s.reblur_noise:
+                sigma = estimate_noise_sigma(e)
+                g_e = g_e + sigma * torch.randn(g_e.shape, generator=gen).to(device)
         if self.n_reblur:
             inputs.append(g_e)
             targets.append(e)
@@ -759,7 +831,7 @@ class _FinetuneRun:
                 restored = model(blurred)
             parts["pixel"] = pixel_loss(restored, sharp, s.pixel_loss)
             loss = loss + parts["pixel"]
-        if s.mode != "reblur_only" and s.efcr_weight > 0:
+        if uses_efcr:
             with autocast(device, self.amp_dtype):
                 f_e = model(e)
             negatives = (make_negatives(blurred, self.bank, generator=gen)
@@ -810,8 +882,12 @@ class _FinetuneRun:
                     for i in range(1, out.shape[0])]
         _, hf_out = haar_dwt(out[:1])
         _, hf_e = haar_dwt(e)
+        simulated = self.score(self.model, device=self.device, amp_dtype=self.amp_dtype)
         scores = {
             "step": self.step,
+            "score": simulated["sim_psnr"],
+            "score_name": self.score_label,
+            **simulated,
             "reblur_psnr": float(np.mean(psnrs)),
             "reblur_psnr_identity": float(np.mean(identity)),
             "hf_energy_ratio": float((hf_out**2).sum() / (hf_e**2).sum().clamp_min(1e-12)),
@@ -819,10 +895,19 @@ class _FinetuneRun:
         if record_history:
             self.last_val_step = self.step
             self.history.append({"kind": "validation", **scores})
-            if not self.best or scores["reblur_psnr"] > self.best["reblur_psnr"]:
+            if self._beats_best(scores):
                 self.best = dict(scores)
                 self.best_state = self._snapshot()
         return scores
+
+    def _beats_best(self, scores: Mapping[str, Any]) -> bool:
+        """The guard: new weights must beat the best so far *and* the starting model by
+        ``min_gain_db`` on the selection score, so noise in the score cannot swap in a model
+        that is no better than the one the user started from."""
+        if not self.best:
+            return True
+        start = _score(self.baseline) + self.settings.min_gain_db
+        return scores["score"] > _score(self.best) and scores["score"] >= start
 
     def preview(self) -> dict[str, Any]:
         out = self._outputs()[0, 0].cpu().numpy().astype(np.float32)
@@ -843,6 +928,8 @@ class _FinetuneRun:
                 "validation_crop": {"image": self.val_image, "box_yxhw": list(self.val_box)},
                 "composition": self.composition,
                 "replay": self.replay_description,
+                "replay_simulation": self.replay_simulation.to_dict(),
+                "score": {"name": self.score_label, **self.score.describe()},
                 "reblur_defocus_um": list(self.bank.defocus_um or ()),
                 "steps_done": self.step,
                 "best": self.best,
@@ -937,8 +1024,24 @@ class _FinetuneRun:
         self._resumed = True
         logger.info("resumed fine-tuning at step %d of %d", self.step, self.settings.steps)
 
+    def verdict(self) -> tuple[bool, str]:
+        """Whether the starting weights were kept, and why, in words for the panel and CLI."""
+        name = self.score_label
+        base, best = _score(self.baseline), _score(self.best)
+        if not self.best.get("step"):
+            seen = [float(h["score"]) for h in self.history
+                    if h.get("kind") == "validation" and h.get("step") and "score" in h]
+            top = f"; the best checkpoint reached {max(seen) - base:+.2f} dB" if seen else ""
+            return True, (f"kept the starting model: no checkpoint beat it by "
+                          f"{self.settings.min_gain_db:g} dB on the {name} "
+                          f"({base:.2f} dB){top}")
+        return False, (f"fine-tuned weights of step {self.best['step']}: {name} "
+                       f"{base:.2f} → {best:.2f} dB ({best - base:+.2f} dB)")
+
     def finish(self) -> FinetuneResult:
         self.restore_best()
+        kept_start, verdict = self.verdict()
+        logger.info("fine-tuning ended (%s): %s", self.stopped, verdict)
         return FinetuneResult(
             model=self.model,
             history=copy.deepcopy(self.history),
@@ -946,4 +1049,6 @@ class _FinetuneRun:
             baseline=dict(self.baseline),
             checkpoint=self.out_path if self.out_path and self.out_path.exists() else None,
             stopped=self.stopped,
+            kept_start=kept_start,
+            verdict=verdict,
         )

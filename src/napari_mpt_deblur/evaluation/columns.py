@@ -1,0 +1,105 @@
+"""Model columns of the quality table: how a command-line word becomes a model to score.
+
+``mpt-deblur evaluate``, ``benchmarks/eval_quality.py`` and the scripts all name their columns
+the same way (a bundled model name, a checkpoint path, ``NAME@x8`` for 8-view test-time
+augmentation), so the parsing (:func:`split_views`, :func:`model_columns`) and the loading of
+those specs into models (``_resolve_models``) live here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .protocol import BLURRED, RICHARDSON_LUCY, RICHARDSON_LUCY_REAL
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Ensembled", "model_columns", "split_views"]
+
+
+@dataclass(frozen=True)
+class Ensembled:
+    """A model column run with test-time augmentation (``deblur(..., ensemble=views)``).
+
+    ``model`` is anything a column accepts: a loaded model, a bundled name or a checkpoint path.
+    """
+
+    model: Any
+    views: int = 8
+
+
+def _resolve_models(models: Mapping[str, Any] | None, device: str) -> dict[str, Any]:
+    """Column name -> loaded model (or :class:`Ensembled` of one): specs become models here."""
+    if models is None:
+        return {}
+    if not isinstance(models, Mapping):
+        raise TypeError(
+            f"models must be a dict of name -> model (or checkpoint, or None); got "
+            f"{type(models).__name__}"
+        )
+    reserved = {BLURRED, RICHARDSON_LUCY, RICHARDSON_LUCY_REAL}
+    resolved: dict[str, Any] = {}
+    for name, model in models.items():
+        if not isinstance(name, str) or not name or name in reserved:
+            raise ValueError(
+                f"model names must be non-empty and not {sorted(reserved)}; got {name!r}"
+            )
+        views = 1
+        if isinstance(model, Ensembled):
+            from ..engine.predict import check_ensemble
+
+            model, views = model.model, check_ensemble(model.views)
+        if model is None or isinstance(model, (str, os.PathLike)):
+            from ..models.checkpoint import load_model
+
+            model = load_model(name if model is None else model, device=device)
+        resolved[name] = Ensembled(model, views) if views > 1 else model
+    return resolved
+
+
+def _unwrap(model: Any) -> tuple[Any, int]:
+    return (model.model, model.views) if isinstance(model, Ensembled) else (model, 1)
+
+
+def split_views(value: str) -> tuple[str, int]:
+    """``"mpt-tiny@x8"`` -> ``("mpt-tiny", 8)``: the model and its test-time views."""
+    from ..engine.predict import ENSEMBLE_SIZES
+
+    head, sep, tail = value.rpartition("@x")
+    if not sep or not head:
+        return value, 1
+    if not tail.isdigit() or int(tail) not in ENSEMBLE_SIZES:
+        raise ValueError(
+            f"{value!r}: the test-time views after '@x' must be one of "
+            f"{', '.join(map(str, ENSEMBLE_SIZES))} (e.g. mpt-tiny@x8)"
+        )
+    return head, int(tail)
+
+
+def model_columns(values: list[str] | None) -> dict[str, Any]:
+    """Column name -> model spec; ``NAME@x8`` adds a column with 8-view test-time augmentation."""
+    from ..models.checkpoint import bundled_models
+
+    bundled = bundled_models()
+    if values is None:
+        if not bundled:
+            logger.warning("no trained models are bundled; evaluating the baselines only")
+        return {name: name for name in bundled}
+    entries: dict[str, Any] = {}
+    for value in values:
+        if value.lower() == "none":
+            continue
+        spec, views = split_views(value)
+        name = spec if spec in bundled else Path(spec).name.removesuffix(".safetensors")
+        if views > 1:
+            name = f"{name} ×{views}"
+        base, k = name, 2
+        while name in entries:
+            name, k = f"{base} ({k})", k + 1
+        entries[name] = Ensembled(spec, views) if views > 1 else spec
+    return entries

@@ -1,0 +1,141 @@
+"""The user's optics as a simulation: replay at those optics, the selection score, the guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _train_helpers import TinyNet, cells
+from scipy.ndimage import gaussian_filter
+
+from napari_mpt_deblur.simulate import get_simulation_preset
+from napari_mpt_deblur.train.finetune import FinetuneConfig, _FinetuneRun, finetune
+from napari_mpt_deblur.train.optics_domain import (
+    SimulatedScore,
+    bundled_infocus_sources,
+    depth_of_field_um,
+    simulation_for_optics,
+)
+
+OIL = dict(pixel_size_um=0.1, numerical_aperture=1.2, wavelength_nm=550.0,
+           refractive_index=1.515)
+
+
+class Identity(torch.nn.Module):
+    size_multiple = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.info: dict = {}
+
+    def forward(self, x):
+        return self.scale * x
+
+
+def test_depth_of_field_carries_the_defocus_range_to_other_optics():
+    base = get_simulation_preset("bbbc006")
+    assert depth_of_field_um(550.0, 1.2, 1.515) == pytest.approx(0.55 * 1.515 / 1.44)
+    oil = simulation_for_optics(base, **OIL)
+    ratio = depth_of_field_um(550.0, 1.2, 1.515) / depth_of_field_um(
+        float(np.mean(base.wavelength_nm_choices)), float(np.mean(base.numerical_aperture_range)),
+        1.0)
+    assert oil.defocus_um_range == pytest.approx(
+        (base.defocus_um_range[0] * ratio, base.defocus_um_range[1] * ratio))
+    # 2-32 µm at 20x NA 0.5 becomes roughly the 0.5-8 µm of an NA 1.2 oil objective
+    assert 0.3 < oil.defocus_um_range[0] < 0.8 and 5.0 < oil.defocus_um_range[1] < 12.0
+    assert oil.numerical_aperture_range == (1.2, 1.2) and oil.pixel_size_um == 0.1
+    assert oil.immersion_index == 1.515 and oil.wavelength_nm_choices == (550.0,)
+    # camera and content statistics stay the model's
+    assert oil.photons_per_unit_range == base.photons_per_unit_range
+    capped = simulation_for_optics(base, **OIL, max_defocus_um=2.0)
+    assert capped.defocus_um_range[1] == 2.0 and capped.defocus_um_range[0] <= 0.5
+    with pytest.raises(ValueError, match="refractive index"):
+        simulation_for_optics(base, pixel_size_um=0.1, numerical_aperture=1.2)
+
+
+def test_score_measures_restoration_of_the_in_focus_truth():
+    sim = simulation_for_optics(get_simulation_preset("bbbc006"), **OIL, max_defocus_um=2.0)
+    sources = bundled_infocus_sources(sim)
+    assert [s.name for s in sources] == ["sample_actin", "sample_nuclei", "sample_actin"]
+    score = SimulatedScore(sim, n_pairs=6, patch_size=64, sources=sources)
+    # nominal levels 0..2 µm, each times the simulator's defocus-scale draw (1-1.3)
+    assert score.defocus_um[0] == 0.0 and 2.0 <= score.defocus_um[-1] <= 2.6
+    assert score.blurred.shape == (6, 1, 64, 64)
+    identity = Identity()
+    ident = score(identity, device=torch.device("cpu"))
+    # the identity scores exactly the PSNR of the blurred inputs
+    from napari_mpt_deblur.train._common import psnr_ssim
+
+    expected = np.mean([psnr_ssim(b[0].numpy(), s[0].numpy())[0]
+                        for b, s in zip(score.blurred, score.sharp)])
+    assert ident["sim_psnr"] == pytest.approx(expected, abs=1e-4)
+    with torch.no_grad():
+        identity.scale.fill_(0.5)  # halving the intensities is clearly worse
+    assert score(identity, device=torch.device("cpu"))["sim_psnr"] < ident["sim_psnr"] - 3
+    # fixed pairs: the same score twice
+    again = SimulatedScore(sim, n_pairs=6, patch_size=64, sources=sources)
+    assert torch.equal(again.blurred, score.blurred)
+    assert score.describe()["numerical_aperture"] == 1.2
+
+
+@pytest.fixture(scope="module")
+def blurry_images():
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(2):
+        sharp = cells(rng, (160, 160)).astype(np.float32)
+        blurred = gaussian_filter(sharp, 2.0) + rng.normal(0, 10, sharp.shape)
+        out.append(np.clip(blurred, 0, 65535).astype(np.uint16))
+    return out
+
+
+def _settings(**changes) -> FinetuneConfig:
+    base = dict(steps=6, batch_size=2, patch_size=64, lr=2e-3, warmup_steps=0, val_crop_size=64,
+                val_every=3, preview_every=0, state_every=0, device="cpu", score_pairs=4,
+                reblur_defocus_dof=(0.5, 1.0), reblur_kernel_size=31)
+    base.update(changes)
+    return FinetuneConfig(**base)
+
+
+def test_replay_and_score_use_the_given_optics(blurry_images):
+    settings = _settings(mode="replay", **OIL, max_defocus_um=2.0)
+    assert settings.uses_user_optics
+    run = _FinetuneRun(TinyNet(), blurry_images, paired=None, settings=settings,
+                       replay_images=None, out_path=None, state_path=None, resume=False)
+    assert run.replay_simulation.numerical_aperture_range == (1.2, 1.2)
+    assert run.replay_simulation.pixel_size_um == 0.1
+    assert run.score.simulation.defocus_um_range == (0.0, 2.0)
+    assert run.composition["reblur"] == 0 and run.composition["replay"] == 2
+    assert run.score_label == "simulated PSNR at your optics"
+    model_optics = _settings(mode="replay", **OIL, replay_optics="model")
+    assert not model_optics.uses_user_optics
+    with pytest.raises(ValueError, match="needs pixel_size_um and numerical_aperture"):
+        _settings(replay_optics="user")
+
+
+def test_guard_keeps_the_starting_weights_when_nothing_beats_them(blurry_images):
+    torch.manual_seed(0)
+    model = TinyNet()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # A learning rate this large wrecks the network at every step.
+    result = finetune(model, blurry_images, settings=_settings(
+        mode="replay", lr=0.5, grad_clip=0.0, max_defocus_um=2.0, **OIL))
+    assert result.kept_start and result.best["step"] == 0
+    assert "kept the starting model" in result.verdict
+    assert all(torch.equal(v, start[k]) for k, v in result.model.state_dict().items())
+    scores = [h["score"] for h in result.history if h["kind"] == "validation" and h["step"]]
+    assert scores and max(scores) < result.baseline["score"] + 0.05
+
+
+def test_guard_lets_a_real_improvement_through(blurry_images):
+    model = Identity()
+    with torch.no_grad():  # a model that halves its input: replay pairs teach it to stop
+        model.scale.fill_(0.5)
+    result = finetune(model, blurry_images, settings=_settings(
+        mode="replay", lr=5e-2, steps=12, val_every=4, max_defocus_um=2.0, pixel_loss="mse",
+        **OIL))
+    assert not result.kept_start and result.best["step"] > 0
+    assert result.best["score"] >= result.baseline["score"] + 0.05
+    assert float(result.model.scale) > 0.6
+    assert "fine-tuned weights of step" in result.verdict
