@@ -58,7 +58,7 @@ def test_model_info_reads_like_the_old_dict():
 
 def test_the_info_round_trips_through_the_safetensors_header(tmp_path):
     net = create_model("mpt-test")
-    attach_info(net, name="run-7", description="for tests", lineage=("configs/a.yaml",),
+    attach_info(net, name="run-7", description="for tests", lineage=("recipes/a.yaml",),
                 training={"steps": 3}, simulation={"preset": "bbbc006"}, metrics={"psnr": 30.0},
                 finetune={"mode": "efcr"}, key="mpt_tiny.defocus",
                 normalization={"method": "minmax", "low_percentile": 0.0,
@@ -66,9 +66,9 @@ def test_the_info_round_trips_through_the_safetensors_header(tmp_path):
     path = save_checkpoint(tmp_path / "run.safetensors", net)
     header = read_header(path)
     assert "key" not in header  # saved weights are not the shipped ones they started from ...
-    assert header["lineage"] == ["configs/a.yaml", "mpt_tiny.defocus"]  # ... but came from them
+    assert header["lineage"] == ["recipes/a.yaml", "mpt_tiny.defocus"]  # ... but came from them
     loaded = load_model(path, device="cpu").info
-    assert loaded.lineage == ("configs/a.yaml", "mpt_tiny.defocus")
+    assert loaded.lineage == ("recipes/a.yaml", "mpt_tiny.defocus")
     for field in ("name", "description", "training", "simulation", "metrics",
                   "finetune", "normalization", "arch", "config", "routing"):
         assert getattr(loaded, field) == getattr(net.info, field), field

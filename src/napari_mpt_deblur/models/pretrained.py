@@ -69,7 +69,9 @@ class PretrainedEntry:
     normalization : dict
         The intensity normalisation they were trained with.
     lineage : tuple of str
-        Training configs, oldest first, each stage starting from the previous one's weights.
+        Where the weights come from, oldest first: the weights the last stage started from
+        (``commit:path`` in git history) and the recipe that made them (the full stage history
+        is in the model card and docs/training.md).
     """
 
     key: str
@@ -98,10 +100,8 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         sha256="0e294cd915fbd678d20ffe4714bf432b1b1c1d5a8ea52cf135dcde6998feb187",
         description="default: 20x widefield defocus 0-16 µm, leaves in-focus images alone",
         normalization=_PERCENTILE,
-        lineage=("configs/mpt-tiny.yaml", "configs/mpt-tiny-stage2.yaml",
-                 "configs/mpt-tiny-stage5.yaml", "configs/mpt-tiny-stage6.yaml",
-                 "configs/mpt-tiny-stage7.yaml", "configs/mpt-tiny-stage11.yaml",
-                 "configs/mpt-tiny-stage12.yaml"),
+        lineage=("c9b753e:src/napari_mpt_deblur/weights/mpt-tiny.safetensors (stage 11)",
+                 "configs/recipes/mpt-tiny.yaml"),
     ),
     PretrainedEntry(
         key="mpt_tiny.defocus_wide",
@@ -112,9 +112,8 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         sha256="e24b32511a1f140aec37a91a2b12e69772911162d9a2cd9eb964aa50b890b02f",
         description="strong defocus: trained on 2-24 µm, best at 16-24 µm",
         normalization=_PERCENTILE,
-        lineage=("configs/mpt-tiny.yaml", "configs/mpt-tiny-stage2.yaml",
-                 "configs/mpt-tiny-stage5.yaml", "configs/mpt-tiny-stage6.yaml",
-                 "configs/mpt-tiny-stage7.yaml", "configs/mpt-tiny-stage8.yaml"),
+        lineage=("60a4e51:src/napari_mpt_deblur/weights/mpt-tiny.safetensors (stage 7)",
+                 "configs/recipes/mpt-tiny-wide.yaml"),
     ),
     PretrainedEntry(
         key="htcsf.defocus",
@@ -125,7 +124,8 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         sha256="5a343f3fb07d287b850806fcce50d2af3ee7ac71a52b63d08ce2017adff680d5",
         description="fast CNN alternative (head-to-tail cross-scale fusion, ICIP 2022)",
         normalization=_PERCENTILE,
-        lineage=("configs/htcsf.yaml", "configs/htcsf-stage2.yaml"),
+        lineage=("a9ba847:src/napari_mpt_deblur/weights/htcsf.safetensors (stage 1)",
+                 "configs/recipes/htcsf.yaml"),
     ),
 )
 
