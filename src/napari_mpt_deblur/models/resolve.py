@@ -123,10 +123,10 @@ def resolve_model(
     torch_device = _as_device(device)
     if _is_module(source):
         net = _copy.deepcopy(source) if copy else source
-        if not isinstance(getattr(net, "info", None), ModelInfo):
-            had_info = bool(getattr(net, "info", None))
+        current = getattr(net, "info", None)  # a ModelInfo, a dict from older code, or none
+        if not isinstance(current, ModelInfo):
             info = model_info(net)
-            attach_info(net, info if had_info or not name else info.replace(name=name))
+            attach_info(net, info.replace(name=name) if name and not current else info)
         return net.eval().to(torch_device)
     entry, path = _locate(DEFAULT_PRETRAINED if source is None else source)
     key = _cache_key(entry, path, torch_device, routing, config) if cache else None
