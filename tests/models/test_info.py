@@ -52,8 +52,11 @@ def test_model_info_reads_like_the_old_dict():
     assert "source" not in info  # load-time fields appear once the weights came from a file
     loaded = info.replace(source="/a.safetensors", sha256="0" * 64)
     assert loaded["authors_checkpoint"] is False and loaded["sha256"] == "0" * 64
-    with pytest.raises(TypeError):
-        info["name"] = "y"  # read-only: change it with replace / attach_info
+    info["name"] = "y"  # scripts written for the old dict set keys: fields ...
+    info["note"] = "kept"  # ... or extra keys
+    assert info.name == "y" and info.extra["note"] == "kept" and info["note"] == "kept"
+    del info["note"]
+    assert "note" not in info
 
 
 def test_the_info_round_trips_through_the_safetensors_header(tmp_path):

@@ -11,15 +11,15 @@ needs ``getattr(net, "info", {})``.
 ``ModelInfo`` is the checkpoint header in typed form: :meth:`ModelInfo.to_header` writes the
 JSON header of the project's safetensors files and :meth:`ModelInfo.from_header` reads it back,
 keeping keys it does not know in :attr:`ModelInfo.extra`, so headers written by any version of
-the project round-trip unchanged. It is also a read-only mapping over that header form, so code
+the project round-trip unchanged. It is also a mutable mapping over that header form, so code
 written against the old ``model.info`` dict (``info["name"]``, ``info.get(...)``,
-``dict(info)``) keeps working.
+``dict(info)``, ``info["name"] = ...``) keeps working.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -65,8 +65,8 @@ def _default_normalization() -> dict[str, Any]:
     return IntensityNormalization().to_dict()
 
 
-@dataclass(frozen=True)
-class ModelInfo(Mapping):
+@dataclass
+class ModelInfo(MutableMapping):
     """What a network is: identity, architecture, pre-processing and provenance.
 
     Attributes
@@ -178,15 +178,32 @@ class ModelInfo(Mapping):
             known["extra"] = {**self.extra, **known.get("extra", {}), **extra}
         return dataclasses.replace(self, **known)
 
-    # ------------------------------------------------------------------ read-only mapping
+    # ------------------------------------------------------------------ the old dict's interface
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        """``info["name"] = ...`` as on the old dict: a field, or an ``extra`` key."""
+        if key in _FIELDS:
+            setattr(self, key, tuple(value) if key == "lineage" else value)
+        else:
+            self.extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in _FIELDS:  # a field cannot go: it returns to its default
+            default = ModelInfo()
+            setattr(self, key, getattr(default, key))
+        else:
+            del self.extra[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.to_dict())
 
     def __len__(self) -> int:
         return len(self.to_dict())
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelInfo)) - {"extra"}
 
 
 @runtime_checkable
