@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ def smoke_config(tiny_data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_then_resume_then_finetune(smoke_config, tmp_path, tiny_data_root):
+def test_train_then_resume_then_finetune(smoke_config, tmp_path, tiny_data_root, caplog):
     run = tmp_path / "run"
     assert main(["train", "--config", str(smoke_config), "--no-progress"]) == 0
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 1
@@ -47,11 +49,19 @@ def test_train_then_resume_then_finetune(smoke_config, tmp_path, tiny_data_root)
     out = tmp_path / "ft.safetensors"
     args = ["finetune", str(images), "--model", str(run / "best.safetensors"), "-o", str(out),
             "--steps", "1", "--batch-size", "1", "--patch-size", "128", "--device", "cpu",
-            "--pixel-size-um", "0.5", "--no-progress"]
-    assert main(args) == 0
+            "--pixel-size-um", "0.5", "--na", "0.8", "--max-defocus-um", "6",
+            "--no-progress"]
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
     from napari_mpt_deblur.models.checkpoint import read_header
 
     header = read_header(out)
     assert header["finetune"]["settings"]["pixel_size_um"] == 0.5
+    assert header["finetune"]["settings"]["max_defocus_um"] == 6.0
+    # replay and the selection score were simulated at the optics given
+    assert header["finetune"]["replay_simulation"]["numerical_aperture_range"] == [0.8, 0.8]
+    assert header["finetune"]["score"]["name"] == "simulated PSNR at your optics"
+    # the log says which weights the checkpoint holds, and why
+    assert re.search(r"(kept the starting model|fine-tuned weights of step 1)", caplog.text)
     assert header["finetune"]["images"] == ["b0.tif", "b1.tif"]
     assert main(args) == 1  # refuses to overwrite without --overwrite

@@ -14,6 +14,8 @@ from napari_mpt_deblur.train.optics_domain import (
     SimulatedScore,
     bundled_infocus_sources,
     depth_of_field_um,
+    match_camera,
+    planes_noise_sigma,
     simulation_for_optics,
 )
 
@@ -79,6 +81,28 @@ def test_score_measures_restoration_of_the_in_focus_truth():
     assert score.describe()["numerical_aperture"] == 1.2
 
 
+def test_camera_matching_finds_the_photon_count_of_the_users_images():
+    from napari_mpt_deblur.simulate import make_pair
+
+    base = get_simulation_preset("bbbc006")
+    sources = bundled_infocus_sources(base)
+    matched = {}
+    for photons in (20.0, 2000.0):
+        sim = base.replace(photons_per_unit_range=(photons, photons))
+        rng = np.random.default_rng(1)
+        planes = [make_pair(s.plane, sim, rng, defocus_um=8.0, source_range=s.value_range).blurred
+                  for s in sources]
+        sigma = planes_noise_sigma(planes)
+        lo, hi = match_camera(base, sigma, sources=sources).photons_per_unit_range
+        assert hi == pytest.approx(lo * 2.25)
+        centre = (lo * hi) ** 0.5
+        matched[photons] = centre
+        # the estimate lands within a factor of 4 of the truth (content and draws differ)
+        assert photons / 4 < centre < photons * 4
+    assert matched[20.0] < matched[2000.0] / 10
+    assert planes_noise_sigma([np.full((64, 64), 5.0, np.float32)]) == 0.0
+
+
 @pytest.fixture(scope="module")
 def blurry_images():
     rng = np.random.default_rng(3)
@@ -108,6 +132,9 @@ def test_replay_and_score_use_the_given_optics(blurry_images):
     assert run.score.simulation.defocus_um_range == (0.0, 2.0)
     assert run.composition["reblur"] == 0 and run.composition["replay"] == 2
     assert run.score_label == "simulated PSNR at your optics"
+    # the simulated camera is matched to the images' noise (10 counts on a ~100-1000 signal)
+    assert run.noise_sigma > 0
+    assert run.replay_simulation.photons_per_unit_range != (300.0, 5000.0)
     model_optics = _settings(mode="replay", **OIL, replay_optics="model")
     assert not model_optics.uses_user_optics
     with pytest.raises(ValueError, match="needs pixel_size_um and numerical_aperture"):

@@ -122,6 +122,7 @@ MODE_CHOICES = (
     ("full EFCR (re-blur + EFCR + replay)", "full"),
     ("re-blur self-supervision only", "reblur_only"),
     ("EFCR + replay, no re-blur pixel loss", "efcr"),
+    ("replay at your optics only (supervised)", "replay"),
 )
 _RUN_CONTROL = ("steps", "time_budget_s", "device", "val_every", "preview_every")
 _MAX_PREVIEW_SIDE = 1024

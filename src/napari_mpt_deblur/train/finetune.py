@@ -67,7 +67,13 @@ from ._common import (
     step_generator,
 )
 from .losses import PIXEL_LOSSES, efcr_terms, haar_dwt, pixel_loss
-from .optics_domain import SimulatedScore, simulation_for_optics
+from .optics_domain import (
+    SimulatedScore,
+    estimate_noise_sigma,
+    match_camera,
+    planes_noise_sigma,
+    simulation_for_optics,
+)
 from .reblur import ReblurBank, build_reblur_bank, make_negatives, make_reblurred_set
 from .updates import TrainUpdate, UpdateKind
 
@@ -160,6 +166,9 @@ class FinetuneConfig:
         selection score (simulated PSNR at the replay optics) by at least this much.
     score_pairs : int
         Number of fixed simulated pairs behind the selection score.
+    match_camera : bool
+        Set the photon count of replay pairs and score pairs so they are as noisy as the user's
+        images (:func:`~napari_mpt_deblur.train.optics_domain.match_camera`).
     val_crop_size : int
         Side of the held-out validation crop (rounded down to the model's multiple).
     val_every, preview_every, state_every : int
@@ -199,6 +208,7 @@ class FinetuneConfig:
     max_defocus_um: float | None = None
     min_gain_db: float = 0.05
     score_pairs: int = 16
+    match_camera: bool = True
     val_crop_size: int = 256
     val_every: int = 25
     preview_every: int = 50
@@ -349,18 +359,6 @@ class FinetuneResult:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def estimate_noise_sigma(x: torch.Tensor) -> torch.Tensor:
-    """Per-image Gaussian noise level from the Haar HH band (median absolute deviation / 0.6745).
-
-    For white noise of std σ the orthonormal HH coefficients have std σ, and image structure
-    rarely reaches HH, so the robust estimate follows the noise rather than the content.
-    Returns a (N, 1, 1, 1) tensor.
-    """
-    _, hf = haar_dwt(x.float())
-    hh = hf[:, :, 2].flatten(1)
-    return (hh.abs().median(dim=1).values / 0.6745).reshape(-1, 1, 1, 1).to(x.dtype)
 
 
 def _planes(images: Sequence[Any] | Any) -> tuple[list[np.ndarray], list[str]]:
@@ -686,6 +684,11 @@ class _FinetuneRun:
                 self.simulation, pixel_size_um=float(s.pixel_size_um),
                 numerical_aperture=float(s.numerical_aperture), wavelength_nm=s.wavelength_nm,
                 refractive_index=s.refractive_index, max_defocus_um=s.max_defocus_um)
+        self.noise_sigma = planes_noise_sigma(planes, self.normalization)
+        if s.match_camera:
+            self.replay_simulation = match_camera(
+                self.replay_simulation, self.noise_sigma, normalization=self.normalization,
+                seed=SCORE_SEED)
         score_patch = max(multiple, (128 // multiple) * multiple)
         self.score = SimulatedScore(self.replay_simulation, n_pairs=s.score_pairs,
                                     patch_size=score_patch, seed=SCORE_SEED,
@@ -929,6 +932,7 @@ class _FinetuneRun:
                 "composition": self.composition,
                 "replay": self.replay_description,
                 "replay_simulation": self.replay_simulation.to_dict(),
+                "image_noise_sigma": self.noise_sigma,
                 "score": {"name": self.score_label, **self.score.describe()},
                 "reblur_defocus_um": list(self.bank.defocus_um or ()),
                 "steps_done": self.step,

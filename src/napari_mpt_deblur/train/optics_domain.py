@@ -31,14 +31,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.normalize import IntensityNormalization
+from ..engine.normalize import IntensityNormalization, normalize, percentile_range
 from ..simulate import SimulationConfig
 from .data import SourceImage, build_validation_set
+from .losses import haar_dwt
 
 __all__ = [
     "SimulatedScore",
     "bundled_infocus_sources",
     "depth_of_field_um",
+    "estimate_noise_sigma",
+    "match_camera",
+    "planes_noise_sigma",
     "simulation_for_optics",
 ]
 
@@ -131,6 +135,74 @@ def bundled_infocus_sources(simulation: SimulationConfig) -> list[SourceImage]:
     return sources
 
 
+def estimate_noise_sigma(x: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian noise level from the Haar HH band (median absolute deviation / 0.6745).
+
+    For white noise of std σ the orthonormal HH coefficients have std σ, and image structure
+    rarely reaches HH, so the robust estimate follows the noise rather than the content.
+    Returns a (N, 1, 1, 1) tensor.
+    """
+    _, hf = haar_dwt(x.float())
+    hh = hf[:, :, 2].flatten(1)
+    return (hh.abs().median(dim=1).values / 0.6745).reshape(-1, 1, 1, 1).to(x.dtype)
+
+
+def planes_noise_sigma(planes: Sequence[np.ndarray],
+                       normalization: IntensityNormalization | None = None) -> float:
+    """Median noise level of whole planes in the engine's normalised units (each plane by its
+    own percentiles, as the engine and the simulated pairs are normalised)."""
+    normalization = normalization or IntensityNormalization()
+    sigmas = []
+    for plane in planes:
+        lo, hi = percentile_range(plane, normalization)
+        image = torch.from_numpy(np.ascontiguousarray(normalize(plane, lo, hi), np.float32))
+        sigmas.append(float(estimate_noise_sigma(image[None, None])))
+    return float(np.median(sigmas))
+
+
+def match_camera(
+    simulation: SimulationConfig,
+    target_sigma: float,
+    *,
+    sources: Sequence[SourceImage] | None = None,
+    normalization: IntensityNormalization | None = None,
+    crop_size: int = 256,
+    seed: int = 0,
+) -> SimulationConfig:
+    """``simulation`` with the photon count set so its blurred images are as noisy as the user's.
+
+    A model trained on bright images meets a dim camera as much as a new objective. Whole
+    simulated planes (central crops of the sources, at mid-range defocus) are measured exactly
+    as the user's planes are (:func:`planes_noise_sigma`), over a grid of photon counts (read
+    noise, offset and bit depth stay the model's); the photon range becomes ±50 % around the
+    count that matches the user's level.
+    """
+    from ..simulate import make_pair
+
+    sources = list(sources) if sources is not None else bundled_infocus_sources(simulation)
+    lo, hi = simulation.defocus_um_range
+    crops = []
+    for src in sources:
+        h, w = src.plane.shape
+        y, x = max(0, (h - crop_size) // 2), max(0, (w - crop_size) // 2)
+        crops.append((src.plane[y : y + crop_size, x : x + crop_size], src.value_range))
+    photons = np.geomspace(1.0, 1e5, 13)
+    sigmas = []
+    for p in photons:
+        sim = dataclasses.replace(simulation, photons_per_unit_range=(float(p), float(p)),
+                                  haze_probability=0.0)
+        rng = np.random.default_rng([seed, 31337])
+        planes = [make_pair(crop, sim, rng, defocus_um=0.5 * (lo + hi),
+                            source_range=value_range).blurred for crop, value_range in crops]
+        sigmas.append(planes_noise_sigma(planes, normalization))
+    # noise falls with the photon count: interpolate log(photons) against log(sigma)
+    order = np.argsort(sigmas)
+    log_sigma = np.log(np.maximum(np.asarray(sigmas)[order], 1e-12))
+    log_photons = np.log(photons[order])
+    match = float(np.exp(np.interp(np.log(max(target_sigma, 1e-12)), log_sigma, log_photons)))
+    return dataclasses.replace(simulation, photons_per_unit_range=(match / 1.5, match * 1.5))
+
+
 class SimulatedScore:
     """PSNR/SSIM on fixed simulated pairs at given optics, from in-focus 0 to the deepest
     defocus: the fine-tuning selection score and the number the panel plots.
@@ -180,6 +252,7 @@ class SimulatedScore:
             "wavelength_nm": (sim.wavelength_nm_choices[0] if sim.wavelength_nm_choices
                               else float(np.mean(sim.wavelength_nm_range))),
             "refractive_index": sim.immersion_index,
+            "photons_per_unit": list(sim.photons_per_unit_range),
             "defocus_um": [round(d, 3) for d in self.defocus_um],
         }
 
