@@ -171,11 +171,12 @@ def load_models(names: list[str], device: str) -> dict[str, Any]:
     if any(n.lower() == "none" for n in names):
         raise SystemExit("--models none cannot be combined with model names")
     import napari_mpt_deblur
+    from napari_mpt_deblur.models.pretrained import canonical_name
 
     models = {}
     for name in names:
         try:
-            model = napari_mpt_deblur.load_model(name, device=device)
+            model = napari_mpt_deblur.load_model(canonical_name(name), device=device)
         except Exception as exc:  # report any loading failure as a usage error
             raise SystemExit(f"cannot load model {name!r}: {exc}") from exc
         label = Path(name).name if os.sep in name else name  # short column titles for paths

@@ -142,9 +142,10 @@ def _model(name: str | None, device: str, published: bool) -> torch.nn.Module:
     import torch
 
     from napari_mpt_deblur import create_model, load_model
+    from napari_mpt_deblur.models.pretrained import canonical_name
 
     if not published:
-        return load_model(name, device=device).eval()
+        return load_model(canonical_name(name), device=device).eval()
     torch.manual_seed(0)
     return create_model(name, routing="compat").eval().to(device)
 

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from napari_mpt_deblur import deblur, load_model
 from napari_mpt_deblur.engine.predict import DeblurReport
+from napari_mpt_deblur.models.pretrained import canonical_name
 model_name, size, tile, budget, device, threads = {args!r}
 torch.set_num_threads(threads)
-model = load_model(model_name, device=device)
+model = load_model(canonical_name(model_name), device=device)
 deblur(np.zeros((128, 128), np.uint16), model, device=device, tile=0)  # warm-up: kernels
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 rng = np.random.default_rng(0)

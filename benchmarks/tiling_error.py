@@ -24,6 +24,7 @@ from napari_mpt_deblur import deblur, load_model
 from napari_mpt_deblur._sample_data import load_sample
 from napari_mpt_deblur.engine.tiling import pad_to_multiple, tile_grid
 from napari_mpt_deblur.metrics import psnr
+from napari_mpt_deblur.models.pretrained import canonical_name
 
 
 def seam_score(image: np.ndarray, tile: int, overlap: int, multiple: int) -> float:
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the Markdown table here")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    model = load_model(args.model, device="cpu")
+    model = load_model(canonical_name(args.model), device="cpu")
     sample = load_sample()
     blurred, sharp = sample.blurred, sample.sharp.astype(np.float32)
     t = time.perf_counter()

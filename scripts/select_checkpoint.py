@@ -54,6 +54,7 @@ from napari_mpt_deblur.evaluation import (
     split_views,
 )
 from napari_mpt_deblur.metrics import psnr
+from napari_mpt_deblur.models.pretrained import canonical_name
 from napari_mpt_deblur.simulate import make_pair
 from napari_mpt_deblur.train import TrainConfig
 from napari_mpt_deblur.train.loop import build_model
@@ -78,7 +79,7 @@ def _load(spec: str):
         try:
             if cfg.model_overrides:
                 raise FileNotFoundError(cfg.model)
-            model = load_model(cfg.model, device="cpu")
+            model = load_model(canonical_name(cfg.model), device="cpu")
         except FileNotFoundError:
             model = build_model(cfg).eval()
             model.info = {}
@@ -86,7 +87,7 @@ def _load(spec: str):
         model.eval()
         model.info["name"] = f"{path.parent.name}/state@{state['step']}"
         return model
-    model = load_model(spec, device="cpu")
+    model = load_model(canonical_name(spec), device="cpu")
     model.info["name"] = spec if not path.exists() else f"{path.parent.name}/{path.stem}"
     return model
 

@@ -122,25 +122,30 @@ def test_missing_inputs_and_models_are_errors(tmp_path):
 def test_info_lists_devices_and_models(capsys):
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out
-    assert "torch" in text and "cpu" in text and "mpt-tiny" in text
-    from napari_mpt_deblur.models.checkpoint import bundled_models, read_header
+    assert "torch" in text and "cpu" in text and "mpt_tiny.defocus" in text
+    from napari_mpt_deblur.models.checkpoint import read_header
+    from napari_mpt_deblur.models.pretrained import list_pretrained
 
-    for name, path in bundled_models().items():  # each bundled model says what it is for
-        description = (read_header(path) or {}).get("description")
-        assert f"  {name} " in text and (not description or description in text)
+    for entry in list_pretrained():  # each bundled model says what it is for, and its old name
+        description = (read_header(entry.path) or {}).get("description")
+        assert f"  {entry.key} " in text and f" {entry.label} " in text
+        assert not description or description in text
 
 
 def test_info_lists_the_default_model_first_and_explains_each_line(capsys):
     import json
 
-    from napari_mpt_deblur.models.checkpoint import bundled_models, default_model_name, read_header
+    from napari_mpt_deblur.models.checkpoint import read_header
+    from napari_mpt_deblur.models.pretrained import DEFAULT_PRETRAINED, list_pretrained
 
-    bundled, default = bundled_models(), default_model_name()
+    bundled, default = {e.key: e.path for e in list_pretrained()}, DEFAULT_PRETRAINED
     assert default in bundled
     assert cli.main(["info"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert not any("(-)" in ln for ln in lines)  # no unexplained placeholder
-    block = lines[lines.index("bundled trained models:") + 1 :]
+    title = next(i for i, ln in enumerate(lines) if ln.startswith("bundled trained models"))
+    assert "pretrained key" in lines[title] and "picker" in lines[title]  # the columns named
+    block = lines[title + 1 :]
     block = block[: next(i for i, ln in enumerate(block) if not ln.startswith("  "))]
     model_lines = [ln for ln in block if ln[2] != " "]  # descriptions are indented further
     assert [ln.split()[0] for ln in model_lines] == [default, *(n for n in bundled if n != default)]
@@ -155,6 +160,7 @@ def test_info_lists_the_default_model_first_and_explains_each_line(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["default_model"] == default
     assert next(iter(info["bundled_models"])) == default
+    assert info["bundled_models"][default]["label"] == "mpt-tiny"
 
 
 def test_info_shows_the_architecture_alone_when_a_model_has_no_routing():
@@ -197,9 +203,9 @@ def test_the_help_walk_finds_a_missing_help_text():
 
 
 def test_demo_without_weights_stops_with_a_message(monkeypatch, tmp_path, caplog):
-    from napari_mpt_deblur.models import checkpoint
+    from napari_mpt_deblur.models import pretrained
 
-    monkeypatch.setattr(checkpoint, "bundled_models", lambda: {})
+    monkeypatch.setattr(pretrained, "list_pretrained", lambda **k: [])
     assert cli.main(["demo", "-o", str(tmp_path / "demo")]) == 1
     assert "no trained weights" in caplog.text
     assert not (tmp_path / "demo").exists()

@@ -243,11 +243,11 @@ def test_other_runtime_errors_are_not_mistaken_for_out_of_memory(rng):
 def test_cli_finishes_a_batch_after_out_of_memory(tmp_path, rng, monkeypatch, caplog):
     from napari_mpt_deblur import cli
     from napari_mpt_deblur._io import read_image, write_image
-    from napari_mpt_deblur.models import checkpoint
+    from napari_mpt_deblur.models import resolve
 
     model = OutOfMemoryAbove(limit=128)
     model.info = {"name": "oom-prone"}
-    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(resolve, "resolve_model", lambda *a, **k: model)
     images = {"small": (rng.random((60, 70)) * 255).astype(np.uint8),
               "large": (rng.random((300, 280)) * 255).astype(np.uint8)}
     for name, image in images.items():
@@ -265,7 +265,7 @@ def test_cli_finishes_a_batch_after_out_of_memory(tmp_path, rng, monkeypatch, ca
 def test_cli_reports_an_image_that_never_fits_and_goes_on(tmp_path, rng, monkeypatch, caplog):
     from napari_mpt_deblur import cli
     from napari_mpt_deblur._io import read_image, write_image
-    from napari_mpt_deblur.models import checkpoint
+    from napari_mpt_deblur.models import resolve
 
     class OutOfMemoryOnFlatImages(Scale):  # stands in for "this one image is too big"
         def forward(self, x):
@@ -275,7 +275,7 @@ def test_cli_reports_an_image_that_never_fits_and_goes_on(tmp_path, rng, monkeyp
 
     model = OutOfMemoryOnFlatImages()
     model.info = {"name": "oom-on-one-image"}
-    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: model)
+    monkeypatch.setattr(resolve, "resolve_model", lambda *a, **k: model)
     images = {"a": (rng.random((60, 70)) * 255).astype(np.uint8),
               "b": np.full((60, 70), 7, np.uint8),
               "c": (rng.random((50, 40)) * 255).astype(np.uint8)}

@@ -359,7 +359,7 @@ def test_crafted_checkpoint_headers_are_refused_before_building(tiny_checkpoint,
     from napari_mpt_deblur.models import checkpoint
     from napari_mpt_deblur.models.checkpoint import CheckpointError
 
-    build = checkpoint._build
+    build = checkpoint.build_model
 
     def guarded_build(config):
         # A model much larger than the file's tensors must never be allocated: the header
@@ -368,7 +368,7 @@ def test_crafted_checkpoint_headers_are_refused_before_building(tiny_checkpoint,
             raise AssertionError(f"built a dim={config.dim} model before checking the tensors")
         return build(config)
 
-    monkeypatch.setattr(checkpoint, "_build", guarded_build)
+    monkeypatch.setattr(checkpoint, "build_model", guarded_build)
     path = tmp_path / "crafted.safetensors"
     _with_header(tiny_checkpoint, path, change)
     with pytest.raises(CheckpointError):

@@ -17,11 +17,15 @@ __all__ = [
     "create_model",
     "deblur",
     "list_models",
+    "list_pretrained",
     "load_model",
+    "resolve_model",
 ]
 
 _LAZY = {
-    "load_model": "napari_mpt_deblur.models.checkpoint",
+    "load_model": "napari_mpt_deblur.models.resolve",
+    "resolve_model": "napari_mpt_deblur.models.resolve",
+    "list_pretrained": "napari_mpt_deblur.models.pretrained",
     "create_model": "napari_mpt_deblur.models._registry",
     "list_models": "napari_mpt_deblur.models._registry",
     "deblur": "napari_mpt_deblur.engine.predict",
@@ -31,7 +35,8 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.predict import Cancelled, deblur
     from .models._registry import create_model, list_models
-    from .models.checkpoint import load_model
+    from .models.pretrained import list_pretrained
+    from .models.resolve import load_model, resolve_model
 
 
 def __getattr__(name: str) -> Any:

@@ -105,9 +105,9 @@ class DeblurNetwork(nn.Module):
         self, arch: str, config: dict[str, Any], normalization: dict[str, Any] | None = None
     ) -> None:
         super().__init__()
-        from .models.checkpoint import _build, _config_from_header
+        from .models.checkpoint import build_model, config_from_header
 
-        self.net = _build(_config_from_header({"arch": arch, "config": dict(config)}))
+        self.net = build_model(config_from_header({"arch": arch, "config": dict(config)}))
         norm = IntensityNormalization.from_dict(normalization)
         if norm.method not in ("percentile", "minmax"):
             raise ValueError(f"unknown normalisation method {norm.method!r}")
@@ -184,16 +184,18 @@ class ExportReport:
 def _load(model: Any) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
-    from .models.checkpoint import load_model
+    from .models.pretrained import canonical_name
+    from .models.resolve import load_model
 
-    return load_model(model, device="cpu")
+    return load_model(canonical_name(model) if isinstance(model, str) else model, device="cpu")
 
 
 def _header_of(net: nn.Module) -> dict[str, Any]:
     """The checkpoint header a model would be saved with (JSON types only)."""
     from .models.checkpoint import _json_default
+    from .models.info import model_info
 
-    info = dict(getattr(net, "info", {}) or {})
+    info = model_info(net).to_dict()
     header = {
         k: v for k, v in info.items() if k not in ("source", "authors_checkpoint", "config")
     }
@@ -242,14 +244,13 @@ def _pixel_size(header: dict[str, Any], override: float | None) -> float | None:
 
 
 def _bundled_card(header: dict[str, Any], sha256: str | None) -> str | None:
-    """The shipped model card when the weights are exactly a bundled model's."""
-    from .models.checkpoint import bundled_models, file_sha256
+    """The shipped model card when the weights are exactly a bundled model's (same SHA-256)."""
+    from .models.pretrained import list_pretrained
 
-    name = header.get("name")
-    path = bundled_models().get(name) if isinstance(name, str) else None
-    if path is None or sha256 is None or file_sha256(path) != sha256:
+    match = [e for e in list_pretrained() if sha256 is not None and e.sha256 == sha256]
+    if not match:
         return None
-    card = path.with_suffix(".md")
+    card = match[0].path.with_suffix(".md")
     return card.read_text(encoding="utf-8") if card.is_file() else None
 
 
@@ -577,9 +578,9 @@ def _model_card(
 
 
 def _multiple_text(header: dict[str, Any]) -> str:
-    from .models.checkpoint import _config_from_header
+    from .models.checkpoint import config_from_header
 
-    return str(_config_from_header(header).size_multiple)
+    return str(config_from_header(header).size_multiple)
 
 
 def export_bioimageio(
@@ -698,6 +699,7 @@ def load_bioimageio(
 
     from ._device import get_device
     from .models.checkpoint import CheckpointError, model_from_state_dict
+    from .models.info import ModelInfo, attach_info
 
     path = Path(path)
     if not path.exists():
@@ -729,14 +731,14 @@ def load_bioimageio(
     if not all(k.startswith(prefix) for k in state):
         raise CheckpointError(f"{path}: unexpected weight names (expected {prefix!r} prefixes)")
     net = model_from_state_dict({k[len(prefix):]: v for k, v in state.items()}, header)
-    info = {k: v for k, v in header.items() if k != "config"}
-    info.update(
+    attach_info(net, ModelInfo.from_header(
+        {k: v for k, v in header.items() if k != "config"},
+        config=net.config.to_dict(),
         name=header.get("name") or rdf.get("name"),
         source=str(path),
         sha256=digest,
         routing=getattr(net.config, "routing", None),
         authors_checkpoint=False,
         bioimageio={"name": rdf.get("name"), "format_version": rdf.get("format_version")},
-    )
-    net.info = info
+    ))
     return net.eval().to(get_device(device))

@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # One check for every subcommand with --device: a missing GPU is an error here,
             # not a warning and a silent CPU run (the library itself still falls back).
             args.device = require_device(args.device)
-        return int(args._run(args) or 0)
+        from .models.pretrained import old_names_accepted
+
+        with old_names_accepted():  # `--model mpt-tiny` is a user's word, not code to update
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         logger.error("interrupted; complete output files were kept, partial ones removed")
         return 130

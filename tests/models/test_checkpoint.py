@@ -121,22 +121,26 @@ def test_mismatched_shapes_are_reported_before_loading(tiny_model, tmp_path):
 
 
 def test_unknown_sources_are_explained(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a bundled model"):
+    with pytest.raises(FileNotFoundError, match=r"not a pretrained model.*valid keys: mpt_tiny"):
         load_model(tmp_path / "missing.safetensors")
-    with pytest.raises(FileNotFoundError, match="no trained weights are bundled for 'mpt-base'"):
+    with pytest.raises(FileNotFoundError, match="'mpt-base' is an architecture preset, not trai"):
         load_model("mpt-base")
     with pytest.raises(CheckpointError, match="folder"):
         load_model(tmp_path)
 
 
 def test_bundled_models_load_and_run():
-    bundled = bundled_models()
+    from napari_mpt_deblur.models.pretrained import list_pretrained
+
+    bundled = list_pretrained()
     if not bundled:
         pytest.skip("no trained weights bundled in this checkout")
-    for name in bundled:
-        model = load_model(name, device="cpu")
-        header = read_header(bundled[name])
-        assert header["name"] == name and "simulation" in header and "training" in header
+    assert sorted(bundled_models()) == sorted(e.label for e in bundled)  # the old names
+    for entry in bundled:
+        model = load_model(entry.key, device="cpu")
+        header = read_header(entry.path)
+        assert header["name"] == entry.label and "simulation" in header and "training" in header
+        assert model.info.key == entry.key and model.info.name == entry.label
         with torch.inference_mode():
             out = model(torch.rand(1, model.config.in_channels, 128, 128))
         assert torch.isfinite(out).all()

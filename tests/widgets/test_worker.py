@@ -52,13 +52,16 @@ def test_run_blocking_matches_the_engine_and_reports_progress(catalog, smooth_im
 
 
 def test_model_is_cached_between_runs(catalog, smooth_image, monkeypatch):
-    loads = []
-    original = catalog.load
-    monkeypatch.setattr(catalog, "load", lambda *a, **k: loads.append(a) or original(*a, **k))
+    from napari_mpt_deblur.models import resolve
+
+    reads = []
+    original = resolve.load_checkpoint
+    monkeypatch.setattr(resolve, "load_checkpoint",
+                        lambda *a, **k: reads.append(a) or original(*a, **k))
     request = DeblurRequest(image=smooth_image, axes="YX", model="tiny", device="cpu")
     run_blocking(request, catalog=catalog)
     run_blocking(request, catalog=catalog)
-    assert len(loads) == 1
+    assert len(reads) == 1  # the file is read once; the second run uses the cached network
 
 
 def test_cancel_stops_within_one_tile_and_returns_none(catalog, smooth_image, make_slow_model):

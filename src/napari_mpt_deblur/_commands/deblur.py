@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="bundled model name or checkpoint file (default: the shipped model)",
+        help="pretrained key (see `mpt-deblur info`, e.g. mpt_tiny.defocus) or checkpoint file "
+        "(default: the shipped mpt_tiny.defocus)",
     )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
     parser.add_argument(
@@ -78,9 +79,12 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from .._device import get_device
     from .._io import expand_inputs, read_image, remove_stale_temp_files, write_image
     from ..engine.predict import DeblurReport, deblur, parse_memory
-    from ..models.checkpoint import load_model
+    from ..models.info import model_info
+    from ..models.pretrained import canonical_name
+    from ..models.resolve import resolve_model
 
     log = logging.getLogger(__name__)
     parse_memory(args.max_memory)  # a bad size is a usage error before any work starts
@@ -111,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
             log.info("all %d outputs exist; nothing to do", len(files))
             return 0
         files, targets = [src for src, _ in todo], [dst for _, dst in todo]
-    model = load_model(args.model, device=args.device)
-    log.info("model %s on %s", model.info.get("name"), next(model.parameters()).device)
+    device = get_device(args.device)  # resolved once for the whole batch
+    model = resolve_model(canonical_name(args.model) if args.model else None, device)
+    log.info("model %s on %s", model_info(model).name, device)
     failures = 0
     for src, dst in zip(files, targets):
         try:
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 image,
                 model,
                 axes=axes,
-                device=args.device,
+                device=device,
                 tile=args.tile,
                 max_memory=args.max_memory,
                 ensemble=args.ensemble,

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "replaces the demo's own files there, and a folder that holds anything else is refused "
         "(see --overwrite)",
     )
-    parser.add_argument("--model", default=None, help="model name or checkpoint (default model)")
+    parser.add_argument("--model", default=None,
+                        help="pretrained key or checkpoint (default: mpt_tiny.defocus)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
     parser.add_argument(
         "--overwrite",
@@ -54,11 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from .._device import get_device
     from .._io import remove_stale_temp_files, write_image
     from .._sample_data import load_sample
     from ..engine.predict import DeblurReport, deblur
     from ..figures import before_after_png
-    from ..models.checkpoint import bundled_models, load_model
+    from ..models.info import model_info
+    from ..models.pretrained import canonical_name, list_pretrained
+    from ..models.resolve import resolve_model
 
     log = logging.getLogger(__name__)
     out = args.output
@@ -71,15 +75,16 @@ def run(args: argparse.Namespace) -> int:
             f"{out} holds files the demo did not write ({shown}); choose another folder with "
             "-o, or add --overwrite to replace only the demo's own files in it"
         )
-    if args.model is None and not bundled_models():
+    if args.model is None and not list_pretrained():
         raise FileNotFoundError(
             "this installation has no trained weights bundled, so the demo would only show an "
             "untrained network; train one with `mpt-deblur train` or pass --model CHECKPOINT"
         )
     sample = load_sample()
-    model = load_model(args.model, device=args.device)
+    device = get_device(args.device)
+    model = resolve_model(canonical_name(args.model) if args.model else None, device)
     report = DeblurReport()
-    result = deblur(sample.blurred, model, axes="YX", device=args.device, report=report)
+    result = deblur(sample.blurred, model, axes="YX", device=device, report=report)
     meta = {"axes": "YX", "pixel_size_um": (sample.pixel_size_um,) * 2}
     remove_stale_temp_files(out)
     # The folder was checked above: replacing the demo's own files is always right (atomic
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         write_image(out / blurred_name, sample.blurred, meta, overwrite=True),
         write_image(out / deblurred_name, result, meta, overwrite=True),
     ]
-    panels = {"defocused input": sample.blurred, f"deblurred ({model.info['name']})": result}
+    panels = {"defocused input": sample.blurred, f"deblurred ({model_info(model).name})": result}
     if sample.sharp is not None:
         panels["in focus (reference)"] = sample.sharp
     paths.append(before_after_png(out / figure_name, panels, overwrite=True))

@@ -14,7 +14,8 @@ HELP = "write a bundled model or a checkpoint as a bioimage.io model package (.z
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="bundled model name or checkpoint file (.safetensors)")
+    parser.add_argument("model", help="pretrained key (e.g. htcsf.defocus; see `mpt-deblur "
+                        "info`) or checkpoint file (.safetensors)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="package to write (.zip)")
     parser.add_argument(
         "--author",

@@ -2,7 +2,7 @@
 
 Example::
 
-    mpt-deblur finetune my_images/ --model mpt-tiny -o my-mpt.safetensors \\
+    mpt-deblur finetune my_images/ --model mpt_tiny.defocus -o my-mpt.safetensors \\
         --pixel-size-um 0.65 --na 0.5 --wavelength-nm 520 --time-budget 900
 
 The checkpoint holds the best weights found, judged by the PSNR on fixed simulated pairs at your
@@ -28,7 +28,8 @@ _MODES = ("full", "reblur_only", "efcr", "replay")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="blurry image files, folders or glob patterns")
     parser.add_argument("--model", default=None,
-                        help="starting model: bundled name or checkpoint file (default: shipped)")
+                        help="starting model: pretrained key or checkpoint file (default: "
+                             "mpt_tiny.defocus)")
     parser.add_argument("-o", "--output", required=True, type=Path,
                         help="checkpoint to write (.safetensors)")
     parser.add_argument("--preset", default="cpu-laptop", help="settings preset: cpu-laptop, gpu")
@@ -83,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .._io import expand_inputs, read_image
-    from ..models.checkpoint import load_model
+    from ..models.info import model_info
+    from ..models.pretrained import canonical_name
+    from ..models.resolve import load_model
     from ..train.finetune import finetune_iter, get_finetune_preset
     from ..train.updates import UpdateKind
 
@@ -127,8 +130,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("pixel size %.4g µm from the image metadata", pixel_sizes[0])
     settings = get_finetune_preset(args.preset, **changes)
 
-    model = load_model(args.model, device=settings.device)
-    log.info("fine-tuning %s on %d images (%s mode, %d steps)", model.info.get("name"),
+    model = load_model(canonical_name(args.model) if args.model else None,
+                       device=settings.device)  # a fresh copy: fine-tuning changes it
+    log.info("fine-tuning %s on %d images (%s mode, %d steps)", model_info(model).name,
              len(files), settings.mode, settings.steps)
     replay = None
     if args.replay:

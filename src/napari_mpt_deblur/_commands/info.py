@@ -21,21 +21,20 @@ def run(args: argparse.Namespace) -> int:
     from .. import __version__
     from .._device import list_devices
     from ..models._registry import describe_model, list_models
-    from ..models.checkpoint import bundled_models, default_model_name, read_header
+    from ..models.checkpoint import read_header
+    from ..models.pretrained import DEFAULT_PRETRAINED, list_pretrained
 
-    default = default_model_name()
-    models = bundled_models()
+    default = DEFAULT_PRETRAINED
     # The default first: it is what `deblur` and the widgets use without --model.
-    order = sorted(models, key=lambda n: n != default)
     bundled = {}
-    for name in order:
-        path = models[name]
-        header = read_header(path) or {}
-        bundled[name] = {
-            "file": str(path),
+    for entry in list_pretrained():
+        header = read_header(entry.path) or {}
+        bundled[entry.key] = {
+            "label": entry.label,
+            "file": str(entry.path),
             "arch": header.get("arch"),
             "routing": header.get("routing"),
-            "description": header.get("description"),
+            "description": header.get("description") or entry.description,
             "metrics": header.get("metrics"),
         }
     info = {
@@ -54,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"napari-mpt-deblur {__version__}  (python {info['python']}, torch {info['torch']})")
     print(f"devices: {', '.join(info['devices'])}   cpu threads: {info['cpu_threads']}")
     print(f"default model: {default}")
-    print("bundled trained models:" if bundled else "bundled trained models: none")
+    print("bundled trained models (pretrained key, then the picker's name):"
+          if bundled else "bundled trained models: none")
     for name, meta in bundled.items():
         label = f"{name} (default)" if name == default else name
-        print(f"  {label:<22} {_architecture(meta)}  {meta['file']}")
+        print(f"  {label:<28} {meta['label']:<14} {_architecture(meta)}  {meta['file']}")
         if meta["description"]:
-            print(f"  {'':<22} {meta['description']}")
+            print(f"  {'':<28} {meta['description']}")
     print("architectures (untrained presets, for training):")
     for name, text in info["architectures"].items():
         print(f"  {name:<22} {text}")

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help=DEVICE_HELP + " (default: the config's, else auto)")
     parser.add_argument("--init", default=None, metavar="CKPT",
-                        help="start from these weights (bundled name or checkpoint file)")
+                        help="start from these weights (pretrained key or checkpoint file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -71,9 +71,10 @@ def run(args: argparse.Namespace) -> int:
 
     model = None
     if args.init is not None:
-        from ..models.checkpoint import load_model
+        from ..models.pretrained import canonical_name
+        from ..models.resolve import load_model
 
-        model = load_model(args.init, device=cfg.device, routing=cfg.routing)
+        model = load_model(canonical_name(args.init), device=cfg.device, routing=cfg.routing)
         model.train()
         log.info("starting from %s", args.init)
 

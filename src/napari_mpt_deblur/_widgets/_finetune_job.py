@@ -513,13 +513,7 @@ def load_data(request: FinetuneRequest) -> FinetuneData:
 
 def _load_start_model(catalog: ModelCatalog, name: str, device: str) -> nn.Module:
     """A private copy of the start model: training must never change a model others use."""
-    entry = catalog.get(name)
-    if entry.kind == "memory":
-        model = copy.deepcopy(entry.model)
-        if not getattr(model, "info", None):
-            model.info = {"name": name}
-        return model
-    return catalog.load(name, device=device)
+    return catalog.load(name, device=device, copy=True)  # one road: models.resolve
 
 
 def _engine_plane(source: Any) -> int | None:

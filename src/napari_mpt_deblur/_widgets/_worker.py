@@ -1,11 +1,12 @@
 """Run the core ``deblur`` off the GUI thread and report its progress as yielded records.
 
-:func:`deblur_steps` is the one computation, written as a generator: it loads the model (cached
-between runs), starts :func:`napari_mpt_deblur.engine.predict.deblur` in a helper thread whose
-``progress(done, total)`` callbacks arrive through a queue, yields a :class:`DeblurProgress`
-per tile or plane, and *returns* a :class:`DeblurOutcome` (``None`` when cancelled). The widget
-runs it in a napari generator ``thread_worker`` (:func:`start_worker`); tests and the Layers →
-Filter command drive the same generator synchronously (:func:`run_blocking`).
+:func:`deblur_steps` is the one computation, written as a generator: it loads the model
+(through the package's one model cache, :mod:`napari_mpt_deblur.models.resolve`), starts
+:func:`napari_mpt_deblur.engine.predict.deblur` in a helper thread whose ``progress(done,
+total)`` callbacks arrive through a queue, yields a :class:`DeblurProgress` per tile or plane,
+and *returns* a :class:`DeblurOutcome` (``None`` when cancelled). The widget runs it in a
+napari generator ``thread_worker`` (:func:`start_worker`); tests and the Layers → Filter
+command drive the same generator synchronously (:func:`run_blocking`).
 
 The worker receives a plain :class:`DeblurRequest` (arrays and names, no widgets or layers) and a
 cancel event. Setting the event stops the engine before its next tile; closing the generator
@@ -36,7 +37,6 @@ import numpy as np
 if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
     from qtpy.QtWidgets import QWidget
-    from torch import nn
 
     from ..models.catalog import ModelCatalog
 
@@ -191,7 +191,8 @@ class DeblurOutcome:
     report : dict
         :class:`~napari_mpt_deblur.engine.predict.DeblurReport` as a dict.
     model_info : dict
-        ``model.info`` (name, source, sha256...); empty for a bare in-memory model.
+        The scalar fields of the model's :class:`~napari_mpt_deblur.models.info.ModelInfo`
+        (name, key, source, sha256 ...); name and architecture only for a bare network.
     entry : dict
         The catalog entry that was used (:meth:`CatalogEntry.to_dict`).
     """
@@ -216,49 +217,13 @@ class DeblurFailed:
 
 
 # ------------------------------------------------------------------------------------------
-# Model cache: loading an 80 MB checkpoint for every click would dominate short runs.
+# Model cache: the package's one cache (models.resolve), which catalog.load goes through.
 # ------------------------------------------------------------------------------------------
-_CACHE_LOCK = threading.Lock()
-_CACHE: dict[tuple, Any] = {}
-
-
-def _entry_key(entry: Any, device: str) -> tuple:
-    if entry.kind == "memory":
-        return ("memory", id(entry.model), device)
-    from pathlib import Path
-
-    stamp: tuple = ()
-    if entry.kind == "checkpoint":
-        try:
-            stat = Path(entry.source).stat()
-            stamp = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            stamp = ("missing",)
-    return (entry.kind, entry.source, stamp, device)
-
-
-def _load_cached(catalog: ModelCatalog, name: str, device: str) -> nn.Module:
-    """The model of catalog entry ``name`` on ``device``, reusing the last one loaded."""
-    from .._device import get_device
-
-    resolved = str(get_device(device))
-    entry = catalog.get(name)
-    key = _entry_key(entry, resolved)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-    if cached is not None:
-        return cached
-    model = catalog.load(name, device=resolved)
-    with _CACHE_LOCK:
-        _CACHE.clear()  # keep one model: GPU memory is precious
-        _CACHE[key] = model
-    return model
-
-
 def clear_model_cache() -> None:
-    """Forget the cached model (frees its memory once nothing else holds it)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    """Forget the cached models (frees their memory once nothing else holds them)."""
+    from ..models.resolve import clear_model_cache as clear
+
+    clear()
 
 
 # ------------------------------------------------------------------------------------------
@@ -284,13 +249,17 @@ def deblur_steps(
     def cancelled() -> bool:
         return stop.is_set() or (cancel is not None and cancel.is_set())
 
+    from .._device import get_device
+    from ..models.info import in_channels, model_info
+
     yield DeblurProgress(Stage.LOADING)
-    model = _load_cached(catalog, request.model, request.device)
+    device = get_device(request.device)  # the one resolution of the user's choice on this path
+    model = catalog.load(request.model, device=device)
     entry = catalog.get(request.model).to_dict()
     if cancelled():
         return None
     image = np.asarray(request.image)  # a dask layer is computed here, in the worker thread
-    planes = _engine_planes(image.shape, request.axes, int(getattr(model, "in_channels", 1)))
+    planes = _engine_planes(image.shape, request.axes, in_channels(model))
     updates: queue.Queue = queue.Queue()
     report = DeblurReport()
     started = time.perf_counter()
@@ -298,7 +267,7 @@ def deblur_steps(
     def run() -> None:
         try:
             result = deblur(
-                image, model, axes=request.axes, device=request.device, tile=request.tile,
+                image, model, axes=request.axes, device=device, tile=request.tile,
                 ensemble=request.ensemble, cancel=cancelled, report=report,
                 progress=lambda done, total: updates.put(("progress", done, total)),
             )
@@ -332,8 +301,8 @@ def deblur_steps(
             stop.set()
     if cancelled():
         return None
-    info = dict(getattr(model, "info", None) or {})
-    info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    info = {k: v for k, v in model_info(model).to_dict().items()
+            if isinstance(v, (str, int, float, bool, type(None)))}
     return DeblurOutcome(data=data, report=report.to_dict(), model_info=info, entry=entry)
 
 

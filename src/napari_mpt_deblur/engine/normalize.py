@@ -8,31 +8,13 @@ engine can map its output straight back to the input's range and dtype.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import numpy as np
 
+# Part of the model contract (a network is trained for one normalisation), so it is defined
+# with ModelInfo; re-exported here, where the engine and training apply it.
+from ..models.info import IntensityNormalization
+
 __all__ = ["IntensityNormalization", "denormalize", "normalize", "percentile_range"]
-
-
-@dataclass(frozen=True)
-class IntensityNormalization:
-    """Percentiles defining the affine map to model units (stored in every checkpoint)."""
-
-    method: str = "percentile"
-    low_percentile: float = 0.5
-    high_percentile: float = 99.8
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> IntensityNormalization:
-        if not data:
-            return cls()
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def percentile_range(

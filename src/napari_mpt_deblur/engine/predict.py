@@ -8,7 +8,6 @@ smoothly blended tiles otherwise, and maps the result back to the input's range 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import re
@@ -22,6 +21,7 @@ import numpy as np
 
 from .._axes import infer_axes, validate_axes
 from .._validation import check_image_array
+from ..models.info import in_channels, model_info, size_multiple
 from ._allocator import retain_freed_memory
 from .normalize import IntensityNormalization, denormalize, normalize, percentile_range
 from .tiling import Tile, blend_window, pad_to_multiple, tile_grid
@@ -88,23 +88,11 @@ def _is_cancelled(cancel: Any) -> bool:
     return bool(cancel())
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_model(name: str, device: str) -> nn.Module:
-    from ..models.checkpoint import load_model
-
-    return load_model(name, device=device)
-
-
 def _resolve_model(model: Any, device: torch.device) -> nn.Module:
-    if model is None or isinstance(model, str):
-        from ..models.checkpoint import default_model_name
+    """A name, path or network -> a network, through the package's one resolver and cache."""
+    from ..models.resolve import resolve_model
 
-        return _cached_model(model or default_model_name(), str(device))
-    if hasattr(model, "__fspath__"):
-        from ..models.checkpoint import load_model
-
-        return load_model(model, device=device)
-    return model
+    return resolve_model(model, device)
 
 
 def _available_bytes(device: torch.device) -> int:
@@ -160,16 +148,16 @@ def estimate_tile(
     model may use per tile on top of what is free; on the CPU it also pays for the plane's own
     buffers, so that the whole job stays within it.
     """
-    per_pixel = getattr(model, "inference_bytes_per_pixel", None)
+    per_pixel = getattr(model, "inference_bytes_per_pixel", None)  # optional: a cost hint
     if per_pixel is None:
         dim = getattr(getattr(model, "config", None), "dim", 32)
         per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL * dim
     budget = _available_bytes(device)
-    multiple = getattr(model, "size_multiple", 128)
+    multiple = size_multiple(model)
     if max_memory is not None:
         limit = int(max_memory)
         if device.type == "cpu":
-            buffers = _plane_buffer_bytes(height, width, int(getattr(model, "in_channels", 1)))
+            buffers = _plane_buffer_bytes(height, width, in_channels(model))
             smallest = multiple * multiple * per_pixel
             limit -= buffers
             if limit < smallest:
@@ -285,24 +273,28 @@ def deblur(
     started = time.perf_counter()
     array = check_image_array(image)
     explicit_axes = axes is not None
-    torch_device = get_device(device)
+    import torch
+
+    # a torch.device is already resolved (the widgets resolve the user's choice once per run)
+    torch_device = device if isinstance(device, torch.device) else get_device(device)
     net = _resolve_model(model, torch_device)
     net.eval()
     _move_model(net, torch_device)
-    in_channels = int(getattr(net, "in_channels", 1))
+    info = model_info(net)
+    channels = in_channels(net)
     axes = (
-        validate_axes(axes, array.ndim) if explicit_axes else infer_axes(array.shape, in_channels)
+        validate_axes(axes, array.ndim) if explicit_axes else infer_axes(array.shape, channels)
     )
-    _check_channels(array.shape, axes, in_channels, explicit_axes)
+    _check_channels(array.shape, axes, channels, explicit_axes)
     h, w = array.shape[axes.index("Y")], array.shape[axes.index("X")]
     if h < MIN_SIDE or w < MIN_SIDE:
         raise ValueError(
             f"image planes are {h}x{w} pixels; at least {MIN_SIDE}x{MIN_SIDE} are needed to deblur"
         )
 
-    planes, restore = _to_planes(array, axes, in_channels)  # (P, Cm, H, W)
-    norm = IntensityNormalization.from_dict(getattr(net, "info", {}).get("normalization"))
-    multiple = int(getattr(net, "size_multiple", 128))
+    planes, restore = _to_planes(array, axes, channels)  # (P, Cm, H, W)
+    norm = IntensityNormalization.from_dict(info.normalization)
+    multiple = size_multiple(net)
     if tile is None:
         ph, pw = (math.ceil(s / multiple) * multiple for s in (h, w))
         tile = estimate_tile(net, ph, pw, torch_device, memory_limit)
@@ -311,7 +303,7 @@ def deblur(
     tile = tile or None
     ov = default_overlap(tile) if (tile and overlap is None) else int(overlap or 0)
     rep = report if report is not None else DeblurReport()
-    rep.model = str(getattr(net, "info", {}).get("name", type(net).__name__))
+    rep.model = info.name or type(net).__name__
     rep.device = str(torch_device)
     rep.planes = planes.shape[0]
     rep.ensemble = ensemble
@@ -460,7 +452,7 @@ def _run_plane(
         ranges = [percentile_range(channel, norm) for channel in plane]
     normed = np.stack([normalize(c, lo, hi) for c, (lo, hi) in zip(plane, ranges)])
     h, w = normed.shape[-2:]
-    multiple = int(getattr(net, "size_multiple", 128))
+    multiple = size_multiple(net)
     padded, (top, left) = pad_to_multiple(normed, multiple)
     ph, pw = padded.shape[-2:]
     tiles = (

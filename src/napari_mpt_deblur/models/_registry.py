@@ -1,4 +1,15 @@
-"""Model registry: presets by name, so configs stay plain data and pickers never copy lists."""
+"""Model registry: architecture presets by name, and architectures by checkpoint ``arch``.
+
+Two tables, one per question:
+
+- presets (``create_model("mpt-tiny")``): a name for an untrained network of a given size;
+- architectures (``"mpt"``, ``"htcsf"``): what a checkpoint's ``arch`` means. Each architecture
+  module registers an :class:`Architecture` that owns its checkpoint knowledge (config class,
+  state-dict key filter, config inference from tensors, config checks), so that
+  :mod:`.checkpoint` stays generic.
+
+Trained weights have a third table of their own, keyed ``arch.tag``: :mod:`.pretrained`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +17,11 @@ import fnmatch
 import logging
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -28,6 +41,83 @@ def register_model(name: str, description: str = "") -> Callable[[Callable], Cal
         return fn
 
     return decorator
+
+
+def _no_filter(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return state_dict
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How checkpoints of one architecture family are read and built.
+
+    Attributes
+    ----------
+    name : str
+        The checkpoint header's ``arch`` (``"mpt"``).
+    config_class : type
+        Frozen dataclass with ``to_dict``/``from_dict`` (``MPTConfig``).
+    build : callable
+        ``build(config) -> nn.Module`` (the class itself, usually).
+    filter_state_dict : callable
+        ``filter(state_dict) -> state_dict``: removes training wrappers' key prefixes before the
+        keys are matched (identity by default).
+    infer_config : callable or None
+        ``infer(state_dict, routing) -> config`` for files without a project header (the
+        authors' releases); raises ``CheckpointError`` when the tensors are not of this
+        architecture. ``None``: header-less files are never of this architecture.
+    check_config : callable or None
+        ``check(config, state_dict)``: compares a header's size parameters with the tensors
+        before anything is built, so a header cannot make a small file allocate a huge model.
+    config_from_authors : callable or None
+        ``convert(kwargs, routing) -> config`` from the released code's constructor arguments.
+    """
+
+    name: str
+    config_class: type
+    build: Callable[[Any], nn.Module]
+    filter_state_dict: Callable[[dict], dict] = _no_filter
+    infer_config: Callable[..., Any] | None = None
+    check_config: Callable[[Any, dict], None] | None = None
+    config_from_authors: Callable[..., Any] | None = None
+
+
+_ARCHITECTURES: dict[str, Architecture] = {}
+
+
+def register_architecture(arch: Architecture) -> Architecture:
+    """Make checkpoints whose header says ``arch.name`` loadable; returns ``arch``."""
+    if arch.name in _ARCHITECTURES:
+        warnings.warn(f"architecture {arch.name!r} is registered twice; the later one wins",
+                      stacklevel=2)
+    _ARCHITECTURES[arch.name] = arch
+    return arch
+
+
+def list_architectures() -> list[str]:
+    """Names of the registered architecture families (checkpoint ``arch`` values)."""
+    _ensure_builtin_models()
+    return sorted(_ARCHITECTURES)
+
+
+def get_architecture(name: str) -> Architecture:
+    """The :class:`Architecture` called ``name``; ``ValueError`` lists the known ones."""
+    _ensure_builtin_models()
+    try:
+        return _ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown architecture {name!r}; known: {', '.join(sorted(_ARCHITECTURES))}"
+        ) from None
+
+
+def architecture_of(config: Any) -> Architecture:
+    """The :class:`Architecture` whose config class ``config`` is an instance of."""
+    _ensure_builtin_models()
+    for arch in _ARCHITECTURES.values():
+        if isinstance(config, arch.config_class):
+            return arch
+    raise TypeError(f"{type(config).__name__} is not the config of a registered architecture")
 
 
 def _ensure_builtin_models() -> None:

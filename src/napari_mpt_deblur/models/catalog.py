@@ -53,12 +53,13 @@ class CatalogEntry:
     Attributes
     ----------
     name : str
-        Unique display name (the bundled name, or the checkpoint file's stem).
+        Unique display name (the shipped weights' label, e.g. ``mpt-tiny``, or the checkpoint
+        file's stem).
     kind : {"bundled", "checkpoint", "memory"}
         Where the weights come from.
     source : str or None
-        What :func:`~napari_mpt_deblur.models.checkpoint.load_model` needs: a bundled name or a
-        file path; ``None`` for an in-memory model.
+        What :func:`~napari_mpt_deblur.models.resolve.resolve_model` needs: a pretrained key
+        (``mpt_tiny.defocus``) or a file path; ``None`` for an in-memory model.
     description : str
         One line for tooltips (architecture, file, header name).
     model : torch.nn.Module or None
@@ -110,7 +111,8 @@ class ModelCatalog:
     Parameters
     ----------
     include_bundled : bool
-        List the weights shipped in the package (:func:`bundled_models`). Tests pass ``False``
+        List the weights shipped in the package
+        (:func:`~napari_mpt_deblur.models.pretrained.list_pretrained`). Tests pass ``False``
         for a catalog whose content they control.
 
     Notes
@@ -166,12 +168,12 @@ class ModelCatalog:
 
     def default_name(self) -> str | None:
         """The entry a picker should start on: the package default model when listed."""
-        from .checkpoint import default_model_name
+        from .pretrained import DEFAULT_PRETRAINED
 
         with self._lock:
-            preferred = default_model_name()
-            if preferred in self._entries:
-                return preferred
+            for entry in self._entries.values():
+                if entry.kind == "bundled" and entry.source == DEFAULT_PRETRAINED:
+                    return entry.name
             return next(iter(self._entries), None)
 
     # ------------------------------------------------------------------ changes
@@ -260,16 +262,19 @@ class ModelCatalog:
         self._emit(CatalogEvent("reset"))
 
     # ------------------------------------------------------------------ loading
-    def load(self, name: str, device: str | torch.device | None = "auto") -> nn.Module:
-        """The network of entry ``name`` on ``device`` (slow for big files: call off the GUI)."""
+    def load(self, name: str, device: str | torch.device | None = "auto", *,
+             copy: bool = False) -> nn.Module:
+        """The network of entry ``name`` on ``device`` (slow for big files: call off the GUI).
+
+        Loaded through :func:`~napari_mpt_deblur.models.resolve.resolve_model`, so a file is
+        read once and then served from its cache; ``copy=True`` gives a private deep copy for a
+        caller that will change the weights (fine-tuning).
+        """
+        from .resolve import resolve_model
+
         entry = self.get(name)
-        if entry.kind == "memory":
-            from .._device import get_device
-
-            return entry.model.eval().to(get_device(device))
-        from .checkpoint import load_model
-
-        return load_model(entry.source, device=device)
+        source = entry.model if entry.kind == "memory" else entry.source
+        return resolve_model(source, device, copy=copy, name=entry.name)
 
     # ------------------------------------------------------------------ callbacks
     def connect(self, callback: Callable[[CatalogEvent], Any]) -> Callable[[CatalogEvent], Any]:
@@ -311,15 +316,18 @@ class ModelCatalog:
         return entry
 
     def _add_bundled(self) -> None:
-        from .checkpoint import bundled_models, read_header
+        from .checkpoint import read_header
+        from .pretrained import list_pretrained
 
-        for name, path in bundled_models().items():
+        # Pickers show the short labels (mpt-tiny); the entry's source is the pretrained key.
+        for pretrained in sorted(list_pretrained(), key=lambda e: e.label):
             try:  # the header says what the weights are for (e.g. strong defocus)
-                purpose = (read_header(path) or {}).get("description")
+                purpose = (read_header(pretrained.path) or {}).get("description")
             except (OSError, ValueError):
                 purpose = None
-            self._entries[name] = CatalogEntry(
-                name, "bundled", name, description=purpose or f"shipped weights: {path.name}")
+            self._entries[pretrained.label] = CatalogEntry(
+                pretrained.label, "bundled", pretrained.key,
+                description=purpose or pretrained.description)
 
 
 def _deref(ref: Any) -> Any:

@@ -1,9 +1,14 @@
-"""Checkpoints: the project's safetensors format, the authors' released files, and ``load_model``.
+"""Checkpoints: the project's safetensors format and the authors' released files.
 
 Nothing here unpickles arbitrary objects: safetensors files hold only tensors and a JSON header,
 and torch files are read with ``torch.load(weights_only=True)``, which refuses code-carrying
 pickles. Shapes are checked against the header before a model is built, and file sizes are
 checked before anything is read, so a hostile or corrupt file fails with a clear message.
+
+This module knows no architecture: what a header's ``arch`` means (config class, key filter,
+config inference for header-less files, size checks) is registered by each architecture module
+(:class:`~napari_mpt_deblur.models._registry.Architecture`). Names and caching live in
+:mod:`.resolve` (``resolve_model``, ``load_model``), shipped weights in :mod:`.pretrained`.
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import json
 import logging
 import os
 import pickle
-import re
 import tempfile
 import zipfile
-from importlib import resources
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from ._registry import architecture_of, get_architecture, list_architectures
+from .info import model_info
 
 if TYPE_CHECKING:
     import torch
@@ -30,11 +35,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CheckpointError",
-    "bundled_models",
-    "default_model_name",
+    "build_model",
+    "config_from_header",
     "file_sha256",
     "load_checkpoint",
-    "load_model",
     "model_from_state_dict",
     "read_header",
     "save_checkpoint",
@@ -43,9 +47,40 @@ __all__ = [
 HEADER_KEY = "napari_mpt_deblur"
 FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 2 * 1024**3  # the published MPT is ~80 MB; refuse absurd files
-AUTHOR_PREFIXES = ("module.Network.", "Network.", "module.")
 TORCH_SUFFIXES = (".pth", ".pt", ".pytorch", ".ckpt", ".bin")
-DEFAULT_MODEL = "mpt-tiny"
+# Header fields a saved model carries over from its info (not "key": a fine-tuned copy of
+# shipped weights is not those weights; not the load-time source/sha256).
+_SAVED_INFO = ("name", "training", "simulation", "metrics", "finetune", "description", "lineage")
+
+# Names that moved; still importable from here (see __getattr__).
+_MOVED = {
+    "load_model": "resolve",
+    "bundled_models": "pretrained",
+    "default_model_name": "pretrained",
+    "DEFAULT_MODEL": "pretrained",
+    "infer_mpt_config": "mpt",
+    "strip_prefixes": "mpt",
+    "AUTHOR_PREFIXES": "mpt",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        module = import_module(f"{__package__}.{_MOVED[name]}")
+        if name == "DEFAULT_MODEL":
+            return module.default_model_name()
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _package_version() -> str:
+    """The installed package's version, without importing the package root."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-mpt-deblur")
+    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled tree
+        return "unknown"
 
 
 class CheckpointError(ValueError):
@@ -61,12 +96,11 @@ def save_checkpoint(
     """Write ``model`` as safetensors with a JSON header, atomically (temp file + rename).
 
     The header records everything needed to rebuild the model without code from the file:
-    ``arch``, ``config``, ``routing``, channels, ``normalization`` and free-form training and
-    simulation descriptions from ``metadata``.
+    ``arch``, ``config``, ``routing``, channels, ``normalization`` and the model's
+    :class:`~napari_mpt_deblur.models.info.ModelInfo` (name, description, training, simulation,
+    lineage ...), then ``metadata`` on top.
     """
     from safetensors.torch import save_file
-
-    from ..engine.normalize import IntensityNormalization
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -75,20 +109,23 @@ def save_checkpoint(
             if path.suffix
             else path.with_suffix(".safetensors")
         )
-    info = dict(getattr(model, "info", {}) or {})
+    info = model_info(model)
     header: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "arch": info.get("arch", _arch_of(model)),
+        "package_version": _package_version(),
+        "arch": info.arch or architecture_of(model.config).name,
         "config": model.config.to_dict(),
         "routing": getattr(model.config, "routing", None),
         "in_channels": model.config.in_channels,
         "out_channels": model.config.out_channels,
-        "normalization": info.get("normalization", IntensityNormalization().to_dict()),
+        "normalization": info.normalization,
     }
-    for key in ("name", "training", "simulation", "metrics", "finetune", "description"):
-        if key in info:
-            header[key] = info[key]
+    saved = info.to_dict()
+    if info.key:  # weights derived from shipped ones record which, instead of claiming the key
+        saved["lineage"] = [*saved.get("lineage", []), info.key]
+    for key in _SAVED_INFO:
+        if saved.get(key):
+            header[key] = saved[key]
     header.update(metadata or {})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,10 +153,6 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint header")
-
-
-def _arch_of(model: nn.Module) -> str:
-    return type(model).__name__.lower()
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,137 +266,67 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path} holds no model state dict (found {type(obj).__name__})")
 
 
-def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the training wrappers' key prefixes (``module.Network.``, ``Network.`` ...)."""
-    for prefix in AUTHOR_PREFIXES:
-        if state_dict and all(k.startswith(prefix) for k in state_dict):
-            return {k[len(prefix) :]: v for k, v in state_dict.items()}
-    return state_dict
-
-
 # --------------------------------------------------------------------------------------------
-# Building models
+# Building models (through the registered architectures)
 # --------------------------------------------------------------------------------------------
-def infer_mpt_config(state_dict: dict[str, torch.Tensor], routing: str = "compat"):
-    """Reconstruct an :class:`MPTConfig` from the authors' key layout and shapes.
-
-    Pooling rates are not stored in the weights; levels with six blocks get the published
-    schedule, others a pyramid consistent with which blocks own a ``downproj``.
-    """
-    from .mpt import PUBLISHED_POOL_RATES, MPTConfig
-
-    if "inproj.weight" not in state_dict or "output.weight" not in state_dict:
-        raise CheckpointError(
-            "this is not an MPT state dict (no 'inproj.weight'/'output.weight' keys); "
-            f"first keys: {list(state_dict)[:5]}"
-        )
-    inproj = state_dict["inproj.weight"]
-    dim, in_ch = int(inproj.shape[0]), int(inproj.shape[1])
-    out_ch = int(state_dict["output.weight"].shape[0])
-    stages = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
-    num_blocks, heads, rates = [], [], []
-    for level, stage in enumerate(stages):
-        idx = {int(m.group(1)) for k in state_dict if (m := re.match(rf"{stage}\.(\d+)\.", k))}
-        if not idx:
-            raise CheckpointError(f"MPT state dict has no blocks for {stage}")
-        n = max(idx) + 1
-        num_blocks.append(n)
-        heads.append(int(state_dict[f"{stage}.0.attn.relative_position_bias_table"].shape[1]))
-        pooled = [f"{stage}.{i}.attn.downsamp.downproj.weight" in state_dict for i in range(n)]
-        published = PUBLISHED_POOL_RATES[level]
-        if n == len(published) and [r < 1 for r in published] == pooled:
-            rates.append(tuple(published))
-        else:
-            coarse = min(published)
-            rates.append(tuple(coarse if p else 1.0 for p in pooled))
-    hidden = int(state_dict["encoder_level1.0.ffn.project_in1.weight"].shape[0])
-    factor = 2.6 if int(dim * 2.6) == hidden else hidden / dim
-    table = int(state_dict["encoder_level1.0.attn.relative_position_bias_table"].shape[0])
-    window = (round(table**0.5) + 1) // 2
-    return MPTConfig(
-        dim=dim,
-        num_blocks=tuple(num_blocks),
-        heads=tuple(heads),
-        ffn_expansion_factor=factor,
-        pool_rates=tuple(rates),
-        in_channels=in_ch,
-        out_channels=out_ch,
-        window_size=window,
-        routing=routing,
-    )
-
-
-def _config_from_header(header: Any):
+def config_from_header(header: Any):
     """The architecture config recorded in a header; anything malformed is a CheckpointError."""
     if not isinstance(header, dict):
         raise CheckpointError(
             f"checkpoint header must be a JSON object, not {type(header).__name__}"
         )
-    arch = header.get("arch", "mpt")
+    name = header.get("arch", "mpt")
     config = header.get("config")
     if not isinstance(config, dict):
         raise CheckpointError("checkpoint header has no architecture 'config' object")
     try:
-        if arch == "mpt":
-            from .mpt import MPTConfig
-
-            return MPTConfig.from_dict(config)
-        if arch == "htcsf":
-            from .htcsf import HTCSFConfig
-
-            return HTCSFConfig.from_dict(config)
+        arch = get_architecture(name)
+    except ValueError:
+        raise CheckpointError(f"checkpoint is for an unknown architecture {name!r}") from None
+    try:
+        return arch.config_class.from_dict(config)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint header has an invalid {arch} config: {exc}") from None
-    raise CheckpointError(f"checkpoint is for an unknown architecture {arch!r}")
+        raise CheckpointError(f"checkpoint header has an invalid {name} config: {exc}") from None
 
 
-def _check_config_against_tensors(config, state_dict: dict[str, torch.Tensor]) -> None:
-    """Compare the header's size parameters with the tensors before building anything.
+_config_from_header = config_from_header  # the name bioimage.io packages of 0.1 used
 
-    A header must not be able to make a small file allocate a huge model.
+
+def infer_config(state_dict: dict[str, torch.Tensor], routing: str | None = None):
+    """The config of a header-less state dict (an authors' file), from its keys and shapes.
+
+    Every architecture that can read header-less files is asked in turn; the first that
+    recognises the tensors wins. ``CheckpointError`` repeats what each one objected.
     """
-    from .mpt import MPTConfig
-
-    if not isinstance(config, MPTConfig):
-        return
-    inproj, output = state_dict.get("inproj.weight"), state_dict.get("output.weight")
-    if inproj is None or output is None:
-        raise CheckpointError("checkpoint tensors lack 'inproj.weight'/'output.weight'")
-    expected = (config.dim, config.in_channels, config.out_channels)
-    found = (int(inproj.shape[0]), int(inproj.shape[1]), int(output.shape[0]))
-    if expected != found:
-        raise CheckpointError(
-            f"checkpoint header (dim, in, out channels) = {expected} disagrees with its "
-            f"tensors {found}"
-        )
-    stages = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
-    for stage, n in zip(stages, config.num_blocks):
-        count = len({k.split(".")[1] for k in state_dict if k.startswith(stage + ".")})
-        if count != n:
-            raise CheckpointError(
-                f"checkpoint header says {n} blocks in {stage} but its tensors have {count}"
-            )
+    errors = []
+    for name in list_architectures():
+        arch = get_architecture(name)
+        if arch.infer_config is None:
+            continue
+        try:
+            return arch.infer_config(arch.filter_state_dict(dict(state_dict)), routing)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+    raise CheckpointError("; ".join(errors) or "this file has no header and no architecture "
+                          "can read header-less weights")
 
 
-def _build(config) -> nn.Module:
-    from .mpt import MPT, MPTConfig
-
-    if isinstance(config, MPTConfig):
-        return MPT(config)
-    from .htcsf import HTCSF
-
-    return HTCSF(config)
+def build_model(config) -> nn.Module:
+    """An untrained network for an architecture config (any registered architecture)."""
+    return architecture_of(config).build(config)
 
 
 def model_from_state_dict(
     state_dict: dict[str, torch.Tensor], header: dict[str, Any] | None = None, *, config=None
 ) -> nn.Module:
     """Build the right model for a state dict and load it strictly (shapes checked first)."""
-    state_dict = strip_prefixes(dict(state_dict))
     if config is None:
-        config = _config_from_header(header) if header is not None else infer_mpt_config(state_dict)
-    _check_config_against_tensors(config, state_dict)
-    model = _build(config)
+        config = config_from_header(header) if header is not None else infer_config(state_dict)
+    arch = architecture_of(config)
+    state_dict = arch.filter_state_dict(dict(state_dict))
+    if arch.check_config is not None:
+        arch.check_config(config, state_dict)
+    model = build_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -383,124 +346,3 @@ def model_from_state_dict(
         raise CheckpointError("checkpoint does not match the model: " + "; ".join(details))
     model.load_state_dict(state_dict, strict=True)
     return model
-
-
-def _weights_dir() -> Path:
-    return Path(str(resources.files("napari_mpt_deblur") / "weights"))
-
-
-def bundled_models() -> dict[str, Path]:
-    """Trained weights shipped inside the package, by name."""
-    folder = _weights_dir()
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.glob("*.safetensors"))}
-
-
-def default_model_name() -> str:
-    """The model used when none is given (the CPU-friendly shipped default)."""
-    return DEFAULT_MODEL
-
-
-def load_model(
-    source: str | os.PathLike | None = None,
-    device: str | torch.device | None = "auto",
-    *,
-    routing: str | None = None,
-    config: Any = None,
-) -> nn.Module:
-    """Load a trained model, ready for inference (eval mode, on ``device``).
-
-    Parameters
-    ----------
-    source : str or path, optional
-        A bundled model name (``list`` them with :func:`bundled_models`), a project checkpoint
-        (``.safetensors``), or an authors' checkpoint (``.pth``/``.pytorch``/``.pt``; keys may be
-        prefixed ``Network.`` or ``module.Network.``; channels are inferred from the weights and
-        the released code's ``compat`` routing is used), or a bioimage.io package (zip, folder
-        or ``rdf.yaml``) exported by ``mpt-deblur export-bioimageio``. ``None`` loads the
-        default model.
-    device : str or torch.device
-        ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    routing : {"compat", "aligned"}, optional
-        Override the CSWA routing recorded in the checkpoint (for experiments only).
-    config : MPTConfig or dict, optional
-        Architecture of an authors' checkpoint whose block schedule is not the published one
-        (pooling rates are not stored in the weights): an :class:`MPTConfig` or the released
-        code's constructor arguments (``dim``, ``num_blocks``, ``downpool`` ...).
-
-    Returns
-    -------
-    torch.nn.Module
-        ``forward`` maps ``(N, C, H, W)`` (H, W multiples of ``model.size_multiple``) to the same
-        shape; ``model.info`` records name, source, SHA-256, routing and normalisation.
-
-    Raises
-    ------
-    FileNotFoundError
-        ``source`` is neither a bundled name nor an existing file.
-    CheckpointError
-        The file is unsafe (pickled objects), corrupt, or does not match the architecture.
-    """
-    from .._device import get_device
-
-    source = DEFAULT_MODEL if source is None else source
-    bundled = bundled_models()
-    path = Path(source)
-    if not (isinstance(source, str) and source in bundled):
-        from ..bioimageio import is_bioimageio_package, load_bioimageio
-
-        if is_bioimageio_package(path):  # a model-zoo package exported by this project
-            return load_bioimageio(path, device)
-    if isinstance(source, str) and source in bundled:
-        path, name = bundled[source], source
-    elif path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
-    elif path.is_file():
-        name = path.stem
-    else:
-        from ._registry import list_models
-
-        if isinstance(source, str) and source in list_models():
-            raise FileNotFoundError(
-                f"no trained weights are bundled for {source!r}. Bundled models: "
-                f"{', '.join(bundled) or 'none'}. Use create_model({source!r}) for an untrained "
-                "network, or pass a checkpoint file."
-            )
-        raise FileNotFoundError(
-            f"{source!r} is neither a bundled model ({', '.join(bundled) or 'none'}) nor an "
-            "existing checkpoint file"
-        )
-    state_dict, header = load_checkpoint(path)
-    if isinstance(config, dict):
-        from .mpt import MPTConfig
-
-        config = MPTConfig.from_authors_config(config, routing=routing or "compat")
-    if config is not None:
-        pass
-    elif header is None:
-        config = infer_mpt_config(strip_prefixes(state_dict), routing=routing or "compat")
-    elif (
-        routing is not None
-        and header is not None
-        and hasattr(_config_from_header(header), "routing")
-    ):
-        config = _config_from_header(header).replace(routing=routing)
-    model = model_from_state_dict(state_dict, header, config=config)
-    info: dict[str, Any] = dict(header or {})
-    info.pop("config", None)
-    info.update(
-        name=(header or {}).get("name", name),
-        source=str(path),
-        sha256=file_sha256(path),
-        routing=getattr(model.config, "routing", None),
-        arch=(header or {}).get("arch", "mpt"),
-        authors_checkpoint=header is None,
-    )
-    info.setdefault("normalization", None)
-    if info["normalization"] is None:
-        from ..engine.normalize import IntensityNormalization
-
-        info["normalization"] = IntensityNormalization().to_dict()
-    model.info = info
-    return model.eval().to(get_device(device))

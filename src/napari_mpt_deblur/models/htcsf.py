@@ -75,7 +75,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
-from ._registry import register_model
+from ._registry import Architecture, register_architecture, register_model
+from .info import ModelInfo, attach_info
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ class HTCSF(nn.Module):
         if overrides:
             config = config.replace(**overrides)
         self.config = config
-        self.info: dict[str, Any] = {"arch": "htcsf"}
+        attach_info(self, ModelInfo(arch="htcsf", config=config.to_dict()))
         c = config
         cascade_in = c.in_channels + c.out_channels
         self.scales = nn.ModuleList(
@@ -484,3 +485,6 @@ def preset_config(name: str, **overrides: Any) -> HTCSFConfig:
         raise ValueError(f"unknown HTCSF preset {name!r}; choose from {', '.join(_PRESETS)}")
     config = HTCSFConfig(**_PRESETS[name][1])
     return config.replace(**overrides) if overrides else config
+
+
+register_architecture(Architecture(name="htcsf", config_class=HTCSFConfig, build=HTCSF))

@@ -19,6 +19,7 @@ Deliberate differences from the released code:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +27,12 @@ import torch
 from torch import nn
 
 from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
-from ._registry import register_model
+from ._registry import Architecture, register_architecture, register_model
+from .checkpoint import CheckpointError
+from .info import ModelInfo, attach_info
 from .layers import ROUTINGS, PyramidBlock
 
-__all__ = ["MPT", "PUBLISHED_POOL_RATES", "MPTConfig"]
+__all__ = ["MPT", "PUBLISHED_POOL_RATES", "MPTConfig", "infer_mpt_config", "strip_prefixes"]
 
 #: CSWA pooling rate per block and level (levels 1-3, latent) of the published model.
 PUBLISHED_POOL_RATES: tuple[tuple[float, ...], ...] = (
@@ -180,7 +183,7 @@ class MPT(nn.Module):
         if overrides:
             config = config.replace(**overrides)
         self.config = config
-        self.info: dict[str, Any] = {"arch": "mpt", "routing": config.routing}
+        attach_info(self, ModelInfo(arch="mpt", config=config.to_dict(), routing=config.routing))
         c = config
         dims = [c.dim * 2**i for i in range(4)]
 
@@ -305,3 +308,99 @@ def preset_config(name: str, **overrides: Any) -> MPTConfig:
         raise ValueError(f"unknown MPT preset {name!r}; choose from {', '.join(_PRESETS)}")
     cfg = MPTConfig(**_PRESETS[name][1])
     return cfg.replace(**overrides) if overrides else cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: the released state-dict layout, registered for models.checkpoint
+# --------------------------------------------------------------------------------------------
+#: Key prefixes of the authors' training wrappers (``DataParallel`` around ``Network``).
+AUTHOR_PREFIXES = ("module.Network.", "Network.", "module.")
+_STAGES = ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
+
+
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove the training wrappers' key prefixes (``module.Network.``, ``Network.`` ...)."""
+    for prefix in AUTHOR_PREFIXES:
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def infer_mpt_config(state_dict: dict[str, torch.Tensor], routing: str | None = "compat"
+                     ) -> MPTConfig:
+    """Reconstruct an :class:`MPTConfig` from the authors' key layout and shapes.
+
+    Pooling rates are not stored in the weights; levels with six blocks get the published
+    schedule, others a pyramid consistent with which blocks own a ``downproj``. Header-less
+    files come from the released code, so ``routing`` defaults to its ``compat`` routing.
+    """
+    if "inproj.weight" not in state_dict or "output.weight" not in state_dict:
+        raise CheckpointError(
+            "this is not an MPT state dict (no 'inproj.weight'/'output.weight' keys); "
+            f"first keys: {list(state_dict)[:5]}"
+        )
+    inproj = state_dict["inproj.weight"]
+    dim, in_ch = int(inproj.shape[0]), int(inproj.shape[1])
+    out_ch = int(state_dict["output.weight"].shape[0])
+    num_blocks, heads, rates = [], [], []
+    for level, stage in enumerate(_STAGES):
+        idx = {int(m.group(1)) for k in state_dict if (m := re.match(rf"{stage}\.(\d+)\.", k))}
+        if not idx:
+            raise CheckpointError(f"MPT state dict has no blocks for {stage}")
+        n = max(idx) + 1
+        num_blocks.append(n)
+        heads.append(int(state_dict[f"{stage}.0.attn.relative_position_bias_table"].shape[1]))
+        pooled = [f"{stage}.{i}.attn.downsamp.downproj.weight" in state_dict for i in range(n)]
+        published = PUBLISHED_POOL_RATES[level]
+        if n == len(published) and [r < 1 for r in published] == pooled:
+            rates.append(tuple(published))
+        else:
+            coarse = min(published)
+            rates.append(tuple(coarse if p else 1.0 for p in pooled))
+    hidden = int(state_dict["encoder_level1.0.ffn.project_in1.weight"].shape[0])
+    factor = 2.6 if int(dim * 2.6) == hidden else hidden / dim
+    table = int(state_dict["encoder_level1.0.attn.relative_position_bias_table"].shape[0])
+    window = (round(table**0.5) + 1) // 2
+    return MPTConfig(
+        dim=dim,
+        num_blocks=tuple(num_blocks),
+        heads=tuple(heads),
+        ffn_expansion_factor=factor,
+        pool_rates=tuple(rates),
+        in_channels=in_ch,
+        out_channels=out_ch,
+        window_size=window,
+        routing=routing or "compat",
+    )
+
+
+def check_mpt_config(config: MPTConfig, state_dict: dict[str, torch.Tensor]) -> None:
+    """Compare a header's size parameters with the tensors, before the model is built."""
+    inproj, output = state_dict.get("inproj.weight"), state_dict.get("output.weight")
+    if inproj is None or output is None:
+        raise CheckpointError("checkpoint tensors lack 'inproj.weight'/'output.weight'")
+    expected = (config.dim, config.in_channels, config.out_channels)
+    found = (int(inproj.shape[0]), int(inproj.shape[1]), int(output.shape[0]))
+    if expected != found:
+        raise CheckpointError(
+            f"checkpoint header (dim, in, out channels) = {expected} disagrees with its "
+            f"tensors {found}"
+        )
+    for stage, n in zip(_STAGES, config.num_blocks):
+        count = len({k.split(".")[1] for k in state_dict if k.startswith(stage + ".")})
+        if count != n:
+            raise CheckpointError(
+                f"checkpoint header says {n} blocks in {stage} but its tensors have {count}"
+            )
+
+
+register_architecture(Architecture(
+    name="mpt",
+    config_class=MPTConfig,
+    build=MPT,
+    filter_state_dict=strip_prefixes,
+    infer_config=infer_mpt_config,
+    check_config=check_mpt_config,
+    config_from_authors=lambda kwargs, routing=None: MPTConfig.from_authors_config(
+        kwargs, routing=routing or "compat"),
+))
