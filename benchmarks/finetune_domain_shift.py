@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="mpt-tiny",
+    parser.add_argument("--model", default="mpt_tiny.defocus",
                         help="start model: bundled name or checkpoint file (default: mpt-tiny)")
     parser.add_argument("--steps", type=int, default=80, help="fine-tuning steps per mode")
     parser.add_argument("--time-budget", type=float, default=240.0, metavar="S",
@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_mpt_deblur._device import get_device
-    from napari_mpt_deblur.models.checkpoint import load_model
+    from napari_mpt_deblur.models.pretrained import canonical_name
+    from napari_mpt_deblur.models.resolve import load_model
     from napari_mpt_deblur.train.finetune import finetune_iter, get_finetune_preset
     from napari_mpt_deblur.train.updates import UpdateKind
 
@@ -363,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = str(get_device(args.device))
     try:
+        args.model = canonical_name(args.model)
         base = load_model(args.model, device=device)
     except FileNotFoundError as exc:
         logger.error("%s\nPass --model PATH to a trained checkpoint (e.g. "

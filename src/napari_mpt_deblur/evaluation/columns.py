@@ -55,9 +55,12 @@ def _resolve_models(models: Mapping[str, Any] | None, device: str) -> dict[str, 
 
             model, views = model.model, check_ensemble(model.views)
         if model is None or isinstance(model, (str, os.PathLike)):
-            from ..models.checkpoint import load_model
+            from ..models.pretrained import canonical_name
+            from ..models.resolve import resolve_model
 
-            model = load_model(name if model is None else model, device=device)
+            # the one cached road from a name to a network (old names accepted silently)
+            model = resolve_model(canonical_name(name if model is None else model),
+                                  device=device)
         resolved[name] = Ensembled(model, views) if views > 1 else model
     return resolved
 
