@@ -40,8 +40,8 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from .._io import layer_pixel_size_um
 from ..detect import DetectionConfig, DetectionResult, MatchResult, detect_nuclei, match_points
+from ..optics_metadata import isotropic_pixel_size_um
 from ._compare import ViewerLayout, grid_of, is_comparison_layer, show_panel_title
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
 from ._layers import (
@@ -425,19 +425,15 @@ def pixel_size_from_layer(layer: Any) -> float | None:
     """Pixel size in µm of ``layer``, or ``None`` when unknown.
 
     From its scale when the Y and X units are lengths, else, at napari's default scale, from
-    the TIFF it was opened from (:func:`napari_mpt_deblur._io.layer_pixel_size_um`).
-    Anisotropic pixels give their geometric mean: the detector assumes round nuclei.
+    the TIFF it was opened from; anisotropic pixels give their geometric mean
+    (:func:`napari_mpt_deblur.optics_metadata.isotropic_pixel_size_um`).
     """
     try:
-        sizes = layer_pixel_size_um(tuple(layer.scale), tuple(layer.units),
-                                    layer_source_path(layer))
+        return isotropic_pixel_size_um(tuple(layer.scale), tuple(layer.units),
+                                       layer_source_path(layer))
     except Exception:  # odd layers: no size, the user enters it
         logger.debug("could not read the pixel size of %s", layer, exc_info=True)
         return None
-    if sizes is None:
-        return None
-    size = math.sqrt(sizes[0] * sizes[1])
-    return size if size > 0 and math.isfinite(size) else None
 
 
 def _data_coordinates(points: np.ndarray, layer: Any, index: dict[int, int]) -> np.ndarray:
