@@ -29,7 +29,7 @@ from ..models.catalog import ModelCatalog, get_catalog
 from ..optics_metadata import OPTICS_FIELDS
 from ..optics_metadata import optics_from_metadata as optics_from_layer
 from ..train.updates import TrainUpdate, UpdateKind
-from ._worker import drive, format_clock, start_job
+from ._jobs import FinetuneFailed, drive, format_clock, start_job
 
 if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
@@ -244,13 +244,6 @@ class FinetuneOutcome:
         return self.state_path is not None and self.state_path.is_file()
 
 
-@dataclass(frozen=True)
-class FinetuneFailed:
-    """A run that raised; returned (not raised) by the worker, see :func:`start_worker`."""
-
-    error: Exception
-
-
 def bioimageio_unavailable() -> str | None:
     """Why exporting for bioimage.io is impossible here (``None``: it is possible).
 
@@ -287,11 +280,13 @@ def export_steps(
 def start_export_worker(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
-    connect: dict[str, Callable[..., Any]],
+    *,
+    on_returned: Callable[[Any], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
 ) -> GeneratorWorker:
     """Start :func:`export_steps` in a napari worker; errors return as :class:`FinetuneFailed`."""
     return start_job(export_steps(checkpoint, output), FinetuneFailed, "bioimage.io export",
-                     connect)
+                     on_returned=on_returned, on_finished=on_finished)
 
 
 def _split_planes(array: Any, label: str) -> list[np.ndarray]:
@@ -509,10 +504,9 @@ def start_worker(
     on_finished: Callable[[], None] | None = None,
 ) -> GeneratorWorker:
     """Start :func:`finetune_steps` in a napari generator worker (callbacks run in the GUI)."""
-    connect = {name: fn for name, fn in (("yielded", on_update), ("returned", on_returned),
-                                         ("finished", on_finished)) if fn is not None}
     return start_job(finetune_steps(request, catalog=catalog, cancel=cancel), FinetuneFailed,
-                     "fine-tuning", connect)
+                     "fine-tuning", on_yielded=on_update, on_returned=on_returned,
+                     on_finished=on_finished)
 
 
 # ==========================================================================================
