@@ -62,15 +62,15 @@ from ._detect_layers import (
     INPUT_RGB,
     NUCLEI_SUFFIX,
     DetectionLayout,
-    _apply_update,
-    _data_coordinates,
-    _describe,
-    _find_points_layer,
-    _LayerUpdate,
-    _plane,
-    _style,
+    PointsUpdate,
+    apply_points_update,
+    data_coordinates,
+    describe_plane,
+    find_points_layer,
     pixel_size_from_layer,
     plane_index,
+    plane_of,
+    points_style,
 )
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
 from ._jobs import CloseWatch, DetectionFailed, Job, start_job
@@ -433,7 +433,7 @@ class DetectionWidget(Container):
         self._run.enabled = ready
         self._run.text = "Detecting…" if self.running else "Detect"
         have_points = ready and all(
-            _find_points_layer(self._viewer.layers, layer.name, role) is not None
+            find_points_layer(self._viewer.layers, layer.name, role) is not None
             for layer, role in ((self._input.value, "input"),
                                 (self._deblurred.value, "deblurred")))
         self._side_by_side.enabled = have_points
@@ -476,7 +476,7 @@ class DetectionWidget(Container):
         point, ndisplay = tuple(dims.point), int(dims.ndisplay)
         source_index = plane_index(source, point, ndisplay)
         result_index = plane_index(result, point, ndisplay)
-        source_plane, result_plane = _plane(source, source_index), _plane(result, result_index)
+        source_plane, result_plane = plane_of(source, source_index), plane_of(result, result_index)
         if np.shape(source_plane) != np.shape(result_plane):
             raise ValueError(
                 f"the planes of {source.name!r} {np.shape(source_plane)} and {result.name!r} "
@@ -491,7 +491,7 @@ class DetectionWidget(Container):
                                  threshold=threshold)
         request = DetectionRequest(source_plane, result_plane, config)
         return _Job(source, result, source_index, result_index, request, live,
-                    where=_describe(source, source_index))
+                    where=describe_plane(source, source_index))
 
     def _start_worker(self, job: _Job) -> GeneratorWorker:
         return start_job(
@@ -563,24 +563,24 @@ class DetectionWidget(Container):
         common = {"config": job.request.config.to_dict(), **outcome.to_dict(),
                   "slice": job.where or None}
         updates = [
-            ("input", _LayerUpdate(
+            ("input", PointsUpdate(
                 job.input_layer, job.input_layer.name + NUCLEI_SUFFIX,
-                _data_coordinates(outcome.input.points, job.input_layer, job.input_index),
-                _style(input_cat, INPUT_RGB, outcome.input),
+                data_coordinates(outcome.input.points, job.input_layer, job.input_index),
+                points_style(input_cat, INPUT_RGB, outcome.input),
                 {"source": job.input_layer.name, "role": "input",
                  "other": job.deblurred_layer.name, **common})),
-            ("deblurred", _LayerUpdate(
+            ("deblurred", PointsUpdate(
                 job.deblurred_layer, job.deblurred_layer.name + NUCLEI_SUFFIX,
-                _data_coordinates(outcome.deblurred.points, job.deblurred_layer,
+                data_coordinates(outcome.deblurred.points, job.deblurred_layer,
                                   job.deblurred_index),
-                _style(deblurred_cat, DEBLURRED_RGB, outcome.deblurred),
+                points_style(deblurred_cat, DEBLURRED_RGB, outcome.deblurred),
                 {"source": job.deblurred_layer.name, "role": "deblurred",
                  "other": job.input_layer.name, **common})),
         ]
         added = []
         try:
             for role, update in updates:
-                layer, is_new = _apply_update(self._viewer, update, role)
+                layer, is_new = apply_points_update(self._viewer, update, role)
                 if is_new:
                     added.append(layer)
         except Exception:
@@ -597,7 +597,7 @@ class DetectionWidget(Container):
 
         source, result = self._input.value, self._deblurred.value
         layers = self._viewer.layers
-        points = [_find_points_layer(layers, layer.name, role) if layer is not None else None
+        points = [find_points_layer(layers, layer.name, role) if layer is not None else None
                   for layer, role in ((source, "input"), (result, "deblurred"))]
         if source is None or result is None or any(p is None for p in points):
             show_warning("Run the detection first: there are no detections to compare.")

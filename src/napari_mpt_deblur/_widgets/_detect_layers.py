@@ -32,8 +32,15 @@ __all__ = [
     "INPUT_RGB",
     "NUCLEI_SUFFIX",
     "DetectionLayout",
+    "PointsUpdate",
+    "apply_points_update",
+    "data_coordinates",
+    "describe_plane",
+    "find_points_layer",
     "pixel_size_from_layer",
     "plane_index",
+    "plane_of",
+    "points_style",
 ]
 
 #: Key of the detection provenance in the metadata of the Points layers this widget manages.
@@ -97,12 +104,12 @@ def plane_index(layer: Any, world_point: Any, ndisplay: int = 2) -> dict[int, in
     return index
 
 
-def _plane(layer: Any, index: dict[int, int]) -> Any:
+def plane_of(layer: Any, index: dict[int, int]) -> Any:
     """The 2-D plane of ``layer.data`` at ``index`` (lazy for dask/zarr data)."""
     return layer.data[tuple(index.get(i, slice(None)) for i in range(layer.ndim))]
 
 
-def _describe(layer: Any, index: dict[int, int]) -> str:
+def describe_plane(layer: Any, index: dict[int, int]) -> str:
     if not index:
         return ""
     axes = layer_axes(layer)
@@ -124,7 +131,7 @@ def pixel_size_from_layer(layer: Any) -> float | None:
         return None
 
 
-def _data_coordinates(points: np.ndarray, layer: Any, index: dict[int, int]) -> np.ndarray:
+def data_coordinates(points: np.ndarray, layer: Any, index: dict[int, int]) -> np.ndarray:
     """(N, 2) plane coordinates -> (N, layer.ndim) data coordinates of ``layer``."""
     coords = np.zeros((points.shape[0], layer.ndim), dtype=np.float64)
     plane_axes = [i for i in range(layer.ndim) if i not in index]
@@ -148,7 +155,7 @@ def _placement(layer: Any) -> dict[str, Any]:
     }
 
 
-def _style(categories: list[str], rgb: tuple[float, float, float],
+def points_style(categories: list[str], rgb: tuple[float, float, float],
            result: DetectionResult) -> dict[str, Any]:
     """Per-point size, colours and features: hollow where matched, filled where not."""
     import pandas as pd
@@ -168,7 +175,7 @@ def _style(categories: list[str], rgb: tuple[float, float, float],
 
 
 @dataclass
-class _LayerUpdate:
+class PointsUpdate:
     """What one managed Points layer should show after a run."""
 
     source: Any
@@ -178,7 +185,7 @@ class _LayerUpdate:
     metadata: dict[str, Any]
 
 
-def _find_points_layer(layers: Any, source_name: str, role: str) -> Any:
+def find_points_layer(layers: Any, source_name: str, role: str) -> Any:
     from napari.layers import Points
 
     found = None
@@ -190,10 +197,10 @@ def _find_points_layer(layers: Any, source_name: str, role: str) -> Any:
     return found
 
 
-def _apply_update(viewer: Any, update: _LayerUpdate, role: str) -> tuple[Any, bool]:
+def apply_points_update(viewer: Any, update: PointsUpdate, role: str) -> tuple[Any, bool]:
     """Update the managed layer in place, or add it; returns ``(layer, added)``."""
     layers = viewer.layers
-    existing = _find_points_layer(layers, update.source.name, role)
+    existing = find_points_layer(layers, update.source.name, role)
     placement = _placement(update.source)
     n = update.coords.shape[0]
     if existing is None:
