@@ -17,6 +17,7 @@ CORE = [
     "napari_mpt_deblur.cli",
     "napari_mpt_deblur.metrics",
     "napari_mpt_deblur.evaluation",
+    "napari_mpt_deblur.optics_metadata",
 ]
 
 

@@ -8,7 +8,6 @@ one, and user data is never overwritten by accident.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import tempfile
@@ -17,6 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .optics_metadata import (  # re-exported: their home before optics_metadata
+    LENGTH_UM,
+    layer_pixel_size_um,
+    read_pixel_size_um,
+    tiff_pixel_size_um,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +78,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
             array = series.asarray()
             axes = series.axes
             ome = tif.ome_metadata if tif.is_ome else None
-            pixel_size = _pixel_size(tif, ome)
+            pixel_size = tiff_pixel_size_um(tif, ome)
     except (tifffile.TiffFileError, ValueError, OSError) as exc:
         raise ValueError(f"{path.name} is not a readable TIFF file ({exc})") from None
     axes = _clean_axes(axes, array.ndim)
@@ -88,117 +94,6 @@ def _clean_axes(axes: str | None, ndim: int) -> str | None:
     if set(axes) - set("TZCYXQ"):
         return None
     return axes
-
-
-def _pixel_size(tif: Any, ome: str | None, *, inch: bool = True) -> tuple[float, float] | None:
-    """(y, x) µm from OME ``PhysicalSize*``, else the resolution tags (``inch=False``: not from
-    a per-inch resolution, which in most files is a document's 72 or 300 dpi)."""
-    if ome:
-        try:
-            from xml.etree import ElementTree as ET
-
-            root = ET.fromstring(ome)
-            for el in root.iter():
-                if el.tag.endswith("Pixels"):
-                    px, py = el.get("PhysicalSizeX"), el.get("PhysicalSizeY")
-                    unit = el.get("PhysicalSizeXUnit", "µm")
-                    if px and py:
-                        scale = {"nm": 1e-3, "mm": 1e3, "m": 1e6}.get(unit, 1.0)
-                        return float(py) * scale, float(px) * scale
-        except Exception:  # malformed OME-XML: fall back to the TIFF tags
-            logger.debug("could not parse OME-XML pixel size", exc_info=True)
-    ij = tif.imagej_metadata or {}
-    try:
-        page = tif.pages[0]
-        xres = page.tags.get("XResolution")
-        yres = page.tags.get("YResolution")
-        if xres is None or yres is None:
-            return None
-        unit = ij.get("unit", "")
-        resunit = page.tags.get("ResolutionUnit")
-        per = {2: 25400.0 if inch else None, 3: 10000.0}.get(int(resunit.value) if resunit else 0)
-        if unit in ("micron", "um", "µm", "\\u00B5m"):
-            per = 1.0
-        if per is None:
-            return None
-        x = xres.value[1] / xres.value[0] * per
-        y = yres.value[1] / yres.value[0] * per
-        return (y, x) if x > 0 and y > 0 and x != per else None
-    except (ZeroDivisionError, TypeError, AttributeError, KeyError):
-        return None
-
-
-def read_pixel_size_um(path: str | os.PathLike) -> tuple[float, float] | None:
-    """The (y, x) pixel size in µm recorded in a TIFF file, without reading its pixels.
-
-    Same sources as :func:`read_image` (OME ``PhysicalSizeX/Y``, ImageJ ``unit``, centimetre
-    resolution tags), except a per-inch resolution: that is what image editors and screenshots
-    write (72 or 300 dpi, i.e. 353 or 85 µm "pixels"), not a microscope. ``None`` for other
-    file types, unreadable files and files that record no size.
-    """
-    path = Path(path)
-    if path.suffix.lower() not in _TIFF or not path.is_file():
-        return None
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return _pixel_size(tif, tif.ome_metadata if tif.is_ome else None, inch=False)
-    except Exception:  # not a readable TIFF: no size, not an error
-        logger.debug("could not read the pixel size of %s", path, exc_info=True)
-        return None
-
-
-#: µm per unit of length, by the names OME, ImageJ and napari (pint) write; the one table for
-#: every conversion to µm in the package (the TIFF reader's z spacing uses it too).
-LENGTH_UM = {"µm": 1.0, "um": 1.0, "micrometer": 1.0, "micrometre": 1.0, "micron": 1.0,
-             "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "mm": 1e3, "millimeter": 1e3,
-             "millimetre": 1e3, "m": 1e6, "meter": 1e6, "metre": 1e6}
-
-
-def _to_um(value: float, unit: Any) -> float | None:
-    """``value`` ``unit`` in µm (unit a string or a pint unit); ``None`` if not a length."""
-    factor = LENGTH_UM.get(str(unit).strip().lower())
-    if factor is not None:
-        return value * factor
-    try:  # other pint length units (napari's layer.units are pint units)
-        return float((value * unit).to("micrometer").magnitude)
-    except Exception:
-        return None
-
-
-def layer_pixel_size_um(
-    scale: Iterable[float] | None,
-    units: Iterable[Any] | None = None,
-    source_path: str | os.PathLike | None = None,
-) -> tuple[float, float] | None:
-    """The (y, x) pixel size in µm of an image layer, from its scale or from its file.
-
-    A layer's Y/X ``scale`` in length ``units`` is what it says. A layer at napari's default
-    scale (1, 1, in pixels) may still come from a TIFF that records its pixel size: napari's
-    built-in reader, which opens dropped TIFFs, ignores that metadata. Then the size is read
-    from ``source_path`` (``layer.source.path``) with :func:`read_pixel_size_um`. A scale set
-    without length units, or anything unreadable, gives ``None``.
-
-    Parameters
-    ----------
-    scale, units : sequence, optional
-        ``layer.scale`` and ``layer.units`` (pint units or strings); the last two entries are
-        Y and X.
-    source_path : path, optional
-        The file the layer was opened from.
-    """
-    scale = [float(v) for v in scale] if scale is not None else []
-    units = list(units) if units is not None else []
-    if len(scale) >= 2 and len(units) >= 2:
-        sizes = [_to_um(abs(v), unit) for v, unit in zip(scale[-2:], units[-2:], strict=True)]
-        if all(s is not None and math.isfinite(s) and s > 0 for s in sizes):
-            return sizes[0], sizes[1]  # type: ignore[return-value]
-    if scale[-2:] not in ([], [1.0], [1.0, 1.0]) or source_path is None:
-        return None  # a scale in unknown units: not ours to override
-    if not isinstance(source_path, (str, os.PathLike)):
-        return None
-    return read_pixel_size_um(source_path)
 
 
 def _umask() -> int:

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .optics_metadata import ome_z_spacing_um
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -73,26 +75,6 @@ def _display_stem(path: Path) -> str:
     return path.stem
 
 
-def _z_spacing_um(ome_xml: str | None) -> float | None:
-    if not ome_xml:
-        return None
-    from xml.etree import ElementTree as ET
-
-    try:
-        root = ET.fromstring(ome_xml)
-    except ET.ParseError:
-        return None
-    for element in root.iter():
-        if element.tag.endswith("Pixels") and element.get("PhysicalSizeZ"):
-            unit = element.get("PhysicalSizeZUnit", "µm")
-            from ._io import LENGTH_UM
-
-            factor = LENGTH_UM.get(unit)
-            value = float(element.get("PhysicalSizeZ")) * factor if factor else None
-            return value if value and value > 0 else None
-    return None
-
-
 def tiff_layer_data(
     array: np.ndarray, meta: dict[str, Any], *, name: str = "image"
 ) -> list[LayerDataTuple]:
@@ -118,7 +100,7 @@ def tiff_layer_data(
     axes = meta.get("axes")
     axes = validate_axes(axes, array.ndim) if axes else infer_axes(array.shape)
     pixel = meta.get("pixel_size_um")
-    z_um = _z_spacing_um(meta.get("ome_xml"))
+    z_um = ome_z_spacing_um(meta.get("ome_xml"))
     rgb = (axes.endswith("C") and array.shape[-1] in (3, 4) and array.dtype == np.uint8)
     base_meta = {
         "source": meta.get("source"),

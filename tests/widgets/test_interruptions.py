@@ -320,9 +320,9 @@ def test_finetune_removing_the_training_layer_keeps_training_on_its_copy(
 @pytest.fixture
 def slow_detector(monkeypatch):
     """Make each detector pass take 0.5 s, so that a run can be interrupted."""
-    from napari_mpt_deblur._widgets import _detect
+    from napari_mpt_deblur._widgets import _detect_job
 
-    original = _detect.detect_nuclei
+    original = _detect_job.detect_nuclei
     calls = []
 
     def slow(image, config):
@@ -330,7 +330,7 @@ def slow_detector(monkeypatch):
         time.sleep(0.5)
         return original(image, config)
 
-    monkeypatch.setattr(_detect, "detect_nuclei", slow)
+    monkeypatch.setattr(_detect_job, "detect_nuclei", slow)
     return calls
 
 

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
-from ..models.catalog import CatalogEvent, ModelCatalog, get_catalog
-from . import _dialogs
+from ..models.catalog import ModelCatalog, get_catalog
 from ._compare import CompareWidget, is_comparison_layer
-from ._form import field_row, finish_panel, scrolling_form
+from ._form import field_row, finish_panel, scrolling_form, wrap_label
+from ._jobs import Job
 from ._layers import (
     METADATA_KEY,
     PlaneSelection,
@@ -36,6 +34,7 @@ from ._layers import (
     select_plane,
     stack_axes,
 )
+from ._pickers import LOAD_CHECKPOINT, ModelPicker, device_picker
 from ._worker import (
     ActivityProgress,
     CloseWatch,
@@ -50,15 +49,12 @@ from ._worker import (
 
 if TYPE_CHECKING:
     import napari
-    from napari.qt.threading import GeneratorWorker
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LOAD_CHECKPOINT", "DeblurWidget"]
 
 MODEL_TOOLTIP = "Bundled weights, checkpoints you loaded, or load one from disk"
-#: Value of the model picker's last item, which opens a file dialog.
-LOAD_CHECKPOINT = "<load checkpoint>"
 TILE_CHOICES = (
     ("auto (fits in memory)", "auto"),
     ("whole plane", "0"),
@@ -74,16 +70,13 @@ QUALITY_CHOICES = (("standard", 1), ("high: 8 orientations averaged (8× slower)
 
 
 @dataclass
-class _Job:
+class _Job(Job):
     """What the widget remembers about the run in flight."""
 
     layer: Any
     axes: str
     plane: PlaneSelection | None
-    cancel: threading.Event
-    activity: ActivityProgress
     planes: int = 1
-    worker: GeneratorWorker | None = None
     reason: str = ""  # why it was cancelled, when not by the user
 
 
@@ -104,25 +97,27 @@ class DeblurWidget(Container):
         self._viewer = viewer
         self._catalog = catalog if catalog is not None else get_catalog()
         self._job: _Job | None = None
-        self._last_model: str | None = None
         self._last_result: Any = None
         self._closed = False
         self._close_watch = CloseWatch(self.native, self._on_viewer_closed)
 
         self._layer = ComboBox(label="Image", choices=self._layer_choices, nullable=True)
-        self._model = ComboBox(label="Model", choices=self._model_choices, nullable=True)
-        self._device = ComboBox(label="Device", choices=self._device_choices)
+        self._models = ModelPicker(
+            self._catalog, label="Model", tooltip=MODEL_TOOLTIP,
+            dialog_title="Load a deblurring checkpoint", on_change=self._update_state,
+            on_catalog_change=self._update_state, follow_selection=True,
+        )
+        self._model = self._models.combo
+        self._device = device_picker()
         self._tile = ComboBox(label="Tile size", choices=TILE_CHOICES, value="auto")
         self._scope = ComboBox(label="Stack", choices=SCOPE_CHOICES, value="stack")
         self._quality = ComboBox(label="Quality", choices=QUALITY_CHOICES, value=1)
         self._run = PushButton(text="Deblur")
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self._status = Label(label="Status", value="Ready.")
-        _wrap_label(self._status)  # long messages must not widen the dock
+        wrap_label(self._status)  # long messages must not widen the dock
         self._compare = CompareWidget(viewer, self.comparison_pair)
         self._layer.tooltip = "Image layer to deblur (follows the layer selection)"
-        self._model.tooltip = MODEL_TOOLTIP
-        self._device.tooltip = "Where the network runs; 'auto' prefers a GPU"
         self._tile.tooltip = "Large images are cut into overlapping tiles that fit in memory"
         self._scope.tooltip = "Deblur every plane, or only the one shown (quick preview)"
         self._quality.tooltip = (
@@ -135,16 +130,11 @@ class DeblurWidget(Container):
         ])
         finish_panel(self, self._form)
 
-        self._select_default_model()
-        self._last_model = self._model.value
-        self._show_model_purpose()
         self._select_active_layer()
         self._update_state()
 
         self._layer.changed.connect(self._update_state)
-        self._model.changed.connect(self._on_model_changed)
         self._run.changed.connect(self._on_run_clicked)
-        self._catalog.connect(self._on_catalog_event)
         layers = viewer.layers
         layers.selection.events.active.connect(self._on_active_layer)
         for event in (layers.events.inserted, layers.events.removed, layers.events.moved):
@@ -160,21 +150,7 @@ class DeblurWidget(Container):
                 if isinstance(layer, Image) and not is_comparison_layer(layer)]
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        choices = [(entry.label, entry.name) for entry in self._catalog.entries()]
-        return [*choices, ("Load checkpoint…", LOAD_CHECKPOINT)]
-
-    def _device_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        from .._device import get_device, list_devices
-
-        devices = list_devices()
-        choices = [(f"auto ({get_device('auto')})", "auto")]
-        for name in devices:
-            choices.append((_describe_device(name), name))
-        return choices
-
-    def _select_default_model(self) -> None:
-        default = self._catalog.default_name()
-        self._model.value = default
+        return self._models.choices()
 
     def _select_active_layer(self) -> None:
         layer = self._viewer.layers.selection.active
@@ -225,58 +201,6 @@ class DeblurWidget(Container):
             self._select_active_layer()
         self._update_state()
 
-    def _on_model_changed(self, value: Any = None) -> None:
-        if value == LOAD_CHECKPOINT:
-            self._browse_checkpoint()
-        elif value is not None:
-            self._last_model = value
-        self._show_model_purpose()
-        self._update_state()
-
-    def _show_model_purpose(self) -> None:
-        """The picker's tooltip says what the chosen weights are for (from the catalog)."""
-        name = self._model.value
-        purpose = self._catalog.get(name).description if name in self._catalog else ""
-        self._model.tooltip = "\n".join(filter(None, [purpose, MODEL_TOOLTIP]))
-
-    def _on_catalog_event(self, event: CatalogEvent) -> None:
-        """Catalog changes can come from any thread; Qt widgets must change on the GUI thread."""
-        from superqt.utils import ensure_main_thread
-
-        ensure_main_thread(self._apply_catalog_event)(event)
-
-    def _apply_catalog_event(self, event: CatalogEvent) -> None:
-        try:
-            current = self._model.value
-            self._model.reset_choices()
-        except RuntimeError:  # the Qt widget was deleted (closed dock)
-            self._catalog.disconnect(self._on_catalog_event)
-            return
-        if event.select and event.entry is not None and event.entry.name in self._catalog:
-            self._model.value = event.entry.name
-        elif current in self._catalog:
-            self._model.value = current
-        elif self._model.value in (None, LOAD_CHECKPOINT):
-            self._select_default_model()
-        self._update_state()
-
-    # ------------------------------------------------------------------ checkpoint dialog
-    def _browse_checkpoint(self) -> None:
-        from napari.utils.notifications import show_error
-
-        path = _dialogs.ask_checkpoint_path(self.native, "Load a deblurring checkpoint")
-        entry = None
-        if path:
-            try:
-                entry = self._catalog.add_checkpoint(path, select=True)
-            except (OSError, ValueError) as exc:
-                show_error(f"Cannot use {Path(path).name} as a model: {exc}")
-        if entry is not None and entry.name in self._catalog:
-            self._model.value = entry.name
-        else:
-            previous = self._last_model if self._last_model in self._catalog else None
-            self._model.value = previous or self._catalog.default_name()
-
     # ------------------------------------------------------------------ state
     @property
     def running(self) -> bool:
@@ -292,10 +216,10 @@ class DeblurWidget(Container):
             except ValueError:
                 is_stack = False
         self._scope.visible = is_stack
-        model_ok = self._model.value not in (None, LOAD_CHECKPOINT)
+        model_ok = self._models.ready
         if self.running:
             self._run.text = "Cancel"
-            self._run.enabled = not self._job.cancel.is_set()
+            self._run.enabled = not self._job.cancelled
         else:
             self._run.text = "Deblur"
             self._run.enabled = layer is not None and model_ok
@@ -352,7 +276,7 @@ class DeblurWidget(Container):
             what += " (" + ", ".join(f"{k}={v}" for k, v in plane.describe().items()) + ")"
         planes = 1 if plane is not None else math.prod(
             layer.data.shape[i] for i in stack_axes(axes))
-        job = _Job(layer=layer, axes=axes, plane=plane, cancel=threading.Event(),
+        job = _Job(layer=layer, axes=axes, plane=plane,
                    activity=ActivityProgress(f"Deblurring {what}"), planes=planes)
         self._job = job
         self._progress.value, self._progress.max = 0, 0
@@ -374,22 +298,18 @@ class DeblurWidget(Container):
 
     def _stop(self, job: _Job, reason: str) -> None:
         job.reason = job.reason or reason
-        job.cancel.set()
-        if job.worker is not None:
-            job.worker.quit()
+        job.quit()
         self._set_status("Cancelling after the current tile…")
         self._update_state()
 
     def _on_viewer_closed(self) -> None:
         """Stop the run; from now on touch neither the viewer nor (possibly deleted) widgets."""
         self._closed = True
-        self._catalog.disconnect(self._on_catalog_event)
+        self._models.disconnect()
         job = self._job
         if job is not None:
             job.reason = job.reason or "the viewer was closed"
-            job.cancel.set()
-            if job.worker is not None:
-                job.worker.quit()
+            job.quit()
 
     def _cancelled_text(self, job: _Job) -> str:
         return f"Cancelled: {job.reason}; nothing was added." if job.reason else \
@@ -406,7 +326,8 @@ class DeblurWidget(Container):
                 self._progress.value = update.done
         # last: napari's activity dock may process pending Qt events while it repaints, which
         # can deliver this run's end (status "Done", job cleared) before this call returns
-        job.activity.update(update)
+        if update.stage is Stage.RUNNING:
+            job.activity.update(update.done, update.total)
 
     def _on_returned(self, job: _Job, outcome: DeblurOutcome | DeblurFailed | None) -> None:
         from napari.utils.notifications import notification_manager, show_error
@@ -436,7 +357,7 @@ class DeblurWidget(Container):
                          f"{work} → {layer.name}")
 
     def _on_finished(self, job: _Job) -> None:
-        job.activity.close()
+        job.close_activity()
         if job is self._job:
             self._job = None
             if self._closed:
@@ -485,22 +406,3 @@ class DeblurWidget(Container):
 def _same(a: Any, b: Any) -> bool:
     """Same layer (``==``, not ``is``: napari hands plugins proxies, a new one per access)."""
     return a is not None and b is not None and a == b
-
-
-def _wrap_label(label: Label) -> None:
-    """Let a magicgui label use the row's width and wrap, instead of its fixed text width."""
-    from qtpy.QtWidgets import QSizePolicy
-
-    label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-
-
-def _describe_device(name: str) -> str:
-    if name.startswith("cuda"):
-        import torch
-
-        index = int(name.split(":")[1]) if ":" in name else 0
-        return f"{name} · {torch.cuda.get_device_name(index)}"
-    if name == "mps":
-        return "mps · Apple GPU"
-    return name

@@ -9,10 +9,12 @@ deblurred image, a hollow ring where the other image has a matching detection an
 where only this image has one. Every point carries ``features`` (``category``, ``score``,
 ``diameter_px``) so hovering shows why it is there.
 
-The widget only collects choices; the computation is :func:`detection_steps`, a generator that
-yields :class:`DetectionProgress` and returns a :class:`DetectionOutcome`. It runs in a napari
-generator worker (errors come back as :class:`~._worker.DeblurFailed` values, see
-:mod:`._worker`); tests and scripts can drive it synchronously with :func:`run_detection`.
+The widget only collects choices; the computation is :func:`~._detect_job.detection_steps`
+(Qt-free, in :mod:`._detect_job`), a generator that yields :class:`DetectionProgress` and returns
+a :class:`DetectionOutcome`. It runs in a napari generator worker (errors come back as
+:class:`~._jobs.DetectionFailed` values, see :mod:`._jobs`); tests and scripts can drive it
+synchronously with :func:`run_detection`. The Points layers and the side-by-side view are
+:mod:`._detect_layers`. The names of both modules are importable from here too.
 With "Live" ticked, any parameter change (and, for stacks, moving to another slice) re-runs it
 after a short pause; a run that is overtaken is abandoned at its next step. So is a run whose
 input or deblurred layer is removed (quietly: that is the user's doing, not an error), and a
@@ -23,9 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
-import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,18 +40,41 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from .._io import layer_pixel_size_um
-from ..detect import DetectionConfig, DetectionResult, MatchResult, detect_nuclei, match_points
-from ._compare import ViewerLayout, grid_of, is_comparison_layer, show_panel_title
-from ._form import field_row, finish_panel, scrolling_form, wrap_label
-from ._layers import (
-    OUTPUT_SUFFIX,
-    PREVIEW_SUFFIX,
-    input_of_result,
-    layer_axes,
-    layer_source_path,
+from ..detect import DetectionConfig
+from ._compare import is_comparison_layer
+from ._detect_job import (
+    CATEGORY_MATCHED,
+    CATEGORY_ONLY_DEBLURRED,
+    CATEGORY_ONLY_INPUT,
+    DetectionOutcome,
+    DetectionProgress,
+    DetectionRequest,
+    blob_contrast,
+    detection_steps,
+    format_summary,
+    nuclei_doubt,
+    run_detection,
+    stain_hint,
 )
-from ._worker import CloseWatch, DeblurFailed, drive, start_job
+from ._detect_layers import (
+    DEBLURRED_RGB,
+    DETECTION_KEY,
+    INPUT_RGB,
+    NUCLEI_SUFFIX,
+    DetectionLayout,
+    PointsUpdate,
+    apply_points_update,
+    data_coordinates,
+    describe_plane,
+    find_points_layer,
+    pixel_size_from_layer,
+    plane_index,
+    plane_of,
+    points_style,
+)
+from ._form import field_row, finish_panel, scrolling_form, wrap_label
+from ._jobs import CloseWatch, DetectionFailed, Job, start_job
+from ._layers import OUTPUT_SUFFIX, PREVIEW_SUFFIX, input_of_result
 
 if TYPE_CHECKING:
     import napari
@@ -65,6 +88,7 @@ __all__ = [
     "CATEGORY_ONLY_INPUT",
     "DETECTION_KEY",
     "NUCLEI_SUFFIX",
+    "DetectionLayout",
     "DetectionOutcome",
     "DetectionProgress",
     "DetectionRequest",
@@ -73,25 +97,12 @@ __all__ = [
     "detection_steps",
     "format_summary",
     "nuclei_doubt",
+    "pixel_size_from_layer",
     "plane_index",
     "run_detection",
     "stain_hint",
 ]
 
-#: Key of the detection provenance in the metadata of the Points layers this widget manages.
-#: Deliberately not ``_layers.METADATA_KEY``: that one marks deblurred *images*, and the Deblur
-#: widget would take a points layer carrying it for a result of its input.
-DETECTION_KEY = "napari_mpt_deblur_detection"
-NUCLEI_SUFFIX = " [nuclei]"
-CATEGORY_MATCHED = "matched"
-CATEGORY_ONLY_INPUT = "only in input"
-CATEGORY_ONLY_DEBLURRED = "only in deblurred"
-
-#: Magenta and green: the usual colour-blind-safe pair for two-channel overlays.
-INPUT_RGB = (1.0, 0.0, 1.0)
-DEBLURRED_RGB = (0.0, 0.85, 0.0)
-_FILL_ALPHA = 0.6
-_BORDER_WIDTH = 0.12  # relative to the point size
 _LIVE_DELAY_MS = 300
 
 _METHOD_LABELS = {
@@ -103,491 +114,10 @@ _METHOD_LABELS = {
 
 
 # ------------------------------------------------------------------------------------------
-# The computation (no Qt, no napari)
-# ------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DetectionRequest:
-    """Everything one detection run needs, as plain data.
-
-    Attributes
-    ----------
-    input_image, deblurred_image : (M, N) array_like
-        The two planes (numpy, or dask/zarr slices: read in the worker thread). Same shape and
-        pixel grid, so that their detections can be compared coordinate by coordinate.
-    config : DetectionConfig
-        Detector and sizes, shared by both images.
-    max_distance_px : float or None
-        Largest centroid distance of a match; ``None`` means half the expected diameter.
-    """
-
-    input_image: Any
-    deblurred_image: Any
-    config: DetectionConfig
-    max_distance_px: float | None = None
-
-    @property
-    def match_distance_px(self) -> float:
-        """The matching radius actually used, in pixels."""
-        if self.max_distance_px is not None:
-            return float(self.max_distance_px)
-        return 0.5 * self.config.diameter_px
-
-
-@dataclass(frozen=True)
-class DetectionProgress:
-    """``done`` of ``total`` steps; ``stage`` says what runs next."""
-
-    done: int
-    total: int
-    stage: str
-
-
-@dataclass(frozen=True)
-class DetectionOutcome:
-    """Detections on both images and how they agree.
-
-    Attributes
-    ----------
-    input, deblurred : DetectionResult
-        Detections on the input plane and on the deblurred plane.
-    match : MatchResult
-        ``match_points(deblurred.points, input.points)``: the input is the reference, so
-        ``match.only_in_ref`` are the input's unmatched detections and ``match.only_in_pred``
-        the deblurred image's.
-    seconds : float
-        Wall time of the run.
-    blob_contrast : float or None
-        How nucleus-like the detections look (:func:`blob_contrast`, the larger of the two
-        images'); ``None`` with too few detections to judge.
-    """
-
-    input: DetectionResult
-    deblurred: DetectionResult
-    match: MatchResult
-    seconds: float = 0.0
-    blob_contrast: float | None = None
-
-    @property
-    def n_matched(self) -> int:
-        """Detections present in both images."""
-        return self.match.tp
-
-    @property
-    def n_only_input(self) -> int:
-        """Input detections without a partner in the deblurred image."""
-        return self.match.fn
-
-    @property
-    def n_only_deblurred(self) -> int:
-        """Deblurred detections without a partner in the input."""
-        return self.match.fp
-
-    @property
-    def f1(self) -> float:
-        """Agreement of the two detection sets (symmetric: 2·matched / (n_input + n_deblurred))."""
-        return self.match.f1
-
-    def categories(self) -> tuple[list[str], list[str]]:
-        """Category of every input and every deblurred detection (see ``CATEGORY_*``)."""
-        input_cat = [CATEGORY_MATCHED] * self.input.n
-        for i in self.match.only_in_ref:
-            input_cat[int(i)] = CATEGORY_ONLY_INPUT
-        deblurred_cat = [CATEGORY_MATCHED] * self.deblurred.n
-        for i in self.match.only_in_pred:
-            deblurred_cat[int(i)] = CATEGORY_ONLY_DEBLURRED
-        return input_cat, deblurred_cat
-
-    def to_dict(self) -> dict[str, Any]:
-        """Counts and agreement as plain values (for layer metadata and logs)."""
-        return {
-            "n_input": self.input.n,
-            "n_deblurred": self.deblurred.n,
-            "matched": self.n_matched,
-            "only_in_input": self.n_only_input,
-            "only_in_deblurred": self.n_only_deblurred,
-            "f1": self.f1,
-            "match_distance_px": self.match.max_distance,
-            "seconds": round(self.seconds, 3),
-            "blob_contrast": self.blob_contrast,
-        }
-
-
-def detection_steps(
-    request: DetectionRequest,
-) -> Generator[DetectionProgress, None, DetectionOutcome]:
-    """Detect on both planes and match, yielding between the steps.
-
-    Each ``yield`` is where a napari worker's ``quit()`` takes effect, so a live re-run that
-    overtakes this one does not wait for the remaining detector passes. Errors propagate.
-    """
-    start = time.perf_counter()
-    yield DetectionProgress(0, 3, "input")
-    on_input = detect_nuclei(np.asarray(request.input_image), request.config)
-    yield DetectionProgress(1, 3, "deblurred")
-    on_deblurred = detect_nuclei(np.asarray(request.deblurred_image), request.config)
-    yield DetectionProgress(2, 3, "matching")
-    match = match_points(on_deblurred.points, on_input.points, request.match_distance_px)
-    contrasts = [c for c in (blob_contrast(request.input_image, on_input),
-                             blob_contrast(request.deblurred_image, on_deblurred)) if c is not None]
-    return DetectionOutcome(on_input, on_deblurred, match, time.perf_counter() - start,
-                            blob_contrast=max(contrasts) if contrasts else None)
-
-
-# ------------------------------------------------------------------------------------------
-# Does the layer show nuclei at all? (cheap checks, no Qt)
-# ------------------------------------------------------------------------------------------
-#: Words in a layer's name or short metadata strings that mean a nuclear stain ...
-NUCLEAR_WORDS = ("nuclei", "nucleus", "nuclear", "hoechst", "dapi", "dna", "draq5", "h2b",
-                 "sytox")
-#: ... and words that mean another structure (the bundled sample is an actin channel).
-OTHER_WORDS = ("actin", "phalloidin", "tubulin", "microtubule", "membrane", "mitochondria",
-               "mitotracker", "cytoplasm", "golgi", "wga", "cellmask", "brightfield")
-#: Below this median :func:`blob_contrast`, detections sit on texture, not on blobs.
-MIN_BLOB_CONTRAST = 0.45
-_MIN_JUDGED = 5  # fewer detections than this: too few to judge the image
-_MAX_HINT_CHARS = 200  # longer metadata strings (OME-XML) may name every channel of a file
-
-
-def stain_hint(name: str, metadata: Any = None) -> bool | None:
-    """``True`` when a layer's name or metadata names a nuclear stain, ``False`` when it names
-    another structure, ``None`` when it says neither.
-
-    Checks whole words in the name and in the metadata's short strings (keys and values, nested
-    dicts and lists included; strings over 200 characters such as OME-XML are skipped, since a
-    file's XML names all its channels). The name wins over the metadata.
-    """
-    import re
-
-    def verdict(texts: list[str]) -> bool | None:
-        words = set(re.findall(r"[a-z0-9]+", " ".join(texts).lower()))
-        if words & set(NUCLEAR_WORDS):
-            return True
-        if words & set(OTHER_WORDS):
-            return False
-        return None
-
-    strings: list[str] = []
-
-    def collect(value: Any, depth: int) -> None:
-        if depth > 4 or len(strings) > 200:
-            return
-        if isinstance(value, str):
-            if len(value) <= _MAX_HINT_CHARS:
-                strings.append(value)
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                collect(str(key), depth + 1)
-                collect(item, depth + 1)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                collect(item, depth + 1)
-
-    collect(metadata or {}, 0)
-    by_name = verdict([name])
-    return by_name if by_name is not None else verdict(strings)
-
-
-def blob_contrast(image: Any, result: DetectionResult) -> float | None:
-    """Median contrast of the detections against their surroundings (about 1 for nuclei).
-
-    For each detection of diameter ``d``: (mean of the central disc of radius ``d/4`` minus the
-    75th percentile of the ring between ``0.55 d`` and ``0.75 d``) over that mean, on the
-    percentile-normalised image. A nucleus is a bright blob on a darker background (about 0.8
-    to 1, also 8 µm out of focus); detections on filaments or cytoplasm texture have bright
-    surroundings (about 0.1 to 0.3 on the bundled actin sample). ``None`` below 5 detections.
-    """
-    if result.n < _MIN_JUDGED:
-        return None
-    img = np.asarray(image, dtype=np.float64)
-    lo, hi = np.percentile(img, (1.0, 99.8))
-    norm = (img - lo) / max(float(hi - lo), 1e-12)
-    height, width = norm.shape
-    values = []
-    for (y, x), diameter in zip(result.points, result.diameters_px, strict=True):
-        r = 0.5 * float(diameter)
-        y0, y1 = max(0, int(y - 1.5 * r) - 1), min(height, int(y + 1.5 * r) + 2)
-        x0, x1 = max(0, int(x - 1.5 * r) - 1), min(width, int(x + 1.5 * r) + 2)
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        dist = np.hypot(yy - y, xx - x)
-        window = norm[y0:y1, x0:x1]
-        inner, ring = window[dist <= 0.5 * r], window[(dist >= 1.1 * r) & (dist <= 1.5 * r)]
-        if inner.size and ring.size:
-            centre = float(inner.mean())
-            values.append((centre - float(np.percentile(ring, 75))) / max(centre, 1e-12))
-    return float(np.median(values)) if len(values) >= _MIN_JUDGED else None
-
-
-def nuclei_doubt(outcome: DetectionOutcome, name: str, metadata: Any = None) -> str | None:
-    """Why the counts are probably not nuclei, or ``None`` when nothing speaks against them.
-
-    A nuclear stain named in the layer's name or metadata (:func:`stain_hint`) is trusted;
-    another structure named there, or detections that are not blobs (:func:`blob_contrast`
-    below 0.45), give a warning.
-    """
-    hint = stain_hint(name, metadata)
-    if hint is True:
-        return None
-    contrast = outcome.blob_contrast
-    if hint is False:
-        why = f"{name!r} is named or described as a non-nuclear stain"
-    elif contrast is not None and contrast < MIN_BLOB_CONTRAST:
-        why = (f"the detections in {name!r} are not bright blobs on a dark background "
-               f"(blob contrast {contrast:.2f}; nuclei score about 0.8 to 1)")
-    else:
-        return None
-    return (f"⚠ This does not look like a nuclear stain: {why}. The counts are then "
-            "texture, not nuclei; choose a nuclear channel (Hoechst, DAPI).")
-
-
-def run_detection(
-    request: DetectionRequest,
-    progress: Callable[[DetectionProgress], None] | None = None,
-) -> DetectionOutcome:
-    """Drive :func:`detection_steps` to the end in the calling thread (tests, scripts)."""
-    return drive(detection_steps(request), progress)
-
-
-def format_summary(outcome: DetectionOutcome, where: str = "", doubt: str | None = None) -> str:
-    """The result label's text: counts on both images and their agreement (``doubt`` first)."""
-    head = f"{where}: " if where else ""
-    return (
-        (f"{doubt}\n" if doubt else "") +
-        f"{head}input {outcome.input.n} · deblurred {outcome.deblurred.n} nuclei\n"
-        f"matched {outcome.n_matched} · only in input {outcome.n_only_input} · "
-        f"only in deblurred {outcome.n_only_deblurred}\n"
-        f"F1 input vs deblurred {outcome.f1:.3f} "
-        f"(match radius {outcome.match.max_distance:.1f} px, {outcome.seconds:.2f} s)"
-    )
-
-
-# ------------------------------------------------------------------------------------------
-# Layers (napari models only, no Qt)
-# ------------------------------------------------------------------------------------------
-def plane_index(layer: Any, world_point: Any, ndisplay: int = 2) -> dict[int, int]:
-    """Index along every non-YX axis of ``layer`` of the plane the viewer shows.
-
-    Unlike :func:`._layers.select_plane`, a position outside the layer is an error, not the
-    nearest plane: a single-plane preview must not be compared with another slice of its input.
-
-    Raises
-    ------
-    ValueError
-        For RGB or multiscale layers, in the 3-D view of a stack, or when the viewer's position
-        lies outside the layer along one of its stack axes.
-    """
-    if layer.rgb:
-        raise ValueError(
-            f"layer {layer.name!r} is RGB; nuclei detection needs one fluorescence channel "
-            "(split the channels, e.g. Layers > Split RGB)"
-        )
-    if layer.multiscale:
-        raise ValueError(
-            f"layer {layer.name!r} is multiscale (a pyramid); open its full-resolution level as "
-            "an image, or use the command line (mpt-deblur detect)"
-        )
-    axes = layer_axes(layer)
-    extra = [i for i, letter in enumerate(axes) if letter not in "YX"]
-    if not extra:
-        return {}
-    if ndisplay == 3:
-        raise ValueError(
-            f"layer {layer.name!r} is a stack shown in 3-D; switch the viewer to 2-D so that "
-            "one slice is shown, and detection runs on that slice"
-        )
-    point = np.asarray(world_point, dtype=float)[-layer.ndim:]
-    position = np.asarray(layer.world_to_data(point), dtype=float)
-    shape = np.shape(layer.data)
-    index: dict[int, int] = {}
-    for axis in extra:
-        value = math.floor(position[axis] + 0.5)
-        if not 0 <= value < shape[axis]:
-            raise ValueError(
-                f"layer {layer.name!r} has no plane at the current {axes[axis]} position (it "
-                f"covers {shape[axis]} plane(s)); move the {axes[axis]} slider onto one of them"
-            )
-        index[axis] = int(value)
-    return index
-
-
-def _plane(layer: Any, index: dict[int, int]) -> Any:
-    """The 2-D plane of ``layer.data`` at ``index`` (lazy for dask/zarr data)."""
-    return layer.data[tuple(index.get(i, slice(None)) for i in range(layer.ndim))]
-
-
-def _describe(layer: Any, index: dict[int, int]) -> str:
-    if not index:
-        return ""
-    axes = layer_axes(layer)
-    return ", ".join(f"{axes[i]}={v}" for i, v in sorted(index.items()))
-
-
-def pixel_size_from_layer(layer: Any) -> float | None:
-    """Pixel size in µm of ``layer``, or ``None`` when unknown.
-
-    From its scale when the Y and X units are lengths, else, at napari's default scale, from
-    the TIFF it was opened from (:func:`napari_mpt_deblur._io.layer_pixel_size_um`).
-    Anisotropic pixels give their geometric mean: the detector assumes round nuclei.
-    """
-    try:
-        sizes = layer_pixel_size_um(tuple(layer.scale), tuple(layer.units),
-                                    layer_source_path(layer))
-    except Exception:  # odd layers: no size, the user enters it
-        logger.debug("could not read the pixel size of %s", layer, exc_info=True)
-        return None
-    if sizes is None:
-        return None
-    size = math.sqrt(sizes[0] * sizes[1])
-    return size if size > 0 and math.isfinite(size) else None
-
-
-def _data_coordinates(points: np.ndarray, layer: Any, index: dict[int, int]) -> np.ndarray:
-    """(N, 2) plane coordinates -> (N, layer.ndim) data coordinates of ``layer``."""
-    coords = np.zeros((points.shape[0], layer.ndim), dtype=np.float64)
-    plane_axes = [i for i in range(layer.ndim) if i not in index]
-    for axis, value in index.items():
-        coords[:, axis] = value
-    coords[:, plane_axes[0]] = points[:, 0]
-    coords[:, plane_axes[1]] = points[:, 1]
-    return coords
-
-
-def _placement(layer: Any) -> dict[str, Any]:
-    """Transform keywords that put a points layer exactly on ``layer``."""
-    return {
-        "scale": tuple(float(s) for s in layer.scale),
-        "translate": tuple(float(t) for t in layer.translate),
-        "rotate": np.asarray(layer.rotate),
-        "shear": np.asarray(layer.shear),
-        "affine": np.asarray(layer.affine.affine_matrix),
-        "units": tuple(layer.units),
-        "axis_labels": tuple(layer.axis_labels),
-    }
-
-
-def _style(categories: list[str], rgb: tuple[float, float, float],
-           result: DetectionResult) -> dict[str, Any]:
-    """Per-point size, colours and features: hollow where matched, filled where not."""
-    import pandas as pd
-
-    n = len(categories)
-    border = np.tile([*rgb, 1.0], (n, 1))
-    face = np.zeros((n, 4))
-    unmatched = np.array([c != CATEGORY_MATCHED for c in categories], dtype=bool)
-    face[unmatched] = [*rgb, _FILL_ALPHA]
-    features = pd.DataFrame({
-        "category": pd.Series(categories, dtype=object),
-        "score": np.asarray(result.scores, dtype=np.float64),
-        "diameter_px": np.asarray(result.diameters_px, dtype=np.float64),
-    })
-    return {"size": np.asarray(result.diameters_px, dtype=np.float64), "face_color": face,
-            "border_color": border, "features": features}
-
-
-@dataclass
-class _LayerUpdate:
-    """What one managed Points layer should show after a run."""
-
-    source: Any
-    name: str
-    coords: np.ndarray
-    style: dict[str, Any]
-    metadata: dict[str, Any]
-
-
-def _find_points_layer(layers: Any, source_name: str, role: str) -> Any:
-    from napari.layers import Points
-
-    found = None
-    for layer in layers:
-        meta = (getattr(layer, "metadata", None) or {}).get(DETECTION_KEY)
-        if (isinstance(layer, Points) and isinstance(meta, dict)
-                and meta.get("source") == source_name and meta.get("role") == role):
-            found = layer
-    return found
-
-
-def _apply_update(viewer: Any, update: _LayerUpdate, role: str) -> tuple[Any, bool]:
-    """Update the managed layer in place, or add it; returns ``(layer, added)``."""
-    layers = viewer.layers
-    existing = _find_points_layer(layers, update.source.name, role)
-    placement = _placement(update.source)
-    n = update.coords.shape[0]
-    if existing is None:
-        kwargs: dict[str, Any] = {
-            "name": update.name, "ndim": update.source.ndim, "symbol": "disc",
-            "border_width": _BORDER_WIDTH, "border_width_is_relative": True,
-            "out_of_slice_display": False, "metadata": {DETECTION_KEY: update.metadata},
-            **placement,
-        }
-        if n:
-            kwargs.update(update.style)
-        else:
-            kwargs["features"] = update.style["features"]
-        return viewer.add_points(update.coords, **kwargs), True
-    for key, value in placement.items():
-        if key != "units" and key != "axis_labels":
-            setattr(existing, key, value)
-    existing.data = update.coords
-    existing.features = update.style["features"]
-    if n:
-        existing.size = update.style["size"]
-        existing.face_color = update.style["face_color"]
-        existing.border_color = update.style["border_color"]
-    existing.metadata = {**dict(existing.metadata), DETECTION_KEY: update.metadata}
-    return existing, False
-
-
-class DetectionLayout:
-    """Input and deblurred image side by side, each with its own detections on top.
-
-    napari's grid puts ``stride`` consecutive layers into one panel, so the four layers are
-    moved to the bottom of the list as ``input, input points, deblurred, deblurred points`` and
-    shown with stride 2; everything else is hidden. :meth:`restore` puts the layer order,
-    visibility and grid settings back.
-    """
-
-    def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        self._viewer = viewer
-        self._saved: ViewerLayout | None = None
-
-    @property
-    def active(self) -> bool:
-        """True while the side-by-side layout is shown."""
-        return self._saved is not None
-
-    def show(self, panels: list[tuple[Any, Any]]) -> None:
-        """Show every ``(image, points)`` pair in a panel of its own, left to right."""
-        self.restore()
-        layers = self._viewer.layers
-        self._saved = ViewerLayout.capture(self._viewer)
-        flat = [layer for panel in panels for layer in panel]
-        for target, layer in enumerate(flat):
-            index = layers.index(layer)
-            if index != target:
-                layers.move(index, target)
-        for layer in layers:
-            layer.visible = any(layer == shown for shown in flat)
-        for image, _ in panels:  # panel titles: which image is which
-            show_panel_title(image)
-        grid = grid_of(self._viewer)
-        grid.stride = 2
-        grid.shape = (1, len(panels))
-        grid.enabled = True
-        self._viewer.reset_view()
-
-    def restore(self) -> None:
-        """Back to the layout from before :meth:`show` (layers added since stay on top)."""
-        if self._saved is None:
-            return
-        saved, self._saved = self._saved, None
-        saved.restore(self._viewer)
-
-
-# ------------------------------------------------------------------------------------------
 # The widget
 # ------------------------------------------------------------------------------------------
 @dataclass
-class _Job:
+class _Job(Job):
     """The run in flight."""
 
     input_layer: Any
@@ -597,8 +127,11 @@ class _Job:
     request: DetectionRequest
     live: bool
     where: str = ""
-    worker: GeneratorWorker | None = None
-    abandoned: bool = False
+
+    @property
+    def abandoned(self) -> bool:
+        """Overtaken, its layer removed, or its viewer closed: its result is not wanted."""
+        return self.cancelled
 
 
 class DetectionWidget(Container):
@@ -892,9 +425,7 @@ class DetectionWidget(Container):
 
     @staticmethod
     def _abandon(job: _Job) -> None:
-        job.abandoned = True
-        if job.worker is not None:
-            job.worker.quit()
+        job.quit()
 
     # ------------------------------------------------------------------ state
     def _update_state(self) -> None:
@@ -902,7 +433,7 @@ class DetectionWidget(Container):
         self._run.enabled = ready
         self._run.text = "Detecting…" if self.running else "Detect"
         have_points = ready and all(
-            _find_points_layer(self._viewer.layers, layer.name, role) is not None
+            find_points_layer(self._viewer.layers, layer.name, role) is not None
             for layer, role in ((self._input.value, "input"),
                                 (self._deblurred.value, "deblurred")))
         self._side_by_side.enabled = have_points
@@ -945,7 +476,7 @@ class DetectionWidget(Container):
         point, ndisplay = tuple(dims.point), int(dims.ndisplay)
         source_index = plane_index(source, point, ndisplay)
         result_index = plane_index(result, point, ndisplay)
-        source_plane, result_plane = _plane(source, source_index), _plane(result, result_index)
+        source_plane, result_plane = plane_of(source, source_index), plane_of(result, result_index)
         if np.shape(source_plane) != np.shape(result_plane):
             raise ValueError(
                 f"the planes of {source.name!r} {np.shape(source_plane)} and {result.name!r} "
@@ -960,15 +491,15 @@ class DetectionWidget(Container):
                                  threshold=threshold)
         request = DetectionRequest(source_plane, result_plane, config)
         return _Job(source, result, source_index, result_index, request, live,
-                    where=_describe(source, source_index))
+                    where=describe_plane(source, source_index))
 
     def _start_worker(self, job: _Job) -> GeneratorWorker:
-        connect = {
-            "yielded": lambda update: self._on_progress(job, update),
-            "returned": lambda outcome: self._on_returned(job, outcome),
-            "finished": lambda: self._on_finished(job),
-        }
-        return start_job(detection_steps(job.request), DeblurFailed, "detection", connect)
+        return start_job(
+            detection_steps(job.request), DetectionFailed, "detection",
+            on_yielded=lambda update: self._on_progress(job, update),
+            on_returned=lambda outcome: self._on_returned(job, outcome),
+            on_finished=lambda: self._on_finished(job),
+        )
 
     def _on_progress(self, job: _Job, update: DetectionProgress) -> None:
         if job is self._job and not job.abandoned:
@@ -976,10 +507,10 @@ class DetectionWidget(Container):
                     else job.deblurred_layer.name if update.stage == "deblurred" else "")
             self._status.value = (f"Detecting on {name}…" if name else "Matching…")
 
-    def _on_returned(self, job: _Job, outcome: DetectionOutcome | DeblurFailed) -> None:
+    def _on_returned(self, job: _Job, outcome: DetectionOutcome | DetectionFailed) -> None:
         if job.abandoned:
             return
-        if isinstance(outcome, DeblurFailed):
+        if isinstance(outcome, DetectionFailed):
             self._fail(outcome.error, live=job.live, traceback=True)
             return
         try:
@@ -1032,24 +563,24 @@ class DetectionWidget(Container):
         common = {"config": job.request.config.to_dict(), **outcome.to_dict(),
                   "slice": job.where or None}
         updates = [
-            ("input", _LayerUpdate(
+            ("input", PointsUpdate(
                 job.input_layer, job.input_layer.name + NUCLEI_SUFFIX,
-                _data_coordinates(outcome.input.points, job.input_layer, job.input_index),
-                _style(input_cat, INPUT_RGB, outcome.input),
+                data_coordinates(outcome.input.points, job.input_layer, job.input_index),
+                points_style(input_cat, INPUT_RGB, outcome.input),
                 {"source": job.input_layer.name, "role": "input",
                  "other": job.deblurred_layer.name, **common})),
-            ("deblurred", _LayerUpdate(
+            ("deblurred", PointsUpdate(
                 job.deblurred_layer, job.deblurred_layer.name + NUCLEI_SUFFIX,
-                _data_coordinates(outcome.deblurred.points, job.deblurred_layer,
+                data_coordinates(outcome.deblurred.points, job.deblurred_layer,
                                   job.deblurred_index),
-                _style(deblurred_cat, DEBLURRED_RGB, outcome.deblurred),
+                points_style(deblurred_cat, DEBLURRED_RGB, outcome.deblurred),
                 {"source": job.deblurred_layer.name, "role": "deblurred",
                  "other": job.input_layer.name, **common})),
         ]
         added = []
         try:
             for role, update in updates:
-                layer, is_new = _apply_update(self._viewer, update, role)
+                layer, is_new = apply_points_update(self._viewer, update, role)
                 if is_new:
                     added.append(layer)
         except Exception:
@@ -1066,7 +597,7 @@ class DetectionWidget(Container):
 
         source, result = self._input.value, self._deblurred.value
         layers = self._viewer.layers
-        points = [_find_points_layer(layers, layer.name, role) if layer is not None else None
+        points = [find_points_layer(layers, layer.name, role) if layer is not None else None
                   for layer, role in ((source, "input"), (result, "deblurred"))]
         if source is None or result is None or any(p is None for p in points):
             show_warning("Run the detection first: there are no detections to compare.")

@@ -6,18 +6,18 @@ the worker thread never touches a widget or a layer. :func:`finetune_steps` load
 a private copy of the start model, then yields the EFCR engine's
 :class:`~napari_mpt_deblur.train.updates.TrainUpdate` records
 (:func:`napari_mpt_deblur.train.finetune.finetune_iter`) and returns a
-:class:`FinetuneOutcome`. :func:`optics_from_layer` reads optical hints (pixel size, NA,
-emission, immersion) from layer metadata and OME-XML so the panel can prefill them.
+:class:`FinetuneOutcome`. The optical hints the panel prefills come from
+:func:`napari_mpt_deblur.optics_metadata.optics_from_metadata` (``optics_from_layer`` here, its
+old name).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import threading
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._io import layer_pixel_size_um
 from ..models.catalog import ModelCatalog, get_catalog
+from ..optics_metadata import OPTICS_FIELDS
+from ..optics_metadata import optics_from_metadata as optics_from_layer
 from ..train.updates import TrainUpdate, UpdateKind
-from ._worker import drive, start_job
+from ._jobs import FinetuneFailed, drive, format_clock, start_job
 
 if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
@@ -59,147 +60,6 @@ __all__ = [
     "start_export_worker",
     "start_worker",
 ]
-
-OPTICS_FIELDS = ("pixel_size_um", "numerical_aperture", "wavelength_nm", "refractive_index")
-
-
-# ==========================================================================================
-# Optical hints from layer metadata (no Qt)
-# ==========================================================================================
-_KEYS = {
-    "pixel_size_um": ("pixel_size_um", "pixel_size", "physical_size_x_um"),
-    "numerical_aperture": ("numerical_aperture", "na", "lens_na", "objective_na"),
-    "wavelength_nm": ("wavelength_nm", "emission_wavelength_nm", "emission_nm", "wavelength"),
-    "refractive_index": ("refractive_index", "immersion_index", "immersion_refractive_index"),
-}
-_IMMERSION_INDEX = {"oil": 1.515, "water": 1.333, "glycerol": 1.47, "air": 1.0,
-                    "silicone": 1.406, "multi": None, "other": None}
-
-
-def _positive(value: Any) -> float | None:
-    if isinstance(value, (list, tuple)) and value:
-        value = value[-1]  # (y, x) pixel sizes: x
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
-
-
-def _from_mapping(mapping: Mapping[str, Any], found: dict[str, float]) -> None:
-    lowered = {str(k).lower(): v for k, v in mapping.items()}
-    for name, keys in _KEYS.items():
-        if name in found:
-            continue
-        for key in keys:
-            value = _positive(lowered.get(key))
-            if value is not None:
-                found[name] = value
-                break
-
-
-def _optics_from_ome(xml: str) -> dict[str, float]:
-    """NA, emission wavelength and immersion index from OME-XML (what microscopes record)."""
-    from xml.etree import ElementTree as ET
-
-    found: dict[str, float] = {}
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return found
-    for element in root.iter():
-        tag = element.tag.rsplit("}", 1)[-1]
-        if tag == "Objective":
-            na = _positive(element.get("LensNA"))
-            if na is not None:
-                found.setdefault("numerical_aperture", na)
-            immersion = str(element.get("Immersion", "")).lower()
-            index = _IMMERSION_INDEX.get(immersion)
-            if index is not None:
-                found.setdefault("refractive_index", index)
-        elif tag == "ObjectiveSettings":
-            index = _positive(element.get("RefractiveIndex"))
-            if index is not None:
-                found["refractive_index"] = index
-        elif tag == "Channel":
-            wavelength = _positive(element.get("EmissionWavelength"))
-            if wavelength is not None:
-                unit = element.get("EmissionWavelengthUnit", "nm")
-                factor = {"nm": 1.0, "µm": 1e3, "um": 1e3, "Å": 0.1}.get(unit)
-                if factor:
-                    found.setdefault("wavelength_nm", wavelength * factor)
-    return found
-
-
-def _ome_of_file(source: Any) -> str | None:
-    if not isinstance(source, (str, os.PathLike)):
-        return None
-    path = Path(source)
-    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
-        return None
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tif:
-            return tif.ome_metadata if tif.is_ome else None
-    except Exception:  # unreadable file: no hints, not an error
-        logger.debug("could not read OME metadata of %s", path, exc_info=True)
-        return None
-
-
-def optics_from_layer(
-    metadata: Mapping[str, Any] | None,
-    *,
-    scale: Sequence[float] | None = None,
-    units: Sequence[Any] | None = None,
-    source_path: str | os.PathLike | None = None,
-) -> dict[str, float]:
-    """Optical hints for the re-blur operator found in what napari knows about a layer.
-
-    Microscope files often record the optics; using them makes the re-blur kernels match the
-    user's microscope instead of the model's training optics. Looked up, in order: plain keys in
-    ``metadata`` (``pixel_size_um``, ``numerical_aperture``/``na``, ``wavelength_nm``,
-    ``refractive_index``/``immersion_index``), the same keys in its ``"simulation"`` or
-    ``"optics"`` dicts (the plugin's sample data), OME-XML (``metadata["ome_xml"]`` or the OME-TIFF
-    named by ``metadata["source"]`` or by ``source_path``), and finally the layer's X pixel size
-    (:func:`napari_mpt_deblur._io.layer_pixel_size_um`: its scale when the units are lengths,
-    else, at the default scale, what the TIFF at ``source_path`` records).
-
-    Parameters
-    ----------
-    metadata : mapping or None
-        ``layer.metadata``.
-    scale, units : sequence, optional
-        ``layer.scale`` and ``layer.units`` (pint units or strings).
-    source_path : path, optional
-        ``layer.source.path``: the file napari opened the layer from (its built-in TIFF reader
-        drops the pixel size and OME-XML, so they are read from the file).
-
-    Returns
-    -------
-    dict
-        Any of ``pixel_size_um``, ``numerical_aperture``, ``wavelength_nm``,
-        ``refractive_index``, each a positive float; missing ones were not found.
-    """
-    found: dict[str, float] = {}
-    metadata = metadata or {}
-    _from_mapping(metadata, found)
-    for key in ("simulation", "optics", "microscope"):
-        nested = metadata.get(key)
-        if isinstance(nested, Mapping):
-            _from_mapping(nested, found)
-    xml = metadata.get("ome_xml")
-    if not isinstance(xml, str):
-        xml = _ome_of_file(metadata.get("source")) or _ome_of_file(source_path)
-    if xml:
-        for name, value in _optics_from_ome(xml).items():
-            found.setdefault(name, value)
-    if "pixel_size_um" not in found:
-        size = layer_pixel_size_um(scale, units, source_path)
-        if size is not None:
-            found["pixel_size_um"] = size[1]
-    return found
-
 
 # ==========================================================================================
 # Plain-data protocol between the widget and the worker (no Qt)
@@ -384,13 +244,6 @@ class FinetuneOutcome:
         return self.state_path is not None and self.state_path.is_file()
 
 
-@dataclass(frozen=True)
-class FinetuneFailed:
-    """A run that raised; returned (not raised) by the worker, see :func:`start_worker`."""
-
-    error: Exception
-
-
 def bioimageio_unavailable() -> str | None:
     """Why exporting for bioimage.io is impossible here (``None``: it is possible).
 
@@ -427,11 +280,13 @@ def export_steps(
 def start_export_worker(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
-    connect: dict[str, Callable[..., Any]],
+    *,
+    on_returned: Callable[[Any], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
 ) -> GeneratorWorker:
     """Start :func:`export_steps` in a napari worker; errors return as :class:`FinetuneFailed`."""
     return start_job(export_steps(checkpoint, output), FinetuneFailed, "bioimage.io export",
-                     connect)
+                     on_returned=on_returned, on_finished=on_finished)
 
 
 def _split_planes(array: Any, label: str) -> list[np.ndarray]:
@@ -649,10 +504,9 @@ def start_worker(
     on_finished: Callable[[], None] | None = None,
 ) -> GeneratorWorker:
     """Start :func:`finetune_steps` in a napari generator worker (callbacks run in the GUI)."""
-    connect = {name: fn for name, fn in (("yielded", on_update), ("returned", on_returned),
-                                         ("finished", on_finished)) if fn is not None}
     return start_job(finetune_steps(request, catalog=catalog, cancel=cancel), FinetuneFailed,
-                     "fine-tuning", connect)
+                     "fine-tuning", on_yielded=on_update, on_returned=on_returned,
+                     on_finished=on_finished)
 
 
 # ==========================================================================================
@@ -734,12 +588,4 @@ def eta_seconds(
     if deadline is not None:
         left = min(left, max(0.0, deadline - now))
     return left
-
-
-def format_clock(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
 

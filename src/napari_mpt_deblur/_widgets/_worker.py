@@ -13,30 +13,36 @@ cancel event. Setting the event stops the engine before its next tile; closing t
 early sets it too, and :func:`start_job` closes it as soon as a worker that was told to
 ``quit()`` ends, so an abandoned run never keeps computing.
 
-The job lifetime helpers serve all three panels (deblur, fine-tune, detection):
-:func:`start_job` runs any job generator in a napari worker, and :class:`CloseWatch` tells a
-panel when the viewer window that holds it closes, so that it can stop its job and stop touching
-the viewer.
+The job plumbing the three panels share (:func:`start_job`, :func:`drive`,
+:class:`CloseWatch`, :class:`ActivityProgress`, the error values) is :mod:`._jobs`; its names
+are importable from here too.
 """
 
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._jobs import (
+    ActivityProgress,
+    CloseWatch,
+    DeblurFailed,
+    drive,
+    format_clock,
+    returning_errors,
+    start_job,
+)
+
 if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
-    from qtpy.QtWidgets import QWidget
 
     from ..models.catalog import ModelCatalog
 
@@ -54,8 +60,10 @@ __all__ = [
     "deblur_steps",
     "describe_progress",
     "describe_work",
+    "drive",
     "format_clock",
     "plural",
+    "returning_errors",
     "run_blocking",
     "start_job",
     "start_worker",
@@ -121,14 +129,6 @@ class DeblurProgress:
 def plural(count: int, word: str) -> str:
     """``"1 tile"``, ``"2 tiles"``, ``"0 planes"`` (the words used here take an "s")."""
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
-def format_clock(seconds: float) -> str:
-    """``"0:07"``, ``"12:30"``, ``"1:02:03"``: a short duration for status lines."""
-    total = max(0, round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def describe_work(planes: int, tiles: int) -> str:
@@ -201,19 +201,6 @@ class DeblurOutcome:
     report: dict[str, Any]
     model_info: dict[str, Any] = field(default_factory=dict)
     entry: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DeblurFailed:
-    """A run that raised; returned (not raised) by the worker generator, see :func:`start_worker`.
-
-    Attributes
-    ----------
-    error : Exception
-        What was raised, with its traceback.
-    """
-
-    error: Exception
 
 
 # ------------------------------------------------------------------------------------------
@@ -321,37 +308,6 @@ def _engine_planes(shape: tuple[int, ...], axes: str, in_channels: int) -> int:
     return max(1, count)
 
 
-def drive(steps: Generator[Any, None, Any], on_update: Callable[[Any], None] | None = None) -> Any:
-    """Run a job generator to the end in the calling thread; return its return value.
-
-    The widgets' jobs are generators (progress yielded, result returned) so that one body
-    serves the napari worker and plain synchronous callers (tests, scripts, the filter command).
-    """
-    while True:
-        try:
-            update = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if on_update is not None:
-            on_update(update)
-
-
-def returning_errors(
-    steps: Generator[Any, None, Any], failed: Callable[[Exception], Any], what: str
-) -> Generator[Any, None, Any]:
-    """``steps``, with an exception turned into a returned ``failed(exc)`` value.
-
-    superqt's ``GeneratorWorker`` reads a ``RuntimeError`` escaping the generator as "the worker
-    was deleted" and then emits neither ``errored`` nor ``finished``. Most torch failures are
-    ``RuntimeError``s, so errors must travel as values for the GUI to hear about them.
-    """
-    try:
-        return (yield from steps)
-    except Exception as exc:
-        logger.debug("%s failed", what, exc_info=True)
-        return failed(exc)
-
-
 def run_blocking(
     request: DeblurRequest,
     *,
@@ -378,141 +334,8 @@ def start_worker(
     :class:`DeblurOutcome`, a :class:`DeblurFailed` (the caller shows the error) or ``None``
     (cancelled); ``on_finished`` is called after it in every case, including ``worker.quit()``.
     """
-    connect = {
-        name: fn
-        for name, fn in (("yielded", on_progress), ("returned", on_returned),
-                         ("finished", on_finished))
-        if fn is not None
-    }
     return start_job(deblur_steps(request, catalog=catalog, cancel=cancel), DeblurFailed,
-                     "deblurring", connect)
+                     "deblurring", on_yielded=on_progress, on_returned=on_returned,
+                     on_finished=on_finished)
 
 
-def start_job(
-    steps: Generator[Any, None, Any],
-    failed: Callable[[Exception], Any],
-    what: str,
-    connect: dict[str, Callable[..., Any]],
-) -> GeneratorWorker:
-    """Run the job generator ``steps`` in a started napari worker; return the worker.
-
-    Errors come back through ``returned`` as ``failed(exc)`` (see :func:`returning_errors`).
-    superqt's ``worker.quit()`` only stops *iterating*: the generator stays suspended until it
-    is garbage collected, so its ``finally`` blocks (which stop the deblur engine's helper
-    thread) would run at an unpredictable time, in whichever thread drops the last reference.
-    Here the generator is closed in the worker thread the moment the worker ends, so a quit run
-    (by a panel, or by napari when its window closes) stops computing at once.
-    """
-    from napari.qt.threading import create_worker
-    from qtpy.QtCore import Qt
-
-    worker = create_worker(returning_errors, steps, failed, what, _start_thread=False,
-                           _connect=connect)
-    # direct: runs in the worker thread, where the generator ran; a no-op once it has ended
-    worker.finished.connect(steps.close, Qt.ConnectionType.DirectConnection)
-    worker.start()
-    return worker
-
-
-class CloseWatch:
-    """Calls ``on_close`` once, when the viewer window holding a panel closes.
-
-    napari offers plugins no "viewer closed" event, and the panel's ``destroyed`` signal can
-    come late: File › Close Window and quitting napari close the main window but leave its
-    deletion to the event loop, which first delivers the worker signals already queued, so a
-    late result could still reach the closed viewer. The watch therefore also filters the close
-    events that such programmatic closes (and ``viewer.close()``) send to the top-level window;
-    napari always accepts them. A close from the window manager's button is different: it may
-    still be refused in napari's confirmation dialog, so for it only the deletion that follows
-    acceptance (``destroyed``) counts.
-
-    ``on_close`` may run while Qt is deleting the panel: it must only set flags, cancel and
-    quit, never touch a Qt widget.
-
-    Parameters
-    ----------
-    widget : QWidget
-        The panel's native widget.
-    on_close : callable
-        Called without arguments, at most once.
-    """
-
-    def __init__(self, widget: QWidget, on_close: Callable[[], None]) -> None:
-        self._widget = widget
-        self._on_close = on_close
-        self._window: Callable[[], Any] = lambda: None  # weak: must not keep napari's window
-        self._filter: Any = None
-        self.closed = False
-        widget.destroyed.connect(lambda *_: self._fire())
-
-    def attach(self) -> None:
-        """Watch the top-level window that holds the panel now (docking happens after init)."""
-        if self.closed:
-            return
-        window = self._widget
-        while window.parentWidget() is not None:
-            window = window.parentWidget()
-        previous = self._window()
-        if window is previous:
-            return
-        if self._filter is None:
-            self._filter = _close_filter_type()(self._fire, self._widget)  # dies with the panel
-        if previous is not None:
-            try:
-                previous.removeEventFilter(self._filter)
-            except RuntimeError:  # that window is already gone
-                pass
-        window.installEventFilter(self._filter)
-        self._window = weakref.ref(window)
-
-    def _fire(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._on_close()
-
-
-@functools.cache
-def _close_filter_type() -> type:
-    """The event filter class behind :class:`CloseWatch` (Qt imported only when needed)."""
-    from qtpy.QtCore import QEvent, QObject
-
-    class CloseFilter(QObject):
-        def __init__(self, callback: Callable[[], None], parent: QObject) -> None:
-            super().__init__(parent)
-            self._callback = callback
-
-        def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt's name
-            if event.type() == QEvent.Type.Close and not event.spontaneous():
-                self._callback()
-            return False
-
-    return CloseFilter
-
-
-class ActivityProgress:
-    """A bar in napari's activity dock that follows :class:`DeblurProgress` records.
-
-    Created and updated in the GUI thread only.
-    """
-
-    def __init__(self, description: str) -> None:
-        from napari.utils import progress
-
-        self._bar = progress(total=0, desc=description)
-        self._closed = False
-
-    def update(self, record: DeblurProgress) -> None:
-        """Show ``record`` (indeterminate while the model loads)."""
-        if self._closed or record.stage is not Stage.RUNNING or record.total <= 0:
-            return
-        if self._bar.total != record.total:
-            self._bar.total = record.total
-        delta = record.done - self._bar.n
-        if delta > 0:
-            self._bar.update(delta)
-
-    def close(self) -> None:
-        """Remove the bar from the activity dock (idempotent)."""
-        if not self._closed:
-            self._closed = True
-            self._bar.close()
