@@ -82,13 +82,16 @@ HELD_OUT = ("ndev_neocortex-3Ch_c1", "ndev_neuron-4Ch_c2", "ndev_neuron-4Ch_c3",
 #: Rows: label, the --modes key, and the fine-tuning settings that make the row.
 VARIANTS = (
     ("(a) no fine-tuning", "none", None),
-    ("(b) re-blur self-supervision only", "reblur_only", {"mode": "reblur_only"}),
-    ("(c) full EFCR (re-blur + EFCR + replay)", "full", {"mode": "full"}),
-    ("(d) EFCR + replay, no re-blur loss", "efcr", {"mode": "efcr"}),
-    ("(e) replay at the given optics only", "replay", {"mode": "replay"}),
-    ("(f) as (e), late blocks only", "replay-late", {"mode": "replay", "trainable": "late"}),
-    ("(g) as (e), norms and biases only", "replay-norms", {"mode": "replay",
-                                                           "trainable": "norms"}),
+    ("(b) re-blur self-supervision only", "reblur_only",
+     {"mode": "reblur_only", "trainable": "all"}),
+    ("(c) full EFCR (re-blur + EFCR + replay)", "full", {"mode": "full", "trainable": "all"}),
+    ("(d) EFCR + replay, no re-blur loss", "efcr", {"mode": "efcr", "trainable": "all"}),
+    ("(e) replay at the given optics, all weights", "replay",
+     {"mode": "replay", "trainable": "all"}),
+    ("(f) replay at the given optics, last third of the network", "replay-late",
+     {"mode": "replay", "trainable": "late"}),
+    ("(g) replay at the given optics, norms and biases only", "replay-norms",
+     {"mode": "replay", "trainable": "norms"}),
 )
 
 
@@ -98,10 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model", default="mpt_tiny.defocus",
                         help="start model: bundled name or checkpoint file (default: mpt-tiny)")
-    parser.add_argument("--steps", type=int, default=80, help="fine-tuning steps per mode")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fine-tuning steps per mode (default: the preset's)")
     parser.add_argument("--time-budget", type=float, default=240.0, metavar="S",
                         help="cap on each fine-tuning run, seconds (0: none)")
-    parser.add_argument("--modes", nargs="+", default=["none", "reblur_only", "full"],
+    parser.add_argument("--modes", nargs="+",
+                        default=["none", "reblur_only", "full", "replay", "replay-late",
+                                 "replay-norms"],
                         choices=[key for _, key, _ in VARIANTS],
                         help="which rows to run")
     parser.add_argument("--preset", default=None,
@@ -402,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             model = load_model(args.model, device=device)
             run: dict = {"seed": seed}
             if variant is not None:
-                changes = {**variant, "steps": args.steps, "device": device, "seed": seed,
+                steps = args.steps or get_finetune_preset(preset).steps
+                changes = {**variant, "steps": steps, "device": device, "seed": seed,
                            "time_budget_s": args.time_budget or None, "preview_every": 0,
-                           "state_every": 0, "val_every": max(1, args.steps // 4),
+                           "state_every": 0, "val_every": max(1, steps // 4),
                            "replay_optics": args.replay_optics,
                            **DOMAINS[args.domain]["hints"]}
                 if args.lr is not None:

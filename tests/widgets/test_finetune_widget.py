@@ -411,6 +411,26 @@ def test_panel_stop_keeps_best_then_resume_continues(
 
 
 @pytest.mark.qt
+def test_panel_defaults_follow_the_preset_the_benchmark_chose(make_napari_viewer,
+                                                              plugin_registered):
+    from napari_mpt_deblur.train.finetune import get_finetune_preset
+
+    widget = open_panel(make_napari_viewer())
+    for name in ("cpu-laptop", "gpu"):
+        widget._preset.value = name
+        preset = get_finetune_preset(name)
+        assert widget._mode.value == preset.mode
+        assert widget._trainable.value == preset.trainable
+        assert widget._lr.value == pytest.approx(preset.lr)
+    widget._preset.value = "cpu-laptop"
+    widget._trainable.value = "norms"
+    widget._max_defocus.value = 3.0
+    settings = widget.settings()
+    assert settings.mode == "replay" and settings.trainable == "norms"
+    assert settings.max_defocus_um == 3.0
+
+
+@pytest.mark.qt
 def test_panel_refuses_impossible_settings(make_napari_viewer, plugin_registered,
                                            shared_catalog, monkeypatch):
     from napari.utils import notifications

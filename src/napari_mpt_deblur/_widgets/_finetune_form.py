@@ -47,10 +47,15 @@ __all__ = ["MODE_CHOICES", "REBLUR_SERIES", "SCORE_SERIES", "SCORE_TITLE", "Fine
 #: Key of the panel's own entry in a preview layer's ``metadata``.
 PREVIEW_KEY = "napari_mpt_deblur_finetune"
 MODE_CHOICES = (
+    ("replay at your optics (supervised)", "replay"),
     ("full EFCR (re-blur + EFCR + replay)", "full"),
     ("re-blur self-supervision only", "reblur_only"),
     ("EFCR + replay, no re-blur pixel loss", "efcr"),
-    ("replay at your optics only (supervised)", "replay"),
+)
+TRAINABLE_CHOICES = (
+    ("last third of the network", "late"),
+    ("all weights", "all"),
+    ("norms and biases only", "norms"),
 )
 _MAX_PREVIEW_SIDE = 1024
 
@@ -126,7 +131,8 @@ class FinetuneForm(Container):
         self._replay = FloatSpinBox(label="Replay fraction", min=0.0, max=1.0, step=0.05,
                                     value=0.5)
         self._advanced = CheckBox(text="Advanced settings", value=False)
-        self._mode = ComboBox(label="Objective", choices=MODE_CHOICES, value="full")
+        self._mode = ComboBox(label="Objective", choices=MODE_CHOICES, value="replay")
+        self._trainable = ComboBox(label="Adapt", choices=TRAINABLE_CHOICES, value="late")
         self._replay_folder = FileEdit(label="Replay images", mode="d", nullable=True)
         self._device = device_picker()
         self._val_every = SpinBox(label="Validate every", min=1, max=100_000, value=25)
@@ -137,7 +143,7 @@ class FinetuneForm(Container):
         self._seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
         # expert settings: collapsed by default, so the panel stays short
         self._advanced_box = Container(
-            widgets=[self._lr, self._efcr_weight, self._replay, self._mode,
+            widgets=[self._lr, self._efcr_weight, self._replay, self._mode, self._trainable,
                      self._replay_folder, self._paired_blurred, self._paired_sharp,
                      self._paired_folder, self._device, self._val_every, self._preview_every,
                      self._seed],
@@ -198,7 +204,11 @@ class FinetuneForm(Container):
                                 "training pairs, so that it does not forget")
         self._advanced.tooltip = ("Expert settings: learning rate, EFCR weight, replay, "
                                   "objective, paired data, device, validation and seed")
-        self._mode.tooltip = "What is optimised (for comparisons); 'full' is recommended"
+        self._mode.tooltip = ("What is optimised. The preset's choice won the domain-shift "
+                              "benchmark (docs/finetuning.md); the others are for comparisons")
+        self._trainable.tooltip = ("Which weights adapt: all, the last third of the network's "
+                                   "blocks (faster, and it won the benchmark on a CPU), or "
+                                   "normalisation weights and biases only")
         self._replay_folder.tooltip = ("In-focus images for replay pairs (default: procedural "
                                        "images)")
         self._preview_region.tooltip = ("Re-deblur this region at every preview: a rectangle "
@@ -289,6 +299,8 @@ class FinetuneForm(Container):
         self._replay.value = preset.replay_fraction
         self._val_every.value = max(1, preset.val_every)
         self._preview_every.value = preset.preview_every
+        self._mode.value = preset.mode
+        self._trainable.value = preset.trainable
 
     def _on_advanced(self, value: Any = None) -> None:
         self._advanced_box.visible = bool(self._advanced.value)
@@ -319,6 +331,7 @@ class FinetuneForm(Container):
             efcr_weight=float(self._efcr_weight.value),
             replay_fraction=float(self._replay.value),
             mode=str(self._mode.value),
+            trainable=str(self._trainable.value),
             device=str(self._device.value),
             val_every=int(self._val_every.value),
             preview_every=int(self._preview_every.value),
