@@ -140,6 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="fine-tuning seeds (each mode runs once per seed)")
     parser.add_argument("--json", type=Path, default=None, help="also write every score here")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="print one table from the --json files of runs of the same domain "
+                        "and settings made in parallel (e.g. one process per variant); runs "
+                        "nothing")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.levels is None:
@@ -352,12 +356,49 @@ def to_markdown(rows, checkpoints, levels, info, argv, context) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_reports(paths, argv) -> str:
+    """One table from several ``--json`` payloads: rows of the same label pool their runs
+    (seeds), the shared rows (blurred input, no fine-tuning) are taken once, and the start
+    model's checkpoint counts once in the Spearman check."""
+    payloads = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    domains = {p["context"]["domain"] for p in payloads}
+    if len(domains) != 1:
+        raise SystemExit(f"--merge needs runs of one domain; got {sorted(domains)}")
+    labels = {key: label for label, key, _ in VARIANTS}
+    order = {key: i for i, (_, key, _) in enumerate(VARIANTS)}
+    rows: dict[str, dict] = {}
+    checkpoints, seen_start = [], False
+    for payload in payloads:
+        for row in payload["rows"]:
+            key = "blurred" if row["label"] == "blurred input" else (row["mode"] or "none")
+            label = labels.get(key, row["label"])
+            target = rows.setdefault(key, {**row, "label": label, "runs": []})
+            if key in ("blurred", "none") and target["runs"]:
+                continue
+            target["runs"].extend(row["runs"])
+        for c in payload["checkpoints"]:
+            if c["step"] == 0:
+                if seen_start:
+                    continue
+                seen_start = True
+            checkpoints.append(c)
+    ordered = [rows[k] for k in sorted(rows, key=lambda k: order.get(k, -1))]
+    first = payloads[0]
+    context = {**first["context"],
+               "seeds": sorted({s for p in payloads for s in p["context"]["seeds"]})}
+    levels = [float(k) for k in ordered[0]["runs"][0]["summary"] if k != "mean"]
+    return to_markdown(ordered, checkpoints, levels, first["machine"], argv, context)
+
+
 # ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.merge:
+        sys.stdout.write(merge_reports(args.merge, argv))
+        return 0
     import torch
 
     from napari_mpt_deblur._device import get_device

@@ -30,7 +30,7 @@ def test_finetune_benchmark_reports_gains_guard_and_score_validation(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| (a) no fine-tuning |" in proc.stdout
-    assert "| (e) replay at the given optics only |" in proc.stdout
+    assert "| (e) replay at the given optics, all weights |" in proc.stdout
     assert "Spearman" in proc.stdout
     payload = json.loads(out.read_text())
     replay = next(r for r in payload["rows"] if r["mode"] == "replay")
@@ -44,3 +44,14 @@ def test_finetune_benchmark_reports_gains_guard_and_score_validation(tmp_path):
     # the starting model's true PSNR is the no-fine-tuning row's
     none = next(r for r in payload["rows"] if r["mode"] is None and r["label"].startswith("(a)"))
     assert checkpoints[0]["true_psnr"] == none["runs"][0]["summary"]["mean"][0]
+
+    # runs made in parallel (here: the same payload twice, as if two seeds) merge into one table
+    merged = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "finetune_domain_shift.py"), "--merge",
+         str(out), str(out)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    replay_line = next(line for line in merged.stdout.splitlines()
+                       if line.startswith("| (e) replay"))
+    assert "±" in replay_line  # two runs pooled
+    assert "rank the 5 checkpoints" in merged.stdout  # the start counted once
+    assert merged.stdout.count("| (a) no fine-tuning |") == 1
