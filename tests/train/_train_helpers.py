@@ -55,3 +55,17 @@ def cells(rng: np.random.Generator, shape=(160, 176), n=30) -> np.ndarray:
         y0 = int(rng.integers(0, shape[0]))
         img[y0, :] += rng.uniform(300, 900)
     return np.clip(img, 0, 4095).astype(np.uint16)
+
+
+def blurry_user_images(seed: int, *, sigma_px: float, noise: float, n: int = 2,
+                       shape=(160, 160)) -> list[np.ndarray]:
+    """``n`` defocus-like, noisy uint16 'user' images (what fine-tuning adapts to)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        sharp = cells(rng, shape).astype(np.float32)
+        blurred = gaussian_filter(sharp, sigma_px) + rng.normal(0, noise, sharp.shape)
+        out.append(np.clip(blurred, 0, 65535).astype(np.uint16))
+    return out

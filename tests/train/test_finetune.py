@@ -7,8 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from _train_helpers import TinyNet, cells
-from scipy.ndimage import gaussian_filter
+from _train_helpers import TinyNet, blurry_user_images
 
 from napari_mpt_deblur.train.finetune import (
     FinetuneConfig,
@@ -24,13 +23,7 @@ from napari_mpt_deblur.train.updates import TrainUpdate, UpdateKind
 @pytest.fixture(scope="module")
 def blurry_images():
     """Two defocused, noisy uint16 'user' images (the blur the model should learn to undo)."""
-    rng = np.random.default_rng(7)
-    out = []
-    for _ in range(2):
-        sharp = cells(rng, (160, 160)).astype(np.float32)
-        blurred = gaussian_filter(sharp, 2.5) + rng.normal(0, 15, sharp.shape)
-        out.append(np.clip(blurred, 0, 65535).astype(np.uint16))
-    return out
+    return blurry_user_images(7, sigma_px=2.5, noise=15)
 
 
 def _settings(**changes) -> FinetuneConfig:

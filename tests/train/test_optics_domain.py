@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _train_helpers import TinyNet, cells
-from scipy.ndimage import gaussian_filter
+from _train_helpers import TinyNet, blurry_user_images
 
 from napari_mpt_deblur.simulate import get_simulation_preset
 from napari_mpt_deblur.train.finetune import FinetuneConfig, _FinetuneRun, finetune
@@ -105,13 +104,7 @@ def test_camera_matching_finds_the_photon_count_of_the_users_images():
 
 @pytest.fixture(scope="module")
 def blurry_images():
-    rng = np.random.default_rng(3)
-    out = []
-    for _ in range(2):
-        sharp = cells(rng, (160, 160)).astype(np.float32)
-        blurred = gaussian_filter(sharp, 2.0) + rng.normal(0, 10, sharp.shape)
-        out.append(np.clip(blurred, 0, 65535).astype(np.uint16))
-    return out
+    return blurry_user_images(3, sigma_px=2.0, noise=10)
 
 
 def _settings(**changes) -> FinetuneConfig:
