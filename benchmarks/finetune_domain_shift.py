@@ -356,6 +356,12 @@ def to_markdown(rows, checkpoints, levels, info, argv, context) -> str:
     return "\n".join(lines) + "\n"
 
 
+def start_once(checkpoints: list[dict]) -> list[dict]:
+    """The checkpoints with the start model's (step 0, the same in every run) counted once."""
+    started = [c for c in checkpoints if c["step"] == 0][:1]
+    return started + [c for c in checkpoints if c["step"] != 0] if started else list(checkpoints)
+
+
 def merge_reports(paths, argv) -> str:
     """One table from several ``--json`` payloads: rows of the same label pool their runs
     (seeds), the shared rows (blurred input, no fine-tuning) are taken once, and the start
@@ -367,7 +373,7 @@ def merge_reports(paths, argv) -> str:
     labels = {key: label for label, key, _ in VARIANTS}
     order = {key: i for i, (_, key, _) in enumerate(VARIANTS)}
     rows: dict[str, dict] = {}
-    checkpoints, seen_start = [], False
+    checkpoints = []
     for payload in payloads:
         for row in payload["rows"]:
             key = "blurred" if row["label"] == "blurred input" else (row["mode"] or "none")
@@ -376,12 +382,8 @@ def merge_reports(paths, argv) -> str:
             if key in ("blurred", "none") and target["runs"]:
                 continue
             target["runs"].extend(row["runs"])
-        for c in payload["checkpoints"]:
-            if c["step"] == 0:
-                if seen_start:
-                    continue
-                seen_start = True
-            checkpoints.append(c)
+        checkpoints.extend(payload["checkpoints"])
+    checkpoints = start_once(checkpoints)
     ordered = [rows[k] for k in sorted(rows, key=lambda k: order.get(k, -1))]
     first = payloads[0]
     context = {**first["context"],
@@ -504,14 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             row["runs"].append(run)
             del model
         rows.append(row)
-    # the start model's checkpoint is counted once, not once per run
-    seen_start, unique = False, []
-    for c in checkpoints:
-        if c["step"] == 0:
-            if seen_start:
-                continue
-            seen_start = True
-        unique.append(c)
+    unique = start_once(checkpoints)
 
     context = {"model": args.model, "model_simulation": sim_name or "unknown",
                "domain": args.domain, "seeds": args.seeds,

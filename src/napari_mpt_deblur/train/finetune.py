@@ -69,8 +69,10 @@ from ._common import (
 from .losses import PIXEL_LOSSES, efcr_terms, haar_dwt, pixel_loss
 from .optics_domain import (
     SimulatedScore,
+    bundled_infocus_sources,
     estimate_noise_sigma,
     match_camera,
+    mean_wavelength,
     planes_noise_sigma,
     simulation_for_optics,
 )
@@ -435,10 +437,6 @@ def _model_simulation(model: nn.Module, override: str | None) -> Any:
 
 
 def _reblur_bank(settings: FinetuneConfig, simulation: Any) -> ReblurBank:
-    if simulation.wavelength_nm_choices:
-        sim_wavelength = float(np.mean(simulation.wavelength_nm_choices))
-    else:
-        sim_wavelength = float(np.mean(simulation.wavelength_nm_range))
     n = settings.refractive_index or float(simulation.immersion_index)
     na = settings.numerical_aperture or float(np.mean(simulation.numerical_aperture_range))
     if na >= n:
@@ -449,7 +447,7 @@ def _reblur_bank(settings: FinetuneConfig, simulation: Any) -> ReblurBank:
     return build_reblur_bank(
         pixel_size_um=settings.pixel_size_um or float(simulation.pixel_size_um),
         numerical_aperture=na,
-        wavelength_nm=settings.wavelength_nm or sim_wavelength,
+        wavelength_nm=settings.wavelength_nm or mean_wavelength(simulation),
         refractive_index=n,
         defocus_dof=settings.reblur_defocus_dof,
         max_kernel_size=settings.reblur_kernel_size,
@@ -698,14 +696,16 @@ class _FinetuneRun:
                 numerical_aperture=float(s.numerical_aperture), wavelength_nm=s.wavelength_nm,
                 refractive_index=s.refractive_index, max_defocus_um=s.max_defocus_um)
         self.noise_sigma = planes_noise_sigma(planes, self.normalization)
+        # read the bundled in-focus images once: camera matching and the score both use them
+        score_sources = bundled_infocus_sources(self.replay_simulation)
         if s.match_camera:
             self.replay_simulation = match_camera(
-                self.replay_simulation, self.noise_sigma, normalization=self.normalization,
-                seed=SCORE_SEED)
+                self.replay_simulation, self.noise_sigma, sources=score_sources,
+                normalization=self.normalization, seed=SCORE_SEED)
         score_patch = max(multiple, (128 // multiple) * multiple)
-        self.score = SimulatedScore(self.replay_simulation, n_pairs=s.score_pairs,
-                                    patch_size=score_patch, seed=SCORE_SEED,
-                                    normalization=self.normalization)
+        self.score = SimulatedScore(self.replay_simulation, sources=score_sources,
+                                    n_pairs=s.score_pairs, patch_size=score_patch,
+                                    seed=SCORE_SEED, normalization=self.normalization)
         self.score_label = ("simulated PSNR at your optics" if s.uses_user_optics else
                             "simulated PSNR at the model's training optics")
 
@@ -764,8 +764,8 @@ class _FinetuneRun:
         self.val_inputs = torch.cat([e, *reblurred])
 
         self.n_trainable = select_trainable(model, s.trainable)
-        groups = [g for g in _common.parameter_groups(model, s.weight_decay) if g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.999))
+        self.optimizer = torch.optim.AdamW(
+            _common.parameter_groups(model, s.weight_decay), lr=s.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.step = 0

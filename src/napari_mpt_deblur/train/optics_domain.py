@@ -42,6 +42,7 @@ __all__ = [
     "depth_of_field_um",
     "estimate_noise_sigma",
     "match_camera",
+    "mean_wavelength",
     "planes_noise_sigma",
     "simulation_for_optics",
 ]
@@ -57,7 +58,8 @@ def depth_of_field_um(wavelength_nm: float, numerical_aperture: float,
     return wavelength_nm * 1e-3 * refractive_index / numerical_aperture**2
 
 
-def _mean_wavelength(sim: SimulationConfig) -> float:
+def mean_wavelength(sim: SimulationConfig) -> float:
+    """The central emission wavelength of a simulation (its choices, else its range), nm."""
     if sim.wavelength_nm_choices:
         return float(np.mean(sim.wavelength_nm_choices))
     return float(np.mean(sim.wavelength_nm_range))
@@ -86,8 +88,8 @@ def simulation_for_optics(
         )
     if pixel_size_um <= 0:
         raise ValueError(f"pixel_size_um must be positive; got {pixel_size_um}")
-    wavelength = float(wavelength_nm or _mean_wavelength(base))
-    base_dof = depth_of_field_um(_mean_wavelength(base), float(np.mean(
+    wavelength = float(wavelength_nm or mean_wavelength(base))
+    base_dof = depth_of_field_um(mean_wavelength(base), float(np.mean(
         base.numerical_aperture_range)), float(base.immersion_index))
     ratio = depth_of_field_um(wavelength, numerical_aperture, n) / base_dof
 
