@@ -1,8 +1,20 @@
-"""Training configuration: one frozen dataclass that fully describes a supervised run.
+"""Training configuration: the shared parts, and the frozen dataclass of a supervised run.
 
 A run is reproducible from its config alone (plus the data it names), so the config is stored in
 every checkpoint and in the resumable state, and read from JSON or YAML files (the bundled
 models' recipes are in ``configs/recipes/``).
+
+Shared parts: :class:`OptimConfig` (optimiser, schedule, clipping, mixed precision),
+:class:`EfcrConfig` (the EFCR loss and its re-blur operator) and :class:`OpticsHints` (optical
+hints for the re-blur operator) are defined, documented and validated once here.
+:class:`TrainConfig` and :class:`~napari_mpt_deblur.train.finetune.FinetuneConfig` compose them:
+they keep the parts' fields flat (``cfg.lr``, the ``lr:`` key of a recipe, the ``training``
+header of every checkpoint written so far), each validates them by building its parts, and
+:attr:`TrainConfig.optim` / :attr:`TrainConfig.efcr` hand the typed part to the code that needs
+it (the :class:`~napari_mpt_deblur.train.engine.Trainer` takes an :class:`OptimConfig`). Flat
+fields rather than nested ones so that every recipe, state file and checkpoint header written
+by earlier versions reads unchanged; the defaults differ per run kind (fine-tuning starts from a
+trained model: a small learning rate, a short warm-up), which is why each config declares them.
 """
 
 from __future__ import annotations
@@ -10,15 +22,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from .._dataclass_io import check_keys, dataclass_from_dict, dataclass_to_dict
 
-__all__ = ["AMP_MODES", "SCHEDULES", "TrainConfig"]
+__all__ = ["AMP_MODES", "SCHEDULES", "EfcrConfig", "OpticsHints", "OptimConfig", "TrainConfig"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +39,144 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant")
 _PIXEL_LOSSES = ("l1", "mse", "charbonnier", "psnr")
 _ROUTINGS = ("aligned", "compat")
+
+P = TypeVar("P", bound="_Part")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
+
+
+def _non_negative(name: str, value: Any) -> None:
+    if not float(value) >= 0:
+        raise ValueError(f"{name} must be >= 0; got {value!r}")
+
+
+class _Part:
+    """A group of fields that several run configs share, flat, under the same names."""
+
+    @classmethod
+    def of(cls: type[P], config: Any) -> P:
+        """The part of a flat run config: its fields of these names (the part's defaults for
+        any it does not have), validated by the part."""
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Part):
+    """The optimiser of a run: AdamW, warm-up then cosine (or constant) learning rate, gradient
+    clipping and mixed precision. Every training loop steps through
+    :class:`~napari_mpt_deblur.train.engine.Trainer`, which takes this.
+
+    Attributes
+    ----------
+    lr, min_lr : float
+        Peak and final learning rate (AdamW).
+    warmup_steps : int
+        Linear warm-up steps from 0 to ``lr``.
+    weight_decay : float
+        AdamW decoupled weight decay, applied to weight matrices and kernels only.
+    schedule : {"cosine", "constant"}
+        Learning-rate decay after warm-up.
+    grad_clip : float
+        Maximum global gradient norm; 0 disables clipping.
+    amp : {"auto", "off", "bf16", "fp16"}
+        Mixed precision (:func:`~napari_mpt_deblur.train._common.resolve_amp`). CUDA: "auto"
+        picks bf16 where supported, otherwise fp16. CPU: "bf16" autocasts on CPUs with native
+        bf16 (AVX-512 BF16, AMX), about 1.2x the step rate of float32 for mpt-tiny
+        (``benchmarks/train_throughput.py``); "auto" stays float32.
+    compile : bool
+        Run the training forward through ``torch.compile`` (the first steps pay for the
+        compilation, minutes on a CPU); with ``amp: bf16`` about 1.4x the float32 step rate for
+        mpt-tiny on an AVX-512 BF16 CPU, without it slightly slower.
+    """
+
+    lr: float = 3e-4
+    min_lr: float = 1e-6
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    amp: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("amp", self.amp, AMP_MODES)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false; got {self.compile!r}")
+        _non_negative_int("warmup_steps", self.warmup_steps)
+        if not float(self.lr) > 0:
+            raise ValueError(f"lr must be > 0; got {self.lr!r}")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            _non_negative(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class EfcrConfig(_Part):
+    """The EFCR loss and the re-blur operator behind its negatives.
+
+    Attributes
+    ----------
+    efcr_weight : float
+        λ on the contrastive ratio CR (authors: 5e-4); 0 disables EFCR.
+    efcr_rel_weight : float
+        Factor on the relative term inside CR (paper: 0.1).
+    reblur_defocus_dof : tuple of float
+        Defocus of the small re-blur PSFs, in multiples of the axial depth of field
+        ``λ·n/NA²``.
+    """
+
+    efcr_weight: float = 5e-4
+    efcr_rel_weight: float = 0.1
+    reblur_defocus_dof: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+
+    def __post_init__(self) -> None:
+        for name in ("efcr_weight", "efcr_rel_weight"):
+            _non_negative(name, getattr(self, name))
+        dof = self.reblur_defocus_dof
+        if not dof or any(not float(v) > 0 for v in dof):
+            raise ValueError(
+                f"reblur_defocus_dof must be a non-empty list of positive numbers; got {dof!r}"
+            )
+
+
+@dataclass(frozen=True)
+class OpticsHints(_Part):
+    """What the user knows of their microscope (``None``: unknown, the model's own optics).
+
+    Attributes
+    ----------
+    pixel_size_um, numerical_aperture, wavelength_nm, refractive_index : float or None
+        Pixel size in the sample, objective NA, emission wavelength, immersion index.
+    """
+
+    pixel_size_um: float | None = None
+    numerical_aperture: float | None = None
+    wavelength_nm: float | None = None
+    refractive_index: float | None = None
+
+    NAMES: ClassVar[tuple[str, ...]] = ("pixel_size_um", "numerical_aperture", "wavelength_nm",
+                                        "refractive_index")
+
+    def __post_init__(self) -> None:
+        for name in self.NAMES:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v) or not v > 0):
+                raise ValueError(f"{name} must be a positive number or None; got {v!r}")
+
+    @property
+    def has_psf(self) -> bool:
+        """Whether pixel size and NA are both given (enough to simulate the user's PSF)."""
+        return self.pixel_size_um is not None and self.numerical_aperture is not None
 
 # Fields that only steer how a run is executed; they may differ when a run is resumed.
 RUN_CONTROL_FIELDS = frozenset(
@@ -109,32 +260,14 @@ class TrainConfig:
         Patches per step.
     steps : int
         Optimiser steps of the whole run (also the length of the cosine schedule).
-    lr, min_lr : float
-        Peak and final learning rate (AdamW).
-    weight_decay : float
-        AdamW decoupled weight decay, applied to weight matrices and kernels only.
-    warmup_steps : int
-        Linear warm-up steps from 0 to ``lr``.
-    schedule : {"cosine", "constant"}
-        Learning-rate decay after warm-up.
-    grad_clip : float
-        Maximum global gradient norm; 0 disables clipping.
-    efcr_weight : float
-        λ in ``L = pixel + λ·CR`` (authors: 5e-4); 0 disables EFCR.
-    efcr_rel_weight : float
-        Factor on the relative term inside CR (paper: 0.1).
+    lr, min_lr, weight_decay, warmup_steps, schedule, grad_clip, amp, compile
+        The optimiser: :class:`OptimConfig` (:attr:`optim`). ``amp`` and ``compile`` may
+        change when a run is resumed.
+    efcr_weight, efcr_rel_weight
+        EFCR, ``L = pixel + efcr_weight·CR``: :class:`EfcrConfig` (:attr:`efcr`).
     pixel_loss : {"l1", "mse", "charbonnier", "psnr"}
         Pixel reconstruction loss; "psnr" is minus the mean per-sample PSNR, which weighs
         near-focus samples by their relative error (``losses.psnr_loss``).
-    amp : {"auto", "off", "bf16", "fp16"}
-        Mixed precision. CUDA: "auto" picks bf16 where supported, otherwise fp16. CPU: "bf16"
-        autocasts on CPUs with native bf16 (AVX-512 BF16, AMX), about 1.2x the step rate of
-        float32 for mpt-tiny (``benchmarks/train_throughput.py``); "auto" stays float32.
-        Like ``compile``, it may change when a run is resumed.
-    compile : bool
-        Run the training forward through ``torch.compile`` (the first steps pay for the
-        compilation, minutes on a CPU); with ``amp: bf16`` about 1.4x the float32 step rate for
-        mpt-tiny on an AVX-512 BF16 CPU, without it slightly slower.
     device : str
         Torch device name, or "auto".
     seed : int
@@ -217,19 +350,10 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
-        def choice(name: str, choices: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in choices:
-                raise ValueError(
-                    f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
-                )
-
-        choice("routing", _ROUTINGS)
-        choice("schedule", SCHEDULES)
-        choice("pixel_loss", _PIXEL_LOSSES)
-        choice("amp", AMP_MODES)
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be true or false; got {self.compile!r}")
+        _choice("routing", self.routing, _ROUTINGS)
+        _choice("pixel_loss", self.pixel_loss, _PIXEL_LOSSES)
+        self.optim  # noqa: B018 - builds (and so validates) the shared parts
+        self.efcr  # noqa: B018
         for name in ("patch_size", "batch_size", "steps", "val_every", "ckpt_every", "log_every",
                      "num_val_patches", "unlabeled_batch_size"):
             value = getattr(self, name)
@@ -249,17 +373,9 @@ class TrainConfig:
                 "keep_every must be None or a positive multiple of ckpt_every "
                 f"({self.ckpt_every}); got {self.keep_every!r}"
             )
-        for name in ("warmup_steps", "num_workers", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
-        for name in ("lr",):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0; got {getattr(self, name)!r}")
-        for name in ("min_lr", "weight_decay", "grad_clip", "efcr_weight", "efcr_rel_weight",
-                     "reblur_weight"):
-            if not float(getattr(self, name)) >= 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}")
+        for name in ("num_workers", "seed"):
+            _non_negative_int(name, getattr(self, name))
+        _non_negative("reblur_weight", self.reblur_weight)
         if not 0.0 <= float(self.paired_fraction) <= 1.0:
             raise ValueError(f"paired_fraction must be in [0, 1]; got {self.paired_fraction!r}")
         if self.time_budget_s is not None and not float(self.time_budget_s) > 0:
@@ -278,13 +394,18 @@ class TrainConfig:
                 raise ValueError(
                     f"source_weights must be >= 0 with a positive sum; got {list(weights)}"
                 )
-        if any(float(v) <= 0 for v in self.reblur_defocus_dof) or not self.reblur_defocus_dof:
-            raise ValueError(
-                "reblur_defocus_dof must be a non-empty list of positive numbers; got "
-                f"{self.reblur_defocus_dof!r}"
-            )
 
     # ----------------------------------------------------------------------------------------
+    @property
+    def optim(self) -> OptimConfig:
+        """The optimiser part (lr, schedule, clipping, amp, compile) as one typed value."""
+        return OptimConfig.of(self)
+
+    @property
+    def efcr(self) -> EfcrConfig:
+        """The EFCR part (weights and re-blur defocus) as one typed value."""
+        return EfcrConfig.of(self)
+
     @property
     def effective_val_patch_size(self) -> int:
         """Validation patch side (``val_patch_size`` or ``patch_size``)."""
