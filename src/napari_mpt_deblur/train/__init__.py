@@ -1,4 +1,5 @@
-"""Training: supervised fitting on simulated pairs, EFCR, and fine-tuning on unlabeled images.
+"""Training: supervised fitting on simulated pairs, EFCR, and fine-tuning on unlabeled images,
+both stepped by the one trainer (:mod:`.engine`).
 
 Names are imported lazily, so ``import napari_mpt_deblur.train`` does not load torch until a
 training function is used; :class:`TrainUpdate` and :class:`UpdateKind` are torch-free.
@@ -12,11 +13,16 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "FINETUNE_PRESETS",
     "EFCRLoss",
+    "EfcrConfig",
     "FinetuneConfig",
     "FinetuneResult",
     "History",
+    "OpticsHints",
+    "OptimConfig",
+    "StepLoop",
     "TrainConfig",
     "TrainUpdate",
+    "Trainer",
     "UpdateKind",
     "efcr_loss",
     "efcr_terms",
@@ -31,6 +37,11 @@ __all__ = [
 
 _LAZY = {
     "TrainConfig": ".config",
+    "OptimConfig": ".config",
+    "EfcrConfig": ".config",
+    "OpticsHints": ".config",
+    "Trainer": ".engine",
+    "StepLoop": ".engine",
     "TrainUpdate": ".updates",
     "UpdateKind": ".updates",
     "EFCRLoss": ".losses",
@@ -50,7 +61,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import TrainConfig
+    from .config import EfcrConfig, OpticsHints, OptimConfig, TrainConfig
+    from .engine import StepLoop, Trainer
     from .finetune import (
         FINETUNE_PRESETS,
         FinetuneConfig,

@@ -7,8 +7,9 @@ models' recipes are in ``configs/recipes/``).
 Shared parts: :class:`OptimConfig` (optimiser, schedule, clipping, mixed precision),
 :class:`EfcrConfig` (the EFCR loss and its re-blur operator) and :class:`OpticsHints` (optical
 hints for the re-blur operator) are defined, documented and validated once here.
-:class:`TrainConfig` and :class:`~napari_mpt_deblur.train.finetune.FinetuneConfig` compose them:
-they keep the parts' fields flat (``cfg.lr``, the ``lr:`` key of a recipe, the ``training``
+:class:`TrainConfig` and :class:`~napari_mpt_deblur.train.finetune.FinetuneConfig` compose them
+(both subclass :class:`RunConfig`, which also gives them the JSON/YAML round trip): they keep
+the parts' fields flat (``cfg.lr``, the ``lr:`` key of a recipe, the ``training``
 header of every checkpoint written so far), each validates them by building its parts, and
 :attr:`TrainConfig.optim` / :attr:`TrainConfig.efcr` hand the typed part to the code that needs
 it (the :class:`~napari_mpt_deblur.train.engine.Trainer` takes an :class:`OptimConfig`). Flat
@@ -27,11 +28,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from .._dataclass_io import check_keys, dataclass_from_dict, dataclass_to_dict
 
-__all__ = ["AMP_MODES", "SCHEDULES", "EfcrConfig", "OpticsHints", "OptimConfig", "TrainConfig"]
+__all__ = ["AMP_MODES", "SCHEDULES", "EfcrConfig", "OpticsHints", "OptimConfig", "RunConfig",
+           "TrainConfig"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +180,40 @@ class OpticsHints(_Part):
         """Whether pixel size and NA are both given (enough to simulate the user's PSF)."""
         return self.pixel_size_um is not None and self.numerical_aperture is not None
 
+class RunConfig:
+    """What the run configs (:class:`TrainConfig`, ``FinetuneConfig``) share beyond their
+    fields: the shared parts as typed values, and the JSON/YAML round trip.
+
+    ``optim`` and ``efcr`` are read by the trainer and the losses; building them is also how a
+    run config validates those fields, so both run configs check them with the same words.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict (tuples become lists), the flat form of every file so far."""
+        return dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The optimiser part (lr, schedule, clipping, amp, compile); fields a run config does
+        not have take the part's defaults (fine-tuning: cosine, no compile)."""
+        return OptimConfig.of(self)
+
+    @property
+    def efcr(self) -> EfcrConfig:
+        """The EFCR part (weights and re-blur defocus)."""
+        return EfcrConfig.of(self)
+
+    def _validate_parts(self) -> None:
+        self.optim  # noqa: B018 - building a part validates its fields
+        self.efcr  # noqa: B018
+
+
 # Fields that only steer how a run is executed; they may differ when a run is resumed.
 RUN_CONTROL_FIELDS = frozenset(
     {
@@ -208,7 +244,7 @@ _TUPLE_FIELDS = (
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything that defines a supervised training run on simulated (and real) pairs.
 
     Attributes
@@ -352,8 +388,7 @@ class TrainConfig:
     def _validate(self) -> None:
         _choice("routing", self.routing, _ROUTINGS)
         _choice("pixel_loss", self.pixel_loss, _PIXEL_LOSSES)
-        self.optim  # noqa: B018 - builds (and so validates) the shared parts
-        self.efcr  # noqa: B018
+        self._validate_parts()
         for name in ("patch_size", "batch_size", "steps", "val_every", "ckpt_every", "log_every",
                      "num_val_patches", "unlabeled_batch_size"):
             value = getattr(self, name)
@@ -397,16 +432,6 @@ class TrainConfig:
 
     # ----------------------------------------------------------------------------------------
     @property
-    def optim(self) -> OptimConfig:
-        """The optimiser part (lr, schedule, clipping, amp, compile) as one typed value."""
-        return OptimConfig.of(self)
-
-    @property
-    def efcr(self) -> EfcrConfig:
-        """The EFCR part (weights and re-blur defocus) as one typed value."""
-        return EfcrConfig.of(self)
-
-    @property
     def effective_val_patch_size(self) -> int:
         """Validation patch side (``val_patch_size`` or ``patch_size``)."""
         return self.val_patch_size or self.patch_size
@@ -428,16 +453,6 @@ class TrainConfig:
     def field_names(cls) -> tuple[str, ...]:
         """Names of all config fields, in declaration order."""
         return tuple(f.name for f in dataclasses.fields(cls))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict (tuples become lists)."""
-        return dataclass_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
-        ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, data)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TrainConfig:

@@ -27,19 +27,23 @@ the starting weights are kept unless a checkpoint beats them by ``min_gain_db``.
 :func:`finetune_iter` is a generator of :class:`~napari_mpt_deblur.train.updates.TrainUpdate`
 records, so a napari ``thread_worker`` can forward them and stop it between steps;
 :func:`finetune` runs it to the end for scripts and the CLI.
+
+The steps are taken by the trainer that supervised training uses
+(:mod:`~napari_mpt_deblur.train.engine`); one run's data, loss, validation, guard and files are
+:class:`~napari_mpt_deblur.train._finetune_run._FinetuneRun`, and this module keeps the settings,
+the presets and the two entry points.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
 from ._common import CancelLike
 from ._finetune_run import (  # noqa: F401 - _FinetuneRun, _reblur_bank: tests reach them here
     SCORE_SEED,
@@ -47,7 +51,7 @@ from ._finetune_run import (  # noqa: F401 - _FinetuneRun, _reblur_bank: tests r
     _FinetuneRun,
     _reblur_bank,
 )
-from .config import EfcrConfig, OpticsHints, OptimConfig
+from .config import OpticsHints, RunConfig
 from .engine import Every, StepLoop
 from .losses import PIXEL_LOSSES
 from .optics_domain import estimate_noise_sigma
@@ -72,7 +76,7 @@ REPLAY_OPTICS = ("auto", "user", "model")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     """Settings of an EFCR fine-tuning run.
 
     Attributes
@@ -202,10 +206,8 @@ class FinetuneConfig:
             raise ValueError("replay_optics='user' needs pixel_size_um and numerical_aperture")
         if self.max_defocus_um is not None and not self.max_defocus_um > 0:
             raise ValueError(f"max_defocus_um must be > 0 or None; got {self.max_defocus_um!r}")
-        # the shared parts validate their own fields (OptimConfig, EfcrConfig, OpticsHints)
-        self.optim  # noqa: B018
-        self.efcr  # noqa: B018
-        self.optics  # noqa: B018
+        self._validate_parts()
+        self.optics  # noqa: B018 - validates the optical hints
         if self.trainable not in TRAINABLE_CHOICES:
             raise ValueError(f"trainable must be one of {', '.join(map(repr, TRAINABLE_CHOICES))}"
                              f"; got {self.trainable!r}")
@@ -229,16 +231,6 @@ class FinetuneConfig:
             raise ValueError(f"reblur_kernel_size must be an odd integer >= 3; got {size!r}")
 
     @property
-    def optim(self) -> OptimConfig:
-        """The optimiser part (cosine schedule, no compile) for the trainer."""
-        return OptimConfig.of(self)
-
-    @property
-    def efcr(self) -> EfcrConfig:
-        """The EFCR part (weights and re-blur defocus)."""
-        return EfcrConfig.of(self)
-
-    @property
     def optics(self) -> OpticsHints:
         """The optical hints as one typed value."""
         return OpticsHints.of(self)
@@ -247,16 +239,6 @@ class FinetuneConfig:
     def uses_user_optics(self) -> bool:
         """Whether replay pairs and the selection score are simulated at the optical hints."""
         return self.replay_optics != "model" and self.optics.has_psf
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict."""
-        return dataclass_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneConfig:
-        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
-        ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, data)
 
     def replace(self, **changes: Any) -> FinetuneConfig:
         """Copy with some fields changed (unknown names raise ``ValueError``)."""
