@@ -219,29 +219,34 @@ def reference_row(plan: Plan, size: int) -> dict[str, Any]:
 
 
 def training_row(plan: Plan) -> dict[str, Any]:
-    """Optimiser steps per second of a minimal training step on random patches."""
+    """Optimiser steps per second of the training loops' own step (``train.engine.Trainer``:
+    AdamW, autocast and loss scaling as training uses them, and its read-back of the loss every
+    step) on random patches, without gradient clipping, as the rows measured before it."""
     import torch
 
     from napari_mpt_deblur import create_model
-    from napari_mpt_deblur.train._common import autocast, resolve_amp
+    from napari_mpt_deblur.train.config import OptimConfig
+    from napari_mpt_deblur.train.engine import Trainer
 
     device = torch.device(plan.device)
     torch.manual_seed(0)
     model = create_model(plan.train_model).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=1e-4)
-    amp = resolve_amp("auto", device)  # the training loop's default: bf16/fp16 on CUDA only
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    # amp "auto" is the training loop's default: bf16/fp16 on CUDA only
+    optim = OptimConfig(lr=2e-4, weight_decay=1e-4, warmup_steps=0, grad_clip=0.0, amp="auto")
+    total = plan.train_warmup + plan.train_steps
+    trainer = Trainer(model, optim, total_steps=total, device=device)
+    amp = trainer.amp_dtype
     shape = (plan.train_batch, 1, plan.train_patch, plan.train_patch)
     gen = torch.Generator().manual_seed(0)
     blurred, sharp = (torch.rand(shape, generator=gen).to(device) for _ in range(2))
 
+    def l1(ctx: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return torch.nn.functional.l1_loss(ctx.forward(blurred).float(), sharp), {}
+
+    done = iter(range(total))
+
     def step() -> None:
-        with autocast(device, amp):
-            loss = torch.nn.functional.l1_loss(model(blurred).float(), sharp)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        trainer.step(next(done), l1)
 
     _reset_peak(plan.device)
     for _ in range(plan.train_warmup):  # kernels, cuDNN algorithm choice, optimiser state
