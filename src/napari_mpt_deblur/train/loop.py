@@ -301,7 +301,7 @@ class _FitRun:
     """The files and records of one :func:`fit` invocation; the steps are the trainer's."""
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, trainer: Trainer, data: Any,
-                 out: Path, history: History) -> None:
+                 out: Path, history: History, progress: Progress | None) -> None:
         from ..engine.normalize import IntensityNormalization
 
         self.cfg, self.model, self.trainer, self.data = cfg, model, trainer, data
@@ -314,6 +314,8 @@ class _FitRun:
         self.init_source = model_info(model).source
         self.val_defocus = [p.get("defocus_um", math.nan) for p in data.val.params]
         self.last_val: dict[str, Any] = {}  # this invocation's latest validation
+        self.last_record: dict[str, Any] = {}  # the latest reported step's record
+        self.progress = progress
 
     def metadata(self, metrics: Mapping[str, Any], step: int) -> dict[str, Any]:
         cfg, history = self.cfg, self.history
@@ -378,7 +380,19 @@ class _FitRun:
             record["time_s"] = round(elapsed_s, 3)
             self.history.train.append(record)
             self.log.write({"event": "train", **record})
+        self.last_record = record
         return record
+
+    def report_progress(self, step: int) -> Iterable[TrainUpdate]:
+        """``progress(step, total, info)`` after a reported step and its actions (a periodic
+        action of the loop, so that ``info`` has the validation of the same step)."""
+        self.history.step = step
+        if self.progress is not None and self.last_record.get("step") == step:
+            info = {k: v for k, v in self.last_record.items() if k != "step"}
+            if self.last_val:
+                info["val_psnr"] = self.last_val["psnr"]
+            self.progress(step, self.cfg.steps, info)
+        return ()
 
     def finish(self, stopped: str, done: int) -> Iterator[TrainUpdate]:
         """The end of an invocation: a last validation when completed, last weights, state."""
@@ -482,7 +496,7 @@ def fit(
         start = int(state["step"])
         logger.info("resuming %s at step %d of %d", out, start, cfg.steps)
     cfg.save(out / "config.json")
-    run = _FitRun(cfg, model, trainer, data, out, history)
+    run = _FitRun(cfg, model, trainer, data, out, history, progress)
     if history.baseline is None:
         val = data.val
         history.baseline = _scores(val.blurred.numpy(), val.sharp.numpy(), run.val_defocus)
@@ -491,17 +505,6 @@ def fit(
     t0 = time.monotonic()
     elapsed_before = history.elapsed_s
     done = start
-    last: dict[str, Any] = {}  # the record of the latest reported step
-
-    def report_progress(step: int) -> Iterable[TrainUpdate]:
-        history.step = step
-        if progress is not None and last.get("step") == step:
-            info = {k: v for k, v in last.items() if k != "step"}
-            if run.last_val:
-                info["val_psnr"] = run.last_val["psnr"]
-            progress(step, cfg.steps, info)
-        return ()
-
     loader = None
     try:
         from .data import make_loader
@@ -515,7 +518,7 @@ def fit(
             max_bad_steps=_MAX_BAD_STEPS,
             every=(Every(cfg.val_every, run.validate, at_last=True),
                    Every(cfg.ckpt_every, run.save_state, at_last=False),
-                   Every(1, report_progress)),
+                   Every(1, run.report_progress)),
         )
         for update in loop:
             done = update.step
@@ -523,7 +526,6 @@ def fit(
                 record = run.record_step(update, start, elapsed_before + time.monotonic() - t0)
                 if record is None:
                     continue
-                last = record
                 update = TrainUpdate(UpdateKind.LOSS, done, cfg.steps, dict(record))
             _emit(cbs, update)
         assert loop.stopped is not None
