@@ -25,8 +25,12 @@ the learning rate is a pure function of the step and each step's batch and rando
 drawn from generators seeded by ``(seed, step)``, so on the same device and software a resumed
 run reproduces an uninterrupted one bit for bit.
 
-The fine-tuning engine for a lab's own unlabeled images lives in
-:mod:`napari_mpt_deblur.train.finetune` and is re-exported here.
+The steps, the cancel check and the time budget are the one trainer's
+(:mod:`napari_mpt_deblur.train.engine`); this module supplies the supervised loss
+(:func:`_supervised_loss`) and the run's files and records (:class:`_FitRun`), and
+:mod:`napari_mpt_deblur.train._fit_data` its data. The fine-tuning engine for a lab's own
+unlabeled images, on the same trainer, lives in :mod:`napari_mpt_deblur.train.finetune` and is
+re-exported here.
 """
 
 from __future__ import annotations
