@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replay-optics", default="auto", choices=["auto", "user", "model"],
                         help="optics of replay pairs and of the selection score")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="training patch side, px (default: the preset's)")
     parser.add_argument("--reblur-dof", nargs="+", type=float, default=None, metavar="F",
                         help="re-blur defocus in depths of field (default: the preset's)")
     parser.add_argument("--reblur-kernel", type=int, default=None, metavar="PX",
@@ -461,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                     changes["lr"] = args.lr
                 if args.batch_size is not None:
                     changes["batch_size"] = args.batch_size
+                if args.patch_size is not None:
+                    changes["patch_size"] = args.patch_size
                 if args.reblur_dof is not None:
                     changes["reblur_defocus_dof"] = tuple(args.reblur_dof)
                 if args.reblur_kernel is not None:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..models.catalog import ModelCatalog, get_catalog
+from ..train.config import FINETUNE_RUN_CONTROL_FIELDS
 from ..train.updates import TrainUpdate, UpdateKind
 from ._finetune_form import (
     MODE_CHOICES,
@@ -111,7 +112,6 @@ __all__ = [
 
 #: Suffix of the preview layer's name (``"<source> [fine-tune preview]"``).
 PREVIEW_SUFFIX = " [fine-tune preview]"
-_RUN_CONTROL = ("steps", "time_budget_s", "device", "val_every", "preview_every")
 
 
 # ==========================================================================================
@@ -386,7 +386,7 @@ class FinetuneWidget(FinetuneResults, FinetuneForm):
         except ValueError:
             current = {}
         ignored = sorted(k for k, v in current.items()
-                         if k not in _RUN_CONTROL and v != settings.to_dict().get(k))
+                         if k not in FINETUNE_RUN_CONTROL_FIELDS and v != settings.to_dict().get(k))
         try:
             crop = self._preview_crop()
         except ValueError as exc:

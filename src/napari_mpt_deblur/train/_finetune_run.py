@@ -30,6 +30,7 @@ from torch import nn
 from .._device import get_device
 from ..models.info import model_info, size_multiple
 from ._common import _json_default, autocast, load_state_file, psnr_ssim, step_generator
+from .config import FINETUNE_RUN_CONTROL_FIELDS
 from .engine import StepContext, Trainer, write_state
 from .losses import efcr_terms, haar_dwt, pixel_loss
 from .optics_domain import (
@@ -55,8 +56,7 @@ SCORE_SEED = 2027
 _STREAM_DATA = 11
 _STREAM_STEP = 12
 #: Settings that may change when a run is resumed.
-RUN_CONTROL = frozenset({"steps", "time_budget_s", "device", "val_every", "preview_every",
-                         "state_every"})
+RUN_CONTROL = FINETUNE_RUN_CONTROL_FIELDS
 
 
 @dataclass

@@ -232,6 +232,12 @@ RUN_CONTROL_FIELDS = frozenset(
     }
 )
 
+#: The same for a fine-tuning run (``FinetuneConfig``): the fields the panel's Resume and the
+#: CLI's ``--resume`` may change; any other difference from the saved run is refused/ignored.
+FINETUNE_RUN_CONTROL_FIELDS = frozenset(
+    {"steps", "time_budget_s", "device", "val_every", "preview_every", "state_every"}
+)
+
 _TUPLE_FIELDS = (
     "train_dirs",
     "extra_dirs",
