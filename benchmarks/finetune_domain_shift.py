@@ -477,16 +477,19 @@ def main(argv: list[str] | None = None) -> int:
                     if update.kind is UpdateKind.VALIDATION:
                         # the truth for this checkpoint (the run's current weights)
                         if update.step == 0 and start_truth is not None:
-                            truth = start_truth
+                            table = start_truth
                         else:
-                            truth = summarise(score(pairs, model, device), args.levels)
-                            truth = truth["mean"][0]
+                            table = summarise(score(pairs, model, device), args.levels)
                         if update.step == 0:
-                            start_truth = truth
-                        checkpoints.append({"mode": mode, "seed": seed, "step": update.step,
-                                            "score": update.value["score"],
-                                            "reblur_psnr": update.value["reblur_psnr"],
-                                            "true_psnr": truth})
+                            start_truth = table
+                        checkpoints.append({
+                            "mode": mode, "seed": seed, "step": update.step,
+                            "score": update.value["score"],
+                            "score_by_defocus_um": update.value.get("sim_psnr_by_defocus_um"),
+                            "reblur_psnr": update.value["reblur_psnr"],
+                            "true_psnr": table["mean"][0],
+                            "true_psnr_by_level": {k: v[0] for k, v in table.items()
+                                                   if k != "mean"}})
                     elif update.kind is UpdateKind.DONE:
                         result = update.value["result"]
                 assert result is not None

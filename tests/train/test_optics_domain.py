@@ -161,6 +161,41 @@ def test_guard_lets_a_real_improvement_through(blurry_images):
     assert "fine-tuned weights of step" in result.verdict
 
 
+def _record(step, score, thirds):
+    return {"kind": "validation", "step": step, "score": score,
+            "sim_psnr_by_defocus_um": dict(zip(("0.0-1.0", "1.0-2.0", "2.0-3.0"), thirds))}
+
+
+def test_guard_refuses_a_better_mean_bought_with_a_loss_at_one_level():
+    from napari_mpt_deblur.train._finetune_run import guard_accepts, worst_level_change
+
+    start = _record(0, 24.0, (30.0, 24.0, 18.0))
+    rules = dict(baseline=start, min_gain_db=0.05, max_level_loss_db=0.1)
+    deep_only = _record(50, 24.3, (29.5, 23.9, 19.5))  # mean +0.3, in focus -0.5
+    assert worst_level_change(deep_only, start) == ("0.0-1.0", -0.5)
+    assert not guard_accepts(deep_only, best=start, **rules)
+    everywhere = _record(100, 24.2, (30.05, 24.2, 18.35))
+    assert guard_accepts(everywhere, best=start, **rules)
+    assert not guard_accepts(_record(150, 24.1, (30.1, 24.1, 18.1)), best=everywhere, **rules)
+    slight = _record(200, 24.4, (29.95, 24.5, 18.75))  # -0.05 in focus: within the tolerance
+    assert guard_accepts(slight, best=everywhere, **rules)
+    # records without thirds (older runs) fall back to the mean alone
+    assert guard_accepts({"score": 24.3}, best=start, **{**rules, "baseline": {"score": 24.0}})
+
+
+def test_validation_records_carry_the_score_per_third_of_the_defocus_range(blurry_images):
+    run = _FinetuneRun(TinyNet(), blurry_images, paired=None,
+                       settings=_settings(mode="replay", **OIL, max_defocus_um=3.0,
+                                          score_pairs=6),
+                       replay_images=None, out_path=None, state_path=None, resume=False)
+    baseline = run.validate(record_history=False)
+    thirds = baseline["sim_psnr_by_defocus_um"]
+    assert len(thirds) == 3 and list(thirds)[0].startswith("0.0-")
+    assert min(thirds.values()) <= baseline["score"] <= max(thirds.values())
+    with pytest.raises(ValueError, match="max_level_loss_db"):
+        _settings(max_level_loss_db=-1)
+
+
 def test_parameter_efficient_choices_freeze_the_rest(blurry_images):
     from napari_mpt_deblur.models._registry import create_model
     from napari_mpt_deblur.train.trainable import select_trainable

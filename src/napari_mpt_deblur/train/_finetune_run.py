@@ -203,6 +203,35 @@ def _score(record: Mapping[str, Any]) -> float:
     return float(value) if value is not None else -math.inf
 
 
+def worst_level_change(scores: Mapping[str, Any], baseline: Mapping[str, Any]
+                       ) -> tuple[str, float] | None:
+    """The third of the defocus range whose simulated PSNR changed most for the worse against
+    ``baseline``, as ``(range, change in dB)``; ``None`` when the records have no thirds."""
+    now = scores.get("sim_psnr_by_defocus_um") or {}
+    start = baseline.get("sim_psnr_by_defocus_um") or {}
+    changes = {band: float(now[band]) - float(start[band]) for band in now if band in start}
+    if not changes:
+        return None
+    band = min(changes, key=changes.__getitem__)
+    return band, changes[band]
+
+
+def guard_accepts(scores: Mapping[str, Any], *, baseline: Mapping[str, Any],
+                  best: Mapping[str, Any], min_gain_db: float, max_level_loss_db: float
+                  ) -> bool:
+    """The guard: new weights must beat the best so far *and* the starting model by
+    ``min_gain_db`` on the selection score (so noise in the score cannot swap in a model that
+    is no better than the one the user started from), and lose no more than
+    ``max_level_loss_db`` on any third of the score's defocus range (a better mean bought with
+    a loss near focus, say, is not an improvement for a user whose images are near focus)."""
+    if not best:
+        return True
+    if not (scores["score"] > _score(best) and scores["score"] >= _score(baseline) + min_gain_db):
+        return False
+    worst = worst_level_change(scores, baseline)
+    return worst is None or worst[1] >= -max_level_loss_db
+
+
 def _crop_padded(plane: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     y, x, hh, ww = box
     crop = plane[y : y + hh, x : x + ww]
@@ -484,13 +513,10 @@ class _FinetuneRun:
         return scores
 
     def _beats_best(self, scores: Mapping[str, Any]) -> bool:
-        """The guard: new weights must beat the best so far *and* the starting model by
-        ``min_gain_db`` on the selection score, so noise in the score cannot swap in a model
-        that is no better than the one the user started from."""
-        if not self.best:
-            return True
-        start = _score(self.baseline) + self.settings.min_gain_db
-        return scores["score"] > _score(self.best) and scores["score"] >= start
+        """The guard (:func:`guard_accepts`) with this run's settings."""
+        return guard_accepts(scores, baseline=self.baseline, best=self.best,
+                             min_gain_db=self.settings.min_gain_db,
+                             max_level_loss_db=self.settings.max_level_loss_db)
 
     def preview(self) -> dict[str, Any]:
         out = self._outputs()[0, 0].cpu().numpy().astype(np.float32)
@@ -606,11 +632,30 @@ class _FinetuneRun:
             seen = [float(h["score"]) for h in self.history
                     if h.get("kind") == "validation" and h.get("step") and "score" in h]
             top = f"; the best checkpoint reached {max(seen) - base:+.2f} dB" if seen else ""
+            refused = self._refused_for_a_level()
+            if refused:
+                return True, (f"kept the starting model: the best checkpoint (step "
+                              f"{refused[0]}) gained {refused[1]:+.2f} dB on the {name} "
+                              f"({base:.2f} dB) but lost {-refused[3]:.2f} dB at "
+                              f"{refused[2]} µm defocus (at most "
+                              f"{self.settings.max_level_loss_db:g} dB is allowed)")
             return True, (f"kept the starting model: no checkpoint beat it by "
                           f"{self.settings.min_gain_db:g} dB on the {name} "
                           f"({base:.2f} dB){top}")
         return False, (f"fine-tuned weights of step {self.best['step']}: {name} "
                        f"{base:.2f} → {best:.2f} dB ({best - base:+.2f} dB)")
+
+    def _refused_for_a_level(self) -> tuple[int, float, str, float] | None:
+        """The best-scoring checkpoint that beat the start on the mean but lost too much on
+        one third of the defocus range: ``(step, mean gain, range, change)``, else ``None``."""
+        base = _score(self.baseline)
+        records = [h for h in self.history if h.get("kind") == "validation" and h.get("step")
+                   and _score(h) >= base + self.settings.min_gain_db]
+        for record in sorted(records, key=_score, reverse=True):
+            worst = worst_level_change(record, self.baseline)
+            if worst is not None and worst[1] < -self.settings.max_level_loss_db:
+                return int(record["step"]), _score(record) - base, worst[0], worst[1]
+        return None
 
     def finish(self) -> FinetuneResult:
         self.restore_best()

@@ -131,6 +131,10 @@ class FinetuneConfig(RunConfig):
     min_gain_db : float
         Guard: fine-tuned weights replace the starting ones only when they beat them on the
         selection score (simulated PSNR at the replay optics) by at least this much.
+    max_level_loss_db : float
+        Guard: fine-tuned weights are refused when any third of the selection score's defocus
+        range (in focus to the deepest) is worse than with the starting weights by more than
+        this, however much the mean gains: the user's images may all lie in that third.
     score_pairs : int
         Number of fixed simulated pairs behind the selection score.
     match_camera : bool
@@ -175,6 +179,7 @@ class FinetuneConfig(RunConfig):
     replay_optics: str = "auto"
     max_defocus_um: float | None = None
     min_gain_db: float = 0.05
+    max_level_loss_db: float = 0.1
     score_pairs: int = 16
     match_camera: bool = True
     trainable: str = "all"
@@ -213,6 +218,8 @@ class FinetuneConfig(RunConfig):
                              f"; got {self.trainable!r}")
         if not self.min_gain_db >= 0:
             raise ValueError(f"min_gain_db must be >= 0; got {self.min_gain_db!r}")
+        if not self.max_level_loss_db >= 0:
+            raise ValueError(f"max_level_loss_db must be >= 0; got {self.max_level_loss_db!r}")
         for name in ("steps", "batch_size", "patch_size", "val_crop_size", "score_pairs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

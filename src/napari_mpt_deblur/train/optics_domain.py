@@ -267,7 +267,10 @@ class SimulatedScore:
         model.eval()
         try:
             scores = evaluate_pairs(model, self.blurred, self.sharp, device=device,
-                                    amp_dtype=amp_dtype)
+                                    amp_dtype=amp_dtype, defocus_um=self.defocus_um)
         finally:
             model.train(was_training)
-        return {"sim_psnr": float(scores["psnr"]), "sim_ssim": float(scores["ssim"])}
+        # The thirds of the defocus range (in focus ... deepest) let the guard refuse a model
+        # that buys a better mean at deep defocus with a loss near focus, or the reverse.
+        return {"sim_psnr": float(scores["psnr"]), "sim_ssim": float(scores["ssim"]),
+                "sim_psnr_by_defocus_um": dict(scores.get("psnr_by_defocus_um", {}))}
