@@ -73,7 +73,7 @@ def _from_state(path: Path):
     header.setdefault("training", {})["step"] = step
     if scores is not None:
         metrics = header.setdefault("metrics", {})
-        metrics.update({k: v for k, v in scores.items() if k != "step"})
+        metrics.update(scores)  # its "step" too: last.safetensors' may be a later one
     # the exported file's hash names what was shipped: the state's weights, not last's
     model.info["sha256"] = file_sha256(path)
     return model, header
