@@ -75,3 +75,18 @@ def test_bf16_autocast_keeps_the_residual_stream_in_float32_and_close():
     err = (half - full).abs()
     assert err.max().item() < 0.1 * full.abs().max().item()
     assert err.mean().item() < 0.01 * full.abs().mean().item()
+
+
+def test_window_attention_runs_in_float32_under_cpu_autocast():
+    """CPU autocast does not round the attention to bf16 (it would be slower and less exact)."""
+    from napari_mpt_deblur.models.layers import window_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(4, 2, 128, 16), torch.randn(4, 2, 64, 16), torch.randn(4, 2, 64, 16)
+    mask = torch.randn(1, 2, 128, 64)
+    full = window_attention(q, k, v, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = window_attention(q, k, v.bfloat16(), mask)
+    assert half.dtype == torch.float32
+    assert torch.allclose(half, window_attention(q, k, v.bfloat16().float(), mask), atol=1e-6)
+    assert (half - full).abs().max().item() < 0.05
