@@ -90,3 +90,31 @@ def test_window_attention_runs_in_float32_under_cpu_autocast():
     assert half.dtype == torch.float32
     assert torch.allclose(half, window_attention(q, k, v.bfloat16().float(), mask), atol=1e-6)
     assert (half - full).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize(("shift", "inv_rate"), [(0, 1), (4, 1), (0, 2), (4, 2), (4, 4)])
+def test_aligned_query_gather_is_the_roll_partition_and_grouping(shift, inv_rate):
+    """The one-gather layout of the aligned routing's queries, and the gather back."""
+    from napari_mpt_deblur.models import layers
+
+    h, w, win = 64, 96, 8
+    x = torch.randn(2, h, w, 5)
+    rolled = torch.roll(x, (-shift * inv_rate, -shift * inv_rate), dims=(1, 2))
+    nhp, nwp = h // inv_rate // win, w // inv_rate // win
+    expected = layers._group_aligned_queries(layers._partition(rolled, win), nhp, nwp, inv_rate)
+    order, inverse = layers._aligned_order(h, w, win, shift, inv_rate, x.device)
+    gathered = x.reshape(2, h * w, 5).index_select(1, order).reshape(expected.shape)
+    assert torch.equal(gathered, expected)
+    back = gathered.reshape(2, h * w, 5).index_select(1, inverse).reshape(x.shape)
+    assert torch.equal(back, x)
+
+
+def test_cached_query_order_from_inference_mode_still_trains():
+    """The gather index cached by an inference call must not break a later training step."""
+    block = _block("aligned", heads=2)
+    x = torch.randn(1, 32, 32, 16)
+    with torch.inference_mode():
+        block(x)  # fills the cache inside inference mode
+    block.train()
+    block(x.requires_grad_()).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -196,11 +196,24 @@ def _group_aligned_queries(x: torch.Tensor, nhp: int, nwp: int, inv_rate: int) -
     )
 
 
-def _ungroup_aligned_queries(x: torch.Tensor, nhp: int, nwp: int, inv_rate: int) -> torch.Tensor:
-    """Inverse of :func:`_group_aligned_queries`: back to raster windows ``(B, nW, N, C)``."""
-    return rearrange(
-        x, "b (hp wp) (a c n) ch -> b (hp a wp c) n ch", hp=nhp, a=inv_rate, wp=nwp, c=inv_rate
-    )
+@functools.lru_cache(maxsize=64)
+def _aligned_order(
+    h: int, w: int, window: int, shift: int, inv_rate: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the ``aligned`` routing's grouped queries come from, and the way back.
+
+    ``order[j]`` is the raster index (in the un-rolled ``h x w`` map) of the ``j``-th query of
+    the rolled, partitioned and grouped layout ``(nWp, g*N)`` flattened; ``inverse`` puts the
+    attention output back in raster order, which also undoes the roll. Built outside inference
+    mode, since autograd saves the index for the backward of a training step that reuses it.
+    """
+    with torch.inference_mode(False):
+        grid = torch.arange(h * w, device=device).reshape(1, h, w, 1)
+        if shift:
+            grid = torch.roll(grid, (-shift * inv_rate, -shift * inv_rate), dims=(1, 2))
+        nhp, nwp = h // inv_rate // window, w // inv_rate // window
+        order = _group_aligned_queries(_partition(grid, window), nhp, nwp, inv_rate).reshape(-1)
+        return order, torch.argsort(order)
 
 
 class DualAttention(nn.Module):
@@ -317,10 +330,10 @@ class DualAttention(nn.Module):
         if self.routing == "compat":
             out = _unpartition(out.reshape(b, -1, win * win, c), win, h)
             roll = shift
-        else:
-            out = _ungroup_aligned_queries(out, hp // win, wp // win, inv)
-            out = _unpartition(out, win, h)
-            roll = shift * inv
+        else:  # one gather undoes the grouping, the partition and the roll
+            _, inverse = _aligned_order(h, w, win, shift, inv, out.device)
+            out = out.reshape(b, h * w, c).index_select(1, inverse).reshape(b, h, w, c)
+            roll = 0
         if roll:  # project_out is per pixel, so the roll may come first
             out = torch.roll(out, (roll, roll), dims=(1, 2))
         return _pointwise_add(out, self.project_out[1], residual)
@@ -345,10 +358,11 @@ class DualAttention(nn.Module):
         self, q: torch.Tensor, hp: int, wp: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         win, shift, inv = self.window, self.shift, self.inv_rate
+        b, h, w, c = q.shape
         q = _spatial(q, self.q_dwconv[1])
-        if shift:
-            q = torch.roll(q, (-shift * inv, -shift * inv), dims=(1, 2))
-        q = _group_aligned_queries(_partition(q, win), hp // win, wp // win, inv)
+        # Roll, partition and grouping in one gather (one pass over q instead of four).
+        order, _ = _aligned_order(h, w, win, shift, inv, q.device)
+        q = q.reshape(b, h * w, c).index_select(1, order).reshape(b, hp * wp // (win * win), -1, c)
         mask = None
         if shift:
             mask = _aligned_shift_mask(hp, wp, win, shift, inv, q.device)
