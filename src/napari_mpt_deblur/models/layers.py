@@ -103,8 +103,8 @@ def window_attention(
     ``q`` is ``(W, h, Lq, d)`` (already scaled by the temperature), ``k``/``v`` are
     ``(W, h, Lk, d)`` and ``mask`` is an additive ``(W or 1, h or 1, Lq, Lk)`` term. Chunking keeps
     the logits of the math backend within a fixed budget on large images. Under CPU autocast it
-    runs in float32: the CPU flash kernel is no faster in bf16 for these small heads (5 % faster
-    attention, 2-3 % faster ``mpt-tiny`` forward at 512²-1024²) and float32 is more accurate.
+    runs in float32: the CPU flash kernel is no faster in bf16 for these small heads (the
+    ``mpt-tiny`` forward was 2-3 % faster at 512²-1024²) and float32 is more accurate.
     """
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
