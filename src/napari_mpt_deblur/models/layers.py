@@ -64,6 +64,23 @@ def _pointwise(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     return F.linear(x, layer.weight.reshape(layer.weight.shape[0], -1))
 
 
+def _pointwise_add(x: torch.Tensor, layer: nn.Module, residual: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """``residual + _pointwise(x, layer)``, as one GEMM that accumulates onto the residual.
+
+    Saves a pass over the map per residual connection. Under autocast the sum stays a separate
+    float32 add, so the residual stream is not rounded to the autocast dtype.
+    """
+    if residual is None:
+        return _pointwise(x, layer)
+    weight = layer.weight.reshape(layer.weight.shape[0], -1)
+    if torch.is_autocast_enabled(x.device.type) or residual.dtype != x.dtype:
+        return residual + F.linear(x, weight)
+    shape = residual.shape
+    out = torch.addmm(residual.reshape(-1, shape[-1]), x.reshape(-1, x.shape[-1]), weight.t())
+    return out.reshape(shape)
+
+
 def _spatial(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     """A spatial convolution on a channels-last map (runs as NCHW in channels_last memory)."""
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -85,8 +102,15 @@ def window_attention(
 
     ``q`` is ``(W, h, Lq, d)`` (already scaled by the temperature), ``k``/``v`` are
     ``(W, h, Lk, d)`` and ``mask`` is an additive ``(W or 1, h or 1, Lq, Lk)`` term. Chunking keeps
-    the logits of the math backend within a fixed budget on large images.
+    the logits of the math backend within a fixed budget on large images. Under CPU autocast it
+    runs in float32: the CPU flash kernel is no faster in bf16 for these small heads (the
+    ``mpt-tiny`` forward was 2-3 % faster at 512²-1024²) and float32 is more accurate.
     """
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return window_attention(
+                q.float(), k.float(), v.float(), None if mask is None else mask.float()
+            )
     n_windows = q.shape[0]
     per_window = q.shape[1] * q.shape[2] * k.shape[2]
     step = max(1, _ATTN_CHUNK_ELEMENTS // max(per_window, 1))
@@ -172,11 +196,24 @@ def _group_aligned_queries(x: torch.Tensor, nhp: int, nwp: int, inv_rate: int) -
     )
 
 
-def _ungroup_aligned_queries(x: torch.Tensor, nhp: int, nwp: int, inv_rate: int) -> torch.Tensor:
-    """Inverse of :func:`_group_aligned_queries`: back to raster windows ``(B, nW, N, C)``."""
-    return rearrange(
-        x, "b (hp wp) (a c n) ch -> b (hp a wp c) n ch", hp=nhp, a=inv_rate, wp=nwp, c=inv_rate
-    )
+@functools.lru_cache(maxsize=64)
+def _aligned_order(
+    h: int, w: int, window: int, shift: int, inv_rate: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the ``aligned`` routing's grouped queries come from, and the way back.
+
+    ``order[j]`` is the raster index (in the un-rolled ``h x w`` map) of the ``j``-th query of
+    the rolled, partitioned and grouped layout ``(nWp, g*N)`` flattened; ``inverse`` puts the
+    attention output back in raster order, which also undoes the roll. Built outside inference
+    mode, since autograd saves the index for the backward of a training step that reuses it.
+    """
+    with torch.inference_mode(False):
+        grid = torch.arange(h * w, device=device).reshape(1, h, w, 1)
+        if shift:
+            grid = torch.roll(grid, (-shift * inv_rate, -shift * inv_rate), dims=(1, 2))
+        nhp, nwp = h // inv_rate // window, w // inv_rate // window
+        order = _group_aligned_queries(_partition(grid, window), nhp, nwp, inv_rate).reshape(-1)
+        return order, torch.argsort(order)
 
 
 class DualAttention(nn.Module):
@@ -234,23 +271,44 @@ class DualAttention(nn.Module):
         if inv_rate > 1:
             self.downsamp = KeyValuePool(dim, inv_rate)
 
-    def forward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.isca(y), self.cswa(y)
+    def forward(
+        self, y: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(isca(y), cswa(y))``, each added to ``residual`` when it is given."""
+        return self.isca(y, residual), self.cswa(y, residual)
 
     # -- ISCA: transposed (channel) attention over the whole image ---------------------------
-    def isca(self, y: torch.Tensor) -> torch.Tensor:
-        height = y.shape[1]
-        q = _spatial(_pointwise(y, self.q[0]), self.q_dwconv[0])
-        k, v = _spatial(_pointwise(y, self.kv[0]), self.kv_dwconv[0]).chunk(2, dim=-1)
-        q, k, v = (rearrange(t, "b y x (h c) -> b h c (y x)", h=self.heads) for t in (q, k, v))
-        q = F.normalize(q, dim=-1) * self.temperature[0]
-        k = F.normalize(k, dim=-1)
-        attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)  # (B, h, c, c): tiny
-        out = rearrange(attn @ v, "b h c (y x) -> b y x (h c)", y=height)
-        return _pointwise(out, self.project_out[0])
+    def isca(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Channel attention, computed on ``(C, C)`` matrices instead of full-size maps.
+
+        The attention logits of head ``h`` are ``t_h * q_i.k_j / (|q_i| |k_j|)`` over all pixels,
+        so the Gram matrix ``qᵀk`` is divided by the norms afterwards instead of normalising the
+        maps. Heads become one block-diagonal ``(C, C)`` softmax (``-inf`` between heads), and
+        ``project_out`` is folded into it: the output is one ``v @ (W_out A)ᵀ`` GEMM on the
+        channels-last map, accumulated onto ``residual``.
+        """
+        b, height, width, c = y.shape
+        q = _spatial(_pointwise(y, self.q[0]), self.q_dwconv[0]).reshape(b, height * width, c)
+        kv = _spatial(_pointwise(y, self.kv[0]), self.kv_dwconv[0])
+        kv = kv.reshape(b, height * width, 2 * c)
+        k, v = kv[..., :c], kv[..., c:]
+        gram = torch.bmm(q.transpose(1, 2), k).float()  # (B, C, C)
+        q_norm = torch.linalg.vector_norm(q, dim=1).float().clamp_min(1e-12)  # F.normalize's eps
+        k_norm = torch.linalg.vector_norm(k, dim=1).float().clamp_min(1e-12)
+        scale = self.temperature[0].reshape(-1, 1).float().repeat_interleave(c // self.heads, 0)
+        logits = gram / (q_norm[:, :, None] * k_norm[:, None, :]) * scale
+        attn = torch.softmax(logits + _head_blocks(c, self.heads, y.device), dim=-1)
+        mix = self.project_out[0].weight.float() @ attn  # (B, C, C): W_out @ blockdiag(attn)
+        if residual is not None and residual.dtype == mix.dtype and not torch.is_autocast_enabled(
+            y.device.type
+        ):
+            out = torch.baddbmm(residual.reshape(b, -1, c), v, mix.transpose(1, 2))
+            return out.reshape(residual.shape)
+        out = torch.bmm(v, mix.transpose(1, 2).to(v.dtype)).reshape(b, height, width, c)
+        return out if residual is None else residual + out
 
     # -- CSWA: window attention from full-resolution queries to pooled keys/values -----------
-    def cswa(self, y: torch.Tensor) -> torch.Tensor:
+    def cswa(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         b, h, w, c = y.shape
         win, shift, inv = self.window, self.shift, self.inv_rate
         hp, wp = h // inv, w // inv
@@ -272,14 +330,13 @@ class DualAttention(nn.Module):
         if self.routing == "compat":
             out = _unpartition(out.reshape(b, -1, win * win, c), win, h)
             roll = shift
-        else:
-            out = _ungroup_aligned_queries(out, hp // win, wp // win, inv)
-            out = _unpartition(out, win, h)
-            roll = shift * inv
-        out = _pointwise(out, self.project_out[1])
-        if roll:
+        else:  # one gather undoes the grouping, the partition and the roll
+            _, inverse = _aligned_order(h, w, win, shift, inv, out.device)
+            out = out.reshape(b, h * w, c).index_select(1, inverse).reshape(b, h, w, c)
+            roll = 0
+        if roll:  # project_out is per pixel, so the roll may come first
             out = torch.roll(out, (roll, roll), dims=(1, 2))
-        return out
+        return _pointwise_add(out, self.project_out[1], residual)
 
     def _compat_queries(
         self, q: torch.Tensor, hp: int, wp: int
@@ -301,10 +358,11 @@ class DualAttention(nn.Module):
         self, q: torch.Tensor, hp: int, wp: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         win, shift, inv = self.window, self.shift, self.inv_rate
+        b, h, w, c = q.shape
         q = _spatial(q, self.q_dwconv[1])
-        if shift:
-            q = torch.roll(q, (-shift * inv, -shift * inv), dims=(1, 2))
-        q = _group_aligned_queries(_partition(q, win), hp // win, wp // win, inv)
+        # Roll, partition and grouping in one gather (one pass over q instead of four).
+        order, _ = _aligned_order(h, w, win, shift, inv, q.device)
+        q = q.reshape(b, h * w, c).index_select(1, order).reshape(b, hp * wp // (win * win), -1, c)
         mask = None
         if shift:
             mask = _aligned_shift_mask(hp, wp, win, shift, inv, q.device)
@@ -314,7 +372,9 @@ class DualAttention(nn.Module):
         b, _, n_queries, _ = q.shape
         k, v = kv.chunk(2, dim=-1)
         q, k, v = (rearrange(t, "b w n (h d) -> (b w) h n d", h=self.heads) for t in (q, k, v))
-        q = F.normalize(q, dim=-1) * self.temperature[1]
+        # F.normalize(q) * temperature in one pass over q (the norms are small).
+        q = q * (self.temperature[1] / torch.linalg.vector_norm(q, dim=-1, keepdim=True
+                                                                ).clamp_min(1e-12))
         k = F.normalize(k, dim=-1)
         n_keys = self.window * self.window
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
@@ -328,6 +388,15 @@ class DualAttention(nn.Module):
             bias = bias.to(q.dtype)
         out = window_attention(q, k, v, bias)
         return rearrange(out, "(b w) h n d -> b w n (h d)", b=b)
+
+
+@functools.lru_cache(maxsize=32)
+def _head_blocks(channels: int, heads: int, device: torch.device) -> torch.Tensor:
+    """``(C, C)`` additive mask: 0 within a head's block of channels, ``-inf`` across heads."""
+    head = torch.arange(channels, device=device) // (channels // heads)
+    return torch.zeros(channels, channels, device=device).masked_fill(
+        head[:, None] != head[None, :], float("-inf")
+    )
 
 
 class KeyValuePool(nn.Module):
@@ -354,10 +423,16 @@ class FEFN(nn.Module):
         self.dwconv1 = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
         self.project_out = nn.Linear(hidden, dim, bias=False)
 
-    def forward(self, channel_stream: torch.Tensor, window_stream: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        channel_stream: torch.Tensor,
+        window_stream: torch.Tensor,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The fused streams, added to ``residual`` (in the output GEMM) when it is given."""
         gate = F.gelu(_spatial(_pointwise(channel_stream, self.project_in1), self.dwconv1))
         value = _pointwise(window_stream, self.project_in2)
-        return _pointwise(gate * value, self.project_out)
+        return _pointwise_add(gate * value, self.project_out, residual)
 
 
 class PyramidBlock(nn.Module):
@@ -384,7 +459,5 @@ class PyramidBlock(nn.Module):
         self.ffn = FEFN(dim, expansion)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channel_attn, window_attn = self.attn(self.norm1(x))
-        xc = x + channel_attn
-        xs = x + window_attn
-        return xc + self.ffn(self.norm2[0](xc), self.norm2[1](xs))
+        xc, xs = self.attn(self.norm1(x), residual=x)
+        return self.ffn(self.norm2[0](xc), self.norm2[1](xs), residual=xc)
