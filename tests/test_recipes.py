@@ -2,8 +2,8 @@
 
 The repository keeps one runnable recipe per bundled model, not a config per experiment: the
 stage history lives in docs/training.md and in git. A run that is still open (to be resumed by
-a later session) keeps its config in ``configs/experiments/`` until it ships or is dropped. These tests hold the recipes to the weights
-they describe, and the docs to the files that exist.
+a later session) keeps its config in ``configs/experiments/`` until it ships or is dropped.
+These tests hold the recipes to the weights they describe, and the docs to the files that exist.
 """
 
 from __future__ import annotations

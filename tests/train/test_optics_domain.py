@@ -190,7 +190,7 @@ def test_validation_records_carry_the_score_per_third_of_the_defocus_range(blurr
                        replay_images=None, out_path=None, state_path=None, resume=False)
     baseline = run.validate(record_history=False)
     thirds = baseline["sim_psnr_by_defocus_um"]
-    assert len(thirds) == 3 and list(thirds)[0].startswith("0.0-")
+    assert len(thirds) == 3 and next(iter(thirds)).startswith("0.0-")
     assert min(thirds.values()) <= baseline["score"] <= max(thirds.values())
     with pytest.raises(ValueError, match="max_level_loss_db"):
         _settings(max_level_loss_db=-1)
