@@ -18,9 +18,9 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-__all__ = ["check_keys", "dataclass_from_dict", "dataclass_to_dict"]
+__all__ = ["DictRoundTrip", "check_keys", "dataclass_from_dict", "dataclass_to_dict"]
 
 C = TypeVar("C")
 
@@ -106,3 +106,18 @@ def _as_int(value: Any) -> int:
     if not (math.isfinite(number) and number.is_integer()):
         raise ValueError(f"expected an integer, got {value!r}")
     return int(number)
+
+
+class DictRoundTrip:
+    """``to_dict``/``from_dict`` for a config dataclass, so each config does not write the same
+    two delegations to :func:`dataclass_to_dict` and :func:`dataclass_from_dict`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible dict (tuples become lists), for files, checkpoints and sidecars."""
+        return dataclass_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
+        ``ValueError`` naming them."""
+        return dataclass_from_dict(cls, data)

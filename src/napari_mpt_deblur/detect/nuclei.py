@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+from .._dataclass_io import DictRoundTrip
 
 __all__ = [
     "METHODS",
@@ -50,7 +50,7 @@ _LOG_NUM_SCALES = 9
 
 
 @dataclass(frozen=True)
-class DetectionConfig:
+class DetectionConfig(DictRoundTrip):
     """Parameters of :func:`detect_nuclei`; all sizes in micrometres.
 
     The defaults are tuned for the project's reference data, BBBC006 Hoechst nuclei imaged with
@@ -183,16 +183,6 @@ class DetectionConfig:
             return self.min_distance_um / self.pixel_size_um
         fraction = 0.4 if self.method == "watershed" else 0.6
         return fraction * self.diameter_px
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict that :meth:`from_dict` turns back into the config."""
-        return dataclass_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DetectionConfig:
-        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
-        ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)

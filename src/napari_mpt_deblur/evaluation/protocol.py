@@ -21,14 +21,13 @@ import dataclasses
 import math
 import os
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+from .._dataclass_io import DictRoundTrip
 
 __all__ = [
     "BLURRED",
@@ -110,7 +109,7 @@ def _optional_count(value: Any, name: str) -> int | None:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(DictRoundTrip):
     """Everything that fixes the evaluation table (recorded in ``results.json``).
 
     Parameters
@@ -256,16 +255,6 @@ class EvalConfig:
         return self.full_scale_fraction * (2**self.bit_depth - 1 - self.offset_adu) / (
             self.photons_per_unit
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict (tuples become lists)."""
-        return dataclass_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EvalConfig:
-        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
-        ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, data)
 
     def replace(self, **overrides: Any) -> EvalConfig:
         """Copy with some fields replaced."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+from .._dataclass_io import DictRoundTrip
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 
 @dataclass(frozen=True)
-class CameraConfig:
+class CameraConfig(DictRoundTrip):
     """A concrete camera (one draw of the simulator's camera parameters).
 
     Parameters
@@ -112,16 +111,6 @@ class CameraConfig:
     def dtype(self) -> np.dtype:
         """Smallest unsigned integer type holding ``bit_depth`` bits."""
         return np.dtype(np.uint8) if self.bit_depth <= 8 else np.dtype(np.uint16)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dictionary."""
-        return dataclass_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CameraConfig:
-        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
-        ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, data)
 
 
 def _is_number(value: Any) -> bool:

@@ -19,14 +19,14 @@ import dataclasses
 import functools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.fft
 
-from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+from .._dataclass_io import DictRoundTrip
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ _MARGIN_LAMBDA_OVER_NA = 5.0
 
 
 @dataclass(frozen=True)
-class OpticsConfig:
+class OpticsConfig(DictRoundTrip):
     """One concrete widefield imaging geometry.
 
     Parameters
@@ -134,16 +134,6 @@ class OpticsConfig:
     def has_index_mismatch(self) -> bool:
         """True when the depth term changes the PSF (it is then not symmetric in ±z)."""
         return self.depth_um > 0 and self.effective_sample_index != self.immersion_index
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dictionary (for checkpoints and parameter sidecars)."""
-        return dataclass_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OpticsConfig:
-        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
-        ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, data)
 
 
 def _check_positive_number(value: Any, name: str) -> None:

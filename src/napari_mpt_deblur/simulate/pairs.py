@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
+from .._dataclass_io import DictRoundTrip
 from .camera import CameraConfig, apply_camera, as_generator, camera_response, camera_to_float
 from .optics import OpticsConfig, blur, defocus_psf
 from .volume import pseudo_volume, sample_haze_layers, widefield_stack
@@ -79,7 +79,7 @@ def _range(value: Any, name: str, *, minimum: float | None = None) -> tuple[floa
 
 
 @dataclass(frozen=True)
-class SimulationConfig:
+class SimulationConfig(DictRoundTrip):
     """Ranges from which each simulated pair's microscope and camera are drawn.
 
     Every ``*_range`` is ``(low, high)``; equal ends fix the value. Draws are quantised
@@ -241,16 +241,6 @@ class SimulationConfig:
                 raise ValueError(f"{name} must be a positive number; got {value!r}")
         if self.sample_index is not None and not self.sample_index > 0:
             raise ValueError(f"sample_index must be positive or None; got {self.sample_index!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dictionary (tuples become lists)."""
-        return dataclass_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SimulationConfig:
-        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
-        ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, data)
 
     def replace(self, **overrides: Any) -> SimulationConfig:
         """Copy with some fields replaced (lists accepted for ranges, as from JSON/YAML)."""

@@ -55,8 +55,6 @@ logger = logging.getLogger(__name__)
 SCORE_SEED = 2027
 _STREAM_DATA = 11
 _STREAM_STEP = 12
-#: Settings that may change when a run is resumed.
-RUN_CONTROL = FINETUNE_RUN_CONTROL_FIELDS
 
 
 @dataclass
@@ -602,12 +600,12 @@ class _FinetuneRun:
         config_type = type(self.settings)
         saved = config_type.from_dict(json.loads(state["settings"]))
         differing = [f.name for f in dataclasses.fields(config_type)
-                     if f.name not in RUN_CONTROL
+                     if f.name not in FINETUNE_RUN_CONTROL_FIELDS
                      and getattr(saved, f.name) != getattr(self.settings, f.name)]
         if differing:
             raise ValueError(
                 f"cannot resume {self.state_path}: settings differ in {differing}; only "
-                f"{sorted(RUN_CONTROL)} may change"
+                f"{sorted(FINETUNE_RUN_CONTROL_FIELDS)} may change"
             )
         if state.get("fingerprint") != self.fingerprint:
             raise ValueError(

@@ -28,9 +28,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from .._dataclass_io import check_keys, dataclass_from_dict, dataclass_to_dict
+from .._dataclass_io import DictRoundTrip, check_keys
 
 __all__ = ["AMP_MODES", "SCHEDULES", "EfcrConfig", "OpticsHints", "OptimConfig", "RunConfig",
            "TrainConfig"]
@@ -180,23 +180,14 @@ class OpticsHints(_Part):
         """Whether pixel size and NA are both given (enough to simulate the user's PSF)."""
         return self.pixel_size_um is not None and self.numerical_aperture is not None
 
-class RunConfig:
+
+class RunConfig(DictRoundTrip):
     """What the run configs (:class:`TrainConfig`, ``FinetuneConfig``) share beyond their
     fields: the shared parts as typed values, and the JSON/YAML round trip.
 
     ``optim`` and ``efcr`` are read by the trainer and the losses; building them is also how a
     run config validates those fields, so both run configs check them with the same words.
     """
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible dict (tuples become lists), the flat form of every file so far."""
-        return dataclass_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Self:
-        """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
-        ``ValueError`` naming them."""
-        return dataclass_from_dict(cls, data)
 
     @property
     def optim(self) -> OptimConfig:
