@@ -153,12 +153,12 @@ def _model_simulation(model: nn.Module, override: str | None) -> Any:
 
 
 def _reblur_bank(settings: FinetuneConfig, simulation: Any) -> ReblurBank:
-    n = settings.refractive_index or float(simulation.immersion_index)
+    n = settings.immersion_index or float(simulation.immersion_index)
     na = settings.numerical_aperture or float(np.mean(simulation.numerical_aperture_range))
     if na >= n:
         raise ValueError(
             f"numerical_aperture {na} must be below the refractive index {n}; pass "
-            "refractive_index (e.g. 1.515 for oil) with a high-NA hint"
+            "immersion_index (e.g. 1.515 for oil) with a high-NA hint"
         )
     return build_reblur_bank(
         pixel_size_um=settings.pixel_size_um or float(simulation.pixel_size_um),
@@ -299,7 +299,7 @@ class _FinetuneRun:
             self.replay_simulation = simulation_for_optics(
                 self.simulation, pixel_size_um=float(s.pixel_size_um),
                 numerical_aperture=float(s.numerical_aperture), wavelength_nm=s.wavelength_nm,
-                refractive_index=s.refractive_index, max_defocus_um=s.max_defocus_um)
+                refractive_index=s.immersion_index, max_defocus_um=s.max_defocus_um)
         self.noise_sigma = planes_noise_sigma(planes, self.normalization)
         # read the bundled in-focus images once: camera matching and the score both use them
         score_sources = bundled_infocus_sources(self.replay_simulation)
