@@ -178,7 +178,7 @@ def _holdout(planes: Sequence[np.ndarray], side: int, multiple: int, patch: int
     ``exclusive=False`` when no placement leaves a training patch beside it (a single small
     image), in which case training patches may overlap the crop.
     """
-    from .data import _can_avoid
+    from .sources import _can_avoid
 
     index = int(np.argmax([p.size for p in planes]))
     h, w = planes[index].shape
