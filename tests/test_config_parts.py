@@ -116,3 +116,24 @@ def test_simulator_draws_its_camera_through_the_same_part():
     with pytest.raises(ValueError, match="full_scale_fraction must be in"):
         CameraConfig.at_full_scale(photons_per_unit=1000.0, read_noise_e=2.0, offset_adu=100.0,
                                    bit_depth=12, full_scale_fraction=0.0)
+
+
+def test_functions_take_the_one_name_and_still_the_old_keyword():
+    from napari_mpt_deblur.simulate import get_simulation_preset
+    from napari_mpt_deblur.train.optics_domain import depth_of_field_um, simulation_for_optics
+    from napari_mpt_deblur.train.reblur import build_reblur_bank
+
+    base = get_simulation_preset("bbbc006")
+    oil = dict(pixel_size_um=0.1, numerical_aperture=1.2, wavelength_nm=550.0)
+    new = simulation_for_optics(base, **oil, immersion_index=1.515)
+    assert new.immersion_index == 1.515
+    with pytest.warns(DeprecationWarning, match="simulation_for_optics: 'refractive_index' is "
+                                                "deprecated; use 'immersion_index'"):
+        assert simulation_for_optics(base, **oil, refractive_index=1.515) == new
+    with pytest.warns(DeprecationWarning, match="depth_of_field_um"):
+        assert depth_of_field_um(550.0, 1.2, refractive_index=1.515) == depth_of_field_um(
+            550.0, 1.2, 1.515)
+    with pytest.warns(DeprecationWarning, match="build_reblur_bank"):
+        old_bank = build_reblur_bank(**oil, refractive_index=1.515, defocus_dof=(2.0,))
+    bank = build_reblur_bank(**oil, immersion_index=1.515, defocus_dof=(2.0,))
+    assert old_bank.defocus_um == bank.defocus_um and bank.defocus_um[0] > 0

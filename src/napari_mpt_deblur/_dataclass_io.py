@@ -10,7 +10,8 @@ functions so that they all behave alike:
   an ``int``, lists → tuples, ``None`` kept for optional fields), but never lossily: ``12.5`` is
   not an ``int`` and ``"no"`` is not a ``bool`` (``bool("no")`` would be ``True``);
 - a field that was renamed (:func:`renamed_fields`) still loads under its old name, from files
-  and keyword arguments alike, with a ``DeprecationWarning`` naming the new one.
+  and keyword arguments alike, with a ``DeprecationWarning`` naming the new one (and a renamed
+  keyword argument of a function, :func:`renamed_arguments`, still works the same way).
 
 :class:`ConfigPart` is the other half of the configs' shape: a group of fields that several
 configs share flat, under the same names, and validate by building the part.
@@ -28,9 +29,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Self, TypeVar
 
 __all__ = ["ConfigPart", "DictRoundTrip", "check_keys", "dataclass_from_dict",
-           "dataclass_to_dict", "renamed_fields"]
+           "dataclass_to_dict", "renamed_arguments", "renamed_fields"]
 
 C = TypeVar("C")
+F = TypeVar("F", bound=Callable[..., Any])
 P = TypeVar("P", bound="ConfigPart")
 
 
@@ -154,7 +156,7 @@ def renamed_fields(**renames: str) -> Callable[[type[C]], type[C]]:
 
         @functools.wraps(init)
         def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            init(self, *args, **_new_names(cls, kwargs, stacklevel=4))
+            init(self, *args, **_new_names(cls, kwargs, stacklevel=3))
 
         cls.__init__ = __init__  # type: ignore[method-assign]
         for old, new in renames.items():
@@ -174,20 +176,41 @@ def _old_attribute(owner: str, old: str, new: str) -> Callable[[Any], Any]:
     return getter
 
 
+def renamed_arguments(**renames: str) -> Callable[[F], F]:
+    """Function decorator: keyword arguments renamed ``old=new`` still work under their old
+    names, with a ``DeprecationWarning`` naming the new one (the later name wins when both are
+    given)."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **_renamed(func.__name__, renames, kwargs, stacklevel=3))
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
 def _new_names(cls: type, data: Mapping[str, Any], *, stacklevel: int) -> Mapping[str, Any]:
-    """``data`` with the old names of renamed fields replaced by the new ones (warning once per
-    old name used)."""
-    renames: Mapping[str, str] = getattr(cls, "RENAMED_FIELDS", {})
+    """``data`` with the old names of :func:`renamed_fields` replaced by the new ones
+    (``stacklevel`` counted from the caller of this function)."""
+    return _renamed(cls.__name__, getattr(cls, "RENAMED_FIELDS", {}), data,
+                    stacklevel=stacklevel + 1)
+
+
+def _renamed(owner: str, renames: Mapping[str, str], data: Mapping[str, Any], *,
+             stacklevel: int) -> Mapping[str, Any]:
+    """``data`` with old names replaced by new ones (warning once per old name used)."""
     if not any(key in renames for key in data):
         return data
     out: dict[str, Any] = {}
     for key, value in data.items():
         new = renames.get(key)
         if new is not None:
-            warnings.warn(f"{cls.__name__}: {key!r} is deprecated; use {new!r}",
+            warnings.warn(f"{owner}: {key!r} is deprecated; use {new!r}",
                           DeprecationWarning, stacklevel=stacklevel)
             key = new
-        out.pop(key, None)  # the later of two names for one field wins
+        out.pop(key, None)  # the later of two names for one value wins
         out[key] = value
     return out
 

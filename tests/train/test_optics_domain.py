@@ -19,7 +19,7 @@ from napari_mpt_deblur.train.optics_domain import (
 )
 
 OIL = dict(pixel_size_um=0.1, numerical_aperture=1.2, wavelength_nm=550.0,
-           refractive_index=1.515)
+           immersion_index=1.515)
 
 
 class Identity(torch.nn.Module):
@@ -51,7 +51,7 @@ def test_depth_of_field_carries_the_defocus_range_to_other_optics():
     assert oil.photons_per_unit_range == base.photons_per_unit_range
     capped = simulation_for_optics(base, **OIL, max_defocus_um=2.0)
     assert capped.defocus_um_range[1] == 2.0 and capped.defocus_um_range[0] <= 0.5
-    with pytest.raises(ValueError, match="refractive index"):
+    with pytest.raises(ValueError, match="below the immersion index"):
         simulation_for_optics(base, pixel_size_um=0.1, numerical_aperture=1.2)
 
 

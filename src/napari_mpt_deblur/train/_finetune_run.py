@@ -158,14 +158,14 @@ def _reblur_bank(settings: FinetuneConfig, simulation: Any) -> ReblurBank:
     na = settings.numerical_aperture or float(np.mean(simulation.numerical_aperture_range))
     if na >= n:
         raise ValueError(
-            f"numerical_aperture {na} must be below the refractive index {n}; pass "
+            f"numerical_aperture {na} must be below the immersion index {n}; pass "
             "immersion_index (e.g. 1.515 for oil) with a high-NA hint"
         )
     return build_reblur_bank(
         pixel_size_um=settings.pixel_size_um or float(simulation.pixel_size_um),
         numerical_aperture=na,
         wavelength_nm=settings.wavelength_nm or mean_wavelength(simulation),
-        refractive_index=n,
+        immersion_index=n,
         defocus_dof=settings.reblur_defocus_dof,
         max_kernel_size=settings.reblur_kernel_size,
     )
@@ -265,7 +265,7 @@ class _FinetuneRun:
             self.replay_simulation = simulation_for_optics(
                 self.simulation, pixel_size_um=float(s.pixel_size_um),
                 numerical_aperture=float(s.numerical_aperture), wavelength_nm=s.wavelength_nm,
-                refractive_index=s.immersion_index, max_defocus_um=s.max_defocus_um)
+                immersion_index=s.immersion_index, max_defocus_um=s.max_defocus_um)
         self.noise_sigma = planes_noise_sigma(planes, self.normalization)
         # read the bundled in-focus images once: camera matching and the score both use them
         score_sources = bundled_infocus_sources(self.replay_simulation)
