@@ -50,7 +50,7 @@ def test_ome_xml_gives_pixel_size_z_step_and_optics_in_package_units():
     assert om.ome_z_spacing_um(OME) == pytest.approx(0.5)
     # the objective settings' index wins over the medium's; emission converted to nm
     assert om.optics_from_ome(OME) == pytest.approx(
-        {"numerical_aperture": 1.4, "refractive_index": 1.518, "wavelength_nm": 520.0})
+        {"numerical_aperture": 1.4, "immersion_index": 1.518, "wavelength_nm": 520.0})
 
 
 def test_malformed_or_empty_ome_xml_gives_nothing():
@@ -78,7 +78,7 @@ def test_optics_from_metadata_order_of_sources():
     hints = om.optics_from_metadata(
         {"na": 0.5, "optics": {"na": 0.9, "immersion_index": 1.33}, "ome_xml": OME},
         scale=(1.0, 0.1), units=("µm", "µm"))
-    assert hints == pytest.approx({"numerical_aperture": 0.5, "refractive_index": 1.33,
+    assert hints == pytest.approx({"numerical_aperture": 0.5, "immersion_index": 1.33,
                                    "wavelength_nm": 520.0, "pixel_size_um": 0.1})
     assert om.optics_from_metadata(None, scale=(1.0, 65.0), units=("nm", "nm")) == {
         "pixel_size_um": pytest.approx(0.065)}

@@ -8,21 +8,32 @@ functions so that they all behave alike:
   build something else with a default);
 - values are converted to the field's declared type (``"16"`` → ``16`` for
   an ``int``, lists → tuples, ``None`` kept for optional fields), but never lossily: ``12.5`` is
-  not an ``int`` and ``"no"`` is not a ``bool`` (``bool("no")`` would be ``True``).
+  not an ``int`` and ``"no"`` is not a ``bool`` (``bool("no")`` would be ``True``);
+- a field that was renamed (:func:`renamed_fields`) still loads under its old name, from files
+  and keyword arguments alike, with a ``DeprecationWarning`` naming the new one (and a renamed
+  keyword argument of a function, :func:`renamed_arguments`, still works the same way).
+
+:class:`ConfigPart` is the other half of the configs' shape: a group of fields that several
+configs share flat, under the same names, and validate by building the part.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any, Self, TypeVar
 
-__all__ = ["DictRoundTrip", "check_keys", "dataclass_from_dict", "dataclass_to_dict"]
+__all__ = ["ConfigPart", "DictRoundTrip", "check_keys", "dataclass_from_dict",
+           "dataclass_to_dict", "renamed_arguments", "renamed_fields"]
 
 C = TypeVar("C")
+F = TypeVar("F", bound=Callable[..., Any])
+P = TypeVar("P", bound="ConfigPart")
 
 
 def dataclass_to_dict(config: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -49,6 +60,7 @@ def dataclass_from_dict(cls: type[C], data: Mapping[str, Any], *,
     """
     if not isinstance(data, Mapping):
         raise TypeError(f"{cls.__name__} data must be a mapping; got {type(data).__name__}")
+    data = _new_names(cls, data, stacklevel=4)
     check_keys(cls, data, exclude=exclude)
     hints = typing.get_type_hints(cls)
     values = {}
@@ -121,3 +133,99 @@ class DictRoundTrip:
         """Inverse of :meth:`to_dict`, also for YAML: unknown keys and lossy values raise
         ``ValueError`` naming them."""
         return dataclass_from_dict(cls, data)
+
+
+def renamed_fields(**renames: str) -> Callable[[type[C]], type[C]]:
+    """Class decorator: fields renamed ``old=new`` still work under their old names.
+
+    Applied above ``@dataclass``. The old name is accepted as a keyword argument (so
+    ``dataclasses.replace`` and presets' overrides work too) and as a key of
+    :func:`dataclass_from_dict` (YAML/JSON files, checkpoint headers and resumable states
+    written before the rename), and read as an attribute; each use raises a
+    ``DeprecationWarning`` naming the new name. When both names are given, the later one (in
+    keyword or mapping order) wins, as when two dicts are merged.
+    """
+
+    def decorate(cls: type[C]) -> type[C]:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(renames.values()) - names)
+        if unknown:
+            raise TypeError(f"renamed_fields: {cls.__name__} has no fields {unknown}")
+        cls.RENAMED_FIELDS = {**getattr(cls, "RENAMED_FIELDS", {}), **renames}  # type: ignore[attr-defined]
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **_new_names(cls, kwargs, stacklevel=3))
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        for old, new in renames.items():
+            setattr(cls, old, property(_old_attribute(cls.__name__, old, new),
+                                       doc=f"Deprecated name of :attr:`{new}`."))
+        return cls
+
+    return decorate
+
+
+def _old_attribute(owner: str, old: str, new: str) -> Callable[[Any], Any]:
+    def getter(self: Any) -> Any:
+        warnings.warn(f"{owner}.{old} is deprecated; use {owner}.{new}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self, new)
+
+    return getter
+
+
+def renamed_arguments(**renames: str) -> Callable[[F], F]:
+    """Function decorator: keyword arguments renamed ``old=new`` still work under their old
+    names, with a ``DeprecationWarning`` naming the new one (the later name wins when both are
+    given)."""
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **_renamed(func.__name__, renames, kwargs, stacklevel=3))
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _new_names(cls: type, data: Mapping[str, Any], *, stacklevel: int) -> Mapping[str, Any]:
+    """``data`` with the old names of :func:`renamed_fields` replaced by the new ones
+    (``stacklevel`` counted from the caller of this function)."""
+    return _renamed(cls.__name__, getattr(cls, "RENAMED_FIELDS", {}), data,
+                    stacklevel=stacklevel + 1)
+
+
+def _renamed(owner: str, renames: Mapping[str, str], data: Mapping[str, Any], *,
+             stacklevel: int) -> Mapping[str, Any]:
+    """``data`` with old names replaced by new ones (warning once per old name used)."""
+    if not any(key in renames for key in data):
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        new = renames.get(key)
+        if new is not None:
+            warnings.warn(f"{owner}: {key!r} is deprecated; use {new!r}",
+                          DeprecationWarning, stacklevel=stacklevel)
+            key = new
+        out.pop(key, None)  # the later of two names for one value wins
+        out[key] = value
+    return out
+
+
+class ConfigPart:
+    """A group of fields that several configs share, flat, under the same names.
+
+    A part is a frozen dataclass that documents and validates its fields once; a config that
+    holds them keeps them flat (so every file written so far reads unchanged, and each config
+    keeps its own defaults) and validates them by building the part with :meth:`of`.
+    """
+
+    @classmethod
+    def of(cls: type[P], config: Any) -> P:
+        """The part of a flat config: its fields of these names (the part's defaults for any
+        it does not have), validated by the part."""
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})

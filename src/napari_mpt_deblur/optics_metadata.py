@@ -49,9 +49,9 @@ LENGTH_UM: dict[str, float] = {
     "m": 1e6, "meter": 1e6, "metre": 1e6,
 }
 
-#: The optical hints of the re-blur operator, as :class:`~napari_mpt_deblur.train.finetune.
-#: FinetuneConfig` names them.
-OPTICS_FIELDS = ("pixel_size_um", "numerical_aperture", "wavelength_nm", "refractive_index")
+#: The optical hints of the re-blur operator, as :class:`~napari_mpt_deblur.simulate.optics.
+#: OpticsHints` (and ``FinetuneConfig``) names them.
+OPTICS_FIELDS = ("pixel_size_um", "numerical_aperture", "wavelength_nm", "immersion_index")
 
 #: Refractive index of OME's ``Objective/@Immersion`` media (``None``: not a single medium).
 IMMERSION_INDEX: dict[str, float | None] = {
@@ -64,7 +64,7 @@ _KEYS = {
     "pixel_size_um": ("pixel_size_um", "pixel_size", "physical_size_x_um"),
     "numerical_aperture": ("numerical_aperture", "na", "lens_na", "objective_na"),
     "wavelength_nm": ("wavelength_nm", "emission_wavelength_nm", "emission_nm", "wavelength"),
-    "refractive_index": ("refractive_index", "immersion_index", "immersion_refractive_index"),
+    "immersion_index": ("refractive_index", "immersion_index", "immersion_refractive_index"),
 }
 _TIFF = (".tif", ".tiff")
 
@@ -155,11 +155,11 @@ def optics_from_ome(xml: str | None) -> dict[str, float]:
             found.setdefault("numerical_aperture", na)
         index = IMMERSION_INDEX.get(str(element.get("Immersion", "")).lower())
         if index is not None:
-            found.setdefault("refractive_index", index)
+            found.setdefault("immersion_index", index)
     for element in _ome_elements(xml, "ObjectiveSettings"):
         index = _positive(element.get("RefractiveIndex"))
         if index is not None:
-            found["refractive_index"] = index
+            found["immersion_index"] = index
     for element in _ome_elements(xml, "Channel"):
         wavelength = _positive(element.get("EmissionWavelength"))
         if wavelength is not None:

@@ -63,7 +63,7 @@ def test_reblur_kernel_size_bounds_the_bank():
     from napari_mpt_deblur.train.finetune import _reblur_bank
 
     sim = get_simulation_preset("bbbc006")
-    hints = dict(pixel_size_um=0.1, numerical_aperture=1.2, refractive_index=1.515,
+    hints = dict(pixel_size_um=0.1, numerical_aperture=1.2, immersion_index=1.515,
                  wavelength_nm=550.0, reblur_defocus_dof=(2.0, 4.0, 6.0))
     small = _reblur_bank(FinetuneConfig(**hints, reblur_kernel_size=31), sim)
     large = _reblur_bank(FinetuneConfig(**hints, reblur_kernel_size=63), sim)

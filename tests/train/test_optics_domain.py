@@ -19,7 +19,7 @@ from napari_mpt_deblur.train.optics_domain import (
 )
 
 OIL = dict(pixel_size_um=0.1, numerical_aperture=1.2, wavelength_nm=550.0,
-           refractive_index=1.515)
+           immersion_index=1.515)
 
 
 class Identity(torch.nn.Module):
@@ -51,7 +51,7 @@ def test_depth_of_field_carries_the_defocus_range_to_other_optics():
     assert oil.photons_per_unit_range == base.photons_per_unit_range
     capped = simulation_for_optics(base, **OIL, max_defocus_um=2.0)
     assert capped.defocus_um_range[1] == 2.0 and capped.defocus_um_range[0] <= 0.5
-    with pytest.raises(ValueError, match="refractive index"):
+    with pytest.raises(ValueError, match="below the immersion index"):
         simulation_for_optics(base, pixel_size_um=0.1, numerical_aperture=1.2)
 
 
@@ -167,7 +167,7 @@ def _record(step, score, thirds):
 
 
 def test_guard_refuses_a_better_mean_bought_with_a_loss_at_one_level():
-    from napari_mpt_deblur.train._finetune_run import guard_accepts, worst_level_change
+    from napari_mpt_deblur.train.guard import guard_accepts, worst_level_change
 
     start = _record(0, 24.0, (30.0, 24.0, 18.0))
     rules = dict(baseline=start, min_gain_db=0.05, max_level_loss_db=0.1)
@@ -183,6 +183,38 @@ def test_guard_refuses_a_better_mean_bought_with_a_loss_at_one_level():
     assert guard_accepts({"score": 24.3}, best=start, **{**rules, "baseline": {"score": 24.0}})
 
 
+def test_guard_decision_says_why_and_the_verdict_reports_that_reason():
+    from types import SimpleNamespace
+
+    from napari_mpt_deblur.train.guard import GuardDecision, guard_decision
+
+    start = _record(0, 24.0, (30.0, 24.0, 18.0))
+    rules = dict(baseline=start, best=start, min_gain_db=0.05, max_level_loss_db=0.1)
+    assert guard_decision(_record(50, 24.02, (30.0, 24.0, 18.1)), **rules) == GuardDecision(
+        False, "no_gain")
+    level = guard_decision(_record(60, 24.3, (29.5, 23.9, 19.5)), **rules)
+    assert level == GuardDecision(False, "level_loss", ("0.0-1.0", -0.5))
+    assert level.to_dict() == {"accepted": False, "reason": "level_loss", "range": "0.0-1.0",
+                               "change_db": -0.5}
+    # The verdict takes the reason the guard recorded at validation time: here the thirds of
+    # the record were dropped afterwards, so they could not be worked out again.
+    history = [{"kind": "validation", "step": 60, "score": 24.3, "guard": level.to_dict()},
+               {"kind": "validation", "step": 80, "score": 24.1,
+                "guard": {"accepted": False, "reason": "level_loss", "range": "1.0-2.0",
+                          "change_db": -0.2}},
+               {"kind": "validation", "step": 90, "score": 24.6,
+                "guard": {"accepted": False, "reason": "no_gain"}}]
+    run = SimpleNamespace(score_label="simulated PSNR", baseline=start, best=dict(start),
+                          history=history,
+                          settings=FinetuneConfig(min_gain_db=0.05, max_level_loss_db=0.1))
+    run._refused_for_a_level = lambda: _FinetuneRun._refused_for_a_level(run)
+    kept, verdict = _FinetuneRun.verdict(run)
+    assert kept and "best checkpoint (step 60) gained +0.30 dB" in verdict
+    assert "lost 0.50 dB at 0.0-1.0 µm defocus" in verdict
+    run.history = history[2:]  # nothing refused for a level: the plain "no gain" verdict
+    assert "no checkpoint beat it by 0.05 dB" in _FinetuneRun.verdict(run)[1]
+
+
 def test_validation_records_carry_the_score_per_third_of_the_defocus_range(blurry_images):
     run = _FinetuneRun(TinyNet(), blurry_images, paired=None,
                        settings=_settings(mode="replay", **OIL, max_defocus_um=3.0,
@@ -192,6 +224,8 @@ def test_validation_records_carry_the_score_per_third_of_the_defocus_range(blurr
     thirds = baseline["sim_psnr_by_defocus_um"]
     assert len(thirds) == 3 and next(iter(thirds)).startswith("0.0-")
     assert min(thirds.values()) <= baseline["score"] <= max(thirds.values())
+    run.validate()  # the record keeps what the guard said (the first validation: taken)
+    assert run.history[-1]["guard"] == {"accepted": True, "reason": ""}
     with pytest.raises(ValueError, match="max_level_loss_db"):
         _settings(max_level_loss_db=-1)
 

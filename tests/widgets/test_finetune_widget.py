@@ -79,10 +79,10 @@ def test_optics_hints_from_metadata_nested_dicts_ome_and_scale():
     # the plugin's sample data keeps its microscope under "simulation"
     sample = optics_from_layer({"simulation": {"numerical_aperture": 0.54,
                                                "immersion_index": 1.0}})
-    assert sample == {"numerical_aperture": 0.54, "refractive_index": 1.0}
+    assert sample == {"numerical_aperture": 0.54, "immersion_index": 1.0}
     ome = optics_from_layer({"ome_xml": OME})
     assert ome["numerical_aperture"] == pytest.approx(1.4)
-    assert ome["refractive_index"] == pytest.approx(1.518)  # settings win over "Oil"
+    assert ome["immersion_index"] == pytest.approx(1.518)  # settings win over "Oil"
     assert ome["wavelength_nm"] == pytest.approx(520.0)  # µm converted
     # plain keys take precedence over OME; scale only when its unit is a length
     assert optics_from_layer({"na": 0.5, "ome_xml": OME})["numerical_aperture"] == 0.5

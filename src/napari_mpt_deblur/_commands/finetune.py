@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import DEVICE_HELP
+from . import DEVICE_HELP, DeprecatedFlag
 
 NAME = "finetune"
 HELP = "fine-tune a model on your own unlabeled blurry images (EFCR + re-blur + replay)"
@@ -45,8 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=None, help="objective numerical aperture")
     parser.add_argument("--wavelength-nm", type=float, default=None,
                         help="emission wavelength in nm")
-    parser.add_argument("--refractive-index", type=float, default=None,
-                        help="immersion refractive index (1.0 dry, 1.33 water, 1.515 oil)")
+    parser.add_argument("--immersion-index", "--refractive-index", dest="immersion_index",
+                        type=float, default=None, action=DeprecatedFlag,
+                        help="refractive index of the immersion medium (1.0 dry, 1.33 water, "
+                        "1.515 oil); --refractive-index is its old name")
     parser.add_argument("--max-defocus-um", type=float, default=None, metavar="UM",
                         help="deepest defocus in your images (default: the model's training "
                         "range carried over to your optics)")
@@ -113,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         "pixel_size_um": args.pixel_size_um,
         "numerical_aperture": args.numerical_aperture,
         "wavelength_nm": args.wavelength_nm,
-        "refractive_index": args.refractive_index,
+        "immersion_index": args.immersion_index,
         "max_defocus_um": args.max_defocus_um,
         "replay_optics": args.replay_optics,
         "trainable": args.trainable,

@@ -281,7 +281,7 @@ class FinetuneForm(Container):
             logger.debug("could not read optics from %s", layer.name, exc_info=True)
             return
         widgets = {"pixel_size_um": self._pixel_size, "numerical_aperture": self._na,
-                   "wavelength_nm": self._wavelength, "refractive_index": self._index}
+                   "wavelength_nm": self._wavelength, "immersion_index": self._index}
         for name, value in hints.items():
             widget = widgets[name]
             if widget.min < value <= widget.max:
@@ -310,10 +310,10 @@ class FinetuneForm(Container):
         """The engine settings the fields describe (``ValueError`` for impossible optics)."""
         hints = {
             "pixel_size_um": self._pixel_size.value, "numerical_aperture": self._na.value,
-            "wavelength_nm": self._wavelength.value, "refractive_index": self._index.value,
+            "wavelength_nm": self._wavelength.value, "immersion_index": self._index.value,
         }
         hints = {k: (float(v) if v and v > 0 else None) for k, v in hints.items()}
-        na, index = hints["numerical_aperture"], hints["refractive_index"]
+        na, index = hints["numerical_aperture"], hints["immersion_index"]
         if na is not None and na >= 1.0 and (index is None or na >= index):
             raise ValueError(
                 f"NA {na:g} needs an immersion medium of higher index: set 'Immersion index' "
@@ -342,7 +342,7 @@ class FinetuneForm(Container):
     def _optics_origin(self) -> dict[str, str]:
         values = {"pixel_size_um": self._pixel_size.value, "numerical_aperture": self._na.value,
                   "wavelength_nm": self._wavelength.value,
-                  "refractive_index": self._index.value}
+                  "immersion_index": self._index.value}
         origin = {}
         for name, value in values.items():
             if not value or value <= 0:

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from .._dataclass_io import DictRoundTrip
+from ..simulate.camera import CameraConfig
+from ..simulate.optics import OpticsHints
 
 __all__ = [
     "BLURRED",
@@ -112,6 +114,12 @@ def _optional_count(value: Any, name: str) -> int | None:
 class EvalConfig(DictRoundTrip):
     """Everything that fixes the evaluation table (recorded in ``results.json``).
 
+    The objective and the camera are the shared parts (the optics of
+    :class:`~napari_mpt_deblur.simulate.optics.OpticsHints`, the camera of
+    :class:`~napari_mpt_deblur.simulate.camera.CameraConfig`), kept as flat fields under the
+    parts' names, like the run configs of :mod:`napari_mpt_deblur.train.config`, so that every
+    ``results.json`` written so far reads unchanged; the parts validate them.
+
     Parameters
     ----------
     eval_dir : str, optional
@@ -126,7 +134,9 @@ class EvalConfig(DictRoundTrip):
         Defocus levels, µm (exact: the nominal-to-effective defocus scale is 1). 0 is the
         in-focus level (camera noise only): a deblurrer must leave a sharp image as it is.
     numerical_aperture, immersion_index, pixel_size_um : float
-        The simulated objective (dry, 20×-like) and camera pixel in the sample plane.
+        The simulated objective (dry, 20×-like) and camera pixel in the sample plane: the
+        shared optics part, :class:`~napari_mpt_deblur.simulate.optics.OpticsHints`
+        (:attr:`optics`; the emission wavelength belongs to each image set).
     photons_per_unit : float
         Photo-electrons at the source's full scale (its 99.9th percentile): the photon budget.
     read_noise_e : float
@@ -137,6 +147,9 @@ class EvalConfig(DictRoundTrip):
         ADC bits.
     full_scale_fraction : float
         Fraction of the ADU range above offset used by full scale (sets the gain).
+        ``photons_per_unit`` to ``full_scale_fraction``: the camera, built and validated by
+        :meth:`~napari_mpt_deblur.simulate.camera.CameraConfig.at_full_scale` as the
+        simulator builds each drawn camera (:attr:`camera`).
     source_percentiles : (float, float)
         Percentiles of the whole source image mapped to 0 and 1.
     seed : int
@@ -204,28 +217,11 @@ class EvalConfig(DictRoundTrip):
         set_("levels_um", tuple(dict.fromkeys(levels)))
         for name in ("numerical_aperture", "immersion_index", "pixel_size_um",
                      "photons_per_unit", "full_scale_fraction", "real_pair_defocus_um",
-                     "real_pair_wavelength_nm"):  # fmt: skip
-            set_(name, _positive(getattr(self, name), name))
-        if self.numerical_aperture >= self.immersion_index:
-            raise ValueError(
-                f"numerical_aperture ({self.numerical_aperture}) must be below immersion_index "
-                f"({self.immersion_index})"
-            )
-        if self.full_scale_fraction > 1:
-            raise ValueError(
-                f"full_scale_fraction must be in (0, 1]; got {self.full_scale_fraction}"
-            )
-        for name in ("read_noise_e", "offset_adu"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
-            set_(name, float(value))
-        if isinstance(self.bit_depth, bool) or self.bit_depth not in range(8, 17):
-            raise ValueError(f"bit_depth must be an integer in 8..16; got {self.bit_depth!r}")
-        if self.offset_adu >= 2**self.bit_depth - 1:
-            raise ValueError(
-                f"offset_adu ({self.offset_adu}) leaves no range on a {self.bit_depth}-bit camera"
-            )
+                     "real_pair_wavelength_nm", "read_noise_e", "offset_adu"):  # fmt: skip
+            check = _non_negative if name in ("read_noise_e", "offset_adu") else _positive
+            set_(name, check(getattr(self, name), name))
+        self.optics  # noqa: B018 - the parts validate the rest (NA below the index, ...)
+        self.camera  # noqa: B018 - (bit depth, offset below saturation, full scale <= 1)
         lo, hi = (float(v) for v in self.source_percentiles)
         if not 0 <= lo < hi <= 100:
             raise ValueError(
@@ -250,11 +246,24 @@ class EvalConfig(DictRoundTrip):
         set_("real_pair", bool(self.real_pair))
 
     @property
+    def optics(self) -> OpticsHints:
+        """The simulated objective as the shared optics part (no wavelength: each image set
+        has its own)."""
+        return OpticsHints.of(self)
+
+    @property
+    def camera(self) -> CameraConfig:
+        """The simulated camera (:meth:`CameraConfig.at_full_scale`)."""
+        return CameraConfig.at_full_scale(
+            photons_per_unit=self.photons_per_unit, read_noise_e=self.read_noise_e,
+            offset_adu=self.offset_adu, bit_depth=self.bit_depth,
+            full_scale_fraction=self.full_scale_fraction,
+        )
+
+    @property
     def gain_adu_per_e(self) -> float:
         """Camera gain implied by ``full_scale_fraction`` and the photon budget."""
-        return self.full_scale_fraction * (2**self.bit_depth - 1 - self.offset_adu) / (
-            self.photons_per_unit
-        )
+        return self.camera.gain_adu_per_e
 
     def replace(self, **overrides: Any) -> EvalConfig:
         """Copy with some fields replaced."""
@@ -341,6 +350,7 @@ def simulation_params(cfg: EvalConfig, wavelength_nm: float, defocus_um: float) 
     """
     wavelength_nm = _positive(wavelength_nm, "wavelength_nm")
     defocus_um = float(defocus_um)
+    camera = cfg.camera
     return {
         "preset": "evaluation",
         "numerical_aperture": cfg.numerical_aperture,
@@ -352,12 +362,12 @@ def simulation_params(cfg: EvalConfig, wavelength_nm: float, defocus_um: float) 
         "defocus_nominal_um": defocus_um,
         "defocus_scale": 1.0,
         "defocus_um": defocus_um,
-        "photons_per_unit": cfg.photons_per_unit,
-        "read_noise_e": cfg.read_noise_e,
-        "offset_adu": cfg.offset_adu,
-        "bit_depth": int(cfg.bit_depth),
+        "photons_per_unit": camera.photons_per_unit,
+        "read_noise_e": camera.read_noise_e,
+        "offset_adu": camera.offset_adu,
+        "bit_depth": camera.bit_depth,
         "full_scale_fraction": cfg.full_scale_fraction,
-        "gain_adu_per_e": cfg.gain_adu_per_e,
+        "gain_adu_per_e": camera.gain_adu_per_e,
         "intensity_scale": 1.0,
         "intensity_gamma": 1.0,
         "background": 0.0,

@@ -15,6 +15,7 @@ from .camera import (
 )
 from .optics import (
     OpticsConfig,
+    OpticsHints,
     blur,
     clear_psf_cache,
     defocus_psf,
@@ -46,6 +47,7 @@ __all__ = [
     "SIMULATION_PRESETS",
     "CameraConfig",
     "OpticsConfig",
+    "OpticsHints",
     "SimulatedPair",
     "SimulationConfig",
     "apply_camera",

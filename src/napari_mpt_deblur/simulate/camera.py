@@ -9,6 +9,7 @@ that a noise-free, unsaturated pixel comes back exactly as it went in.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -91,6 +92,27 @@ class CameraConfig(DictRoundTrip):
                 f"offset_adu ({self.offset_adu}) must be below the saturation level "
                 f"{self.max_adu} of a {self.bit_depth}-bit camera"
             )
+
+    @classmethod
+    def at_full_scale(cls, *, photons_per_unit: float, read_noise_e: float, offset_adu: float,
+                      bit_depth: int, full_scale_fraction: float,
+                      shot_noise: bool = True) -> CameraConfig:
+        """The camera whose full scale (signal 1.0) fills ``full_scale_fraction`` of the ADU
+        range above the offset.
+
+        The simulator and the evaluation protocol describe a camera by this fraction rather
+        than by its gain (the gain follows from it and the photon budget); this is the one
+        place that turns one into the other, so a drawn camera and the test protocol's camera
+        are the same kind of object, validated alike.
+        """
+        camera = cls(photons_per_unit=photons_per_unit, read_noise_e=read_noise_e,
+                     offset_adu=offset_adu, bit_depth=bit_depth, shot_noise=shot_noise)
+        if not _is_number(full_scale_fraction) or not 0 < full_scale_fraction <= 1:
+            raise ValueError(
+                f"full_scale_fraction must be in (0, 1]; got {full_scale_fraction!r}"
+            )
+        gain = full_scale_fraction * (camera.max_adu - offset_adu) / photons_per_unit
+        return dataclasses.replace(camera, gain_adu_per_e=gain)
 
     @property
     def max_adu(self) -> int:

@@ -21,17 +21,18 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.fft
 
-from .._dataclass_io import DictRoundTrip
+from .._dataclass_io import ConfigPart, DictRoundTrip, renamed_fields
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "OpticsConfig",
+    "OpticsHints",
     "blur",
     "clear_psf_cache",
     "defocus_psf",
@@ -134,6 +135,52 @@ class OpticsConfig(DictRoundTrip):
     def has_index_mismatch(self) -> bool:
         """True when the depth term changes the PSF (it is then not symmetric in ±z)."""
         return self.depth_um > 0 and self.effective_sample_index != self.immersion_index
+
+
+@renamed_fields(refractive_index="immersion_index")
+@dataclass(frozen=True)
+class OpticsHints(ConfigPart):
+    """The shared optics part: what is known of a microscope (``None``: unknown).
+
+    The fields of :class:`OpticsConfig` that describe the instrument rather than one PSF, under
+    the same names. Fine-tuning's optical hints (``FinetuneConfig``, ``None``: the model's own
+    optics) and the evaluation protocol's objective (``EvalConfig``, always given) hold them
+    flat and validate them by building this part (:meth:`~napari_mpt_deblur._dataclass_io.
+    ConfigPart.of`). ``refractive_index``, the hints' name before the immersion index had one
+    name everywhere, still loads (``DeprecationWarning``).
+
+    Attributes
+    ----------
+    pixel_size_um, numerical_aperture, wavelength_nm, immersion_index : float or None
+        Pixel size in the sample, objective NA, emission wavelength, immersion index; the NA
+        must be below the immersion index when both are given.
+    """
+
+    pixel_size_um: float | None = None
+    numerical_aperture: float | None = None
+    wavelength_nm: float | None = None
+    immersion_index: float | None = None
+
+    NAMES: ClassVar[tuple[str, ...]] = ("pixel_size_um", "numerical_aperture", "wavelength_nm",
+                                        "immersion_index")
+
+    def __post_init__(self) -> None:
+        for name in self.NAMES:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v) or not v > 0):
+                raise ValueError(f"{name} must be a positive number or None; got {v!r}")
+        na, n = self.numerical_aperture, self.immersion_index
+        if na is not None and n is not None and na >= n:
+            raise ValueError(
+                f"numerical_aperture ({na}) must be below immersion_index ({n}): pass the "
+                "immersion index (e.g. 1.515 for oil) with a high NA"
+            )
+
+    @property
+    def has_psf(self) -> bool:
+        """Whether pixel size and NA are both given (enough to simulate the user's PSF)."""
+        return self.pixel_size_um is not None and self.numerical_aperture is not None
 
 
 def _check_positive_number(value: Any, name: str) -> None:

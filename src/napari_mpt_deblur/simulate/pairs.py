@@ -393,10 +393,10 @@ def sample_parameters(
     offset = float(round(gen.uniform(*cfg.offset_adu_range)))
     bit_depth = int(cfg.bit_depth_choices[gen.integers(len(cfg.bit_depth_choices))])
     fraction = float(gen.uniform(*cfg.full_scale_fraction_range))
-    max_adu = 2**bit_depth - 1
-    if offset >= max_adu:
-        raise ValueError(f"offset {offset} ADU leaves no range on a {bit_depth}-bit camera")
-    gain = fraction * (max_adu - offset) / photons
+    gain = CameraConfig.at_full_scale(
+        photons_per_unit=photons, read_noise_e=read_noise, offset_adu=offset,
+        bit_depth=bit_depth, full_scale_fraction=fraction,
+    ).gain_adu_per_e
 
     intensity_scale = float(gen.uniform(*cfg.intensity_scale_range))
     gamma = _log_uniform(gen, *cfg.intensity_gamma_range)

@@ -5,8 +5,9 @@ the user's planes and the held-out crop, the replay simulation and the selection
 re-blur bank, the batch stream and the :class:`~napari_mpt_deblur.train.engine.Trainer` (the
 same optimiser step as supervised training). The run supplies the loss (:meth:`_FinetuneRun.loss`)
 and the periodic actions (validation, preview, state saves); the
-:class:`~napari_mpt_deblur.train.engine.StepLoop` takes the steps. The guard
-(:meth:`_FinetuneRun._beats_best`) and the :class:`FinetuneResult` with its verdict are here too.
+:class:`~napari_mpt_deblur.train.engine.StepLoop` takes the steps. The guard is in
+:mod:`.guard` (the validation records keep the reasons it gives); the :class:`FinetuneResult`
+and its verdict are here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from ..models.info import model_info, size_multiple
 from ._common import _json_default, autocast, load_state_file, psnr_ssim, step_generator
 from .config import FINETUNE_RUN_CONTROL_FIELDS
 from .engine import StepContext, Trainer, write_state
+from .guard import GuardDecision, guard_decision, selection_score
 from .losses import efcr_terms, haar_dwt, pixel_loss
 from .optics_domain import (
     SimulatedScore,
@@ -153,18 +154,18 @@ def _model_simulation(model: nn.Module, override: str | None) -> Any:
 
 
 def _reblur_bank(settings: FinetuneConfig, simulation: Any) -> ReblurBank:
-    n = settings.refractive_index or float(simulation.immersion_index)
+    n = settings.immersion_index or float(simulation.immersion_index)
     na = settings.numerical_aperture or float(np.mean(simulation.numerical_aperture_range))
     if na >= n:
         raise ValueError(
-            f"numerical_aperture {na} must be below the refractive index {n}; pass "
-            "refractive_index (e.g. 1.515 for oil) with a high-NA hint"
+            f"numerical_aperture {na} must be below the immersion index {n}; pass "
+            "immersion_index (e.g. 1.515 for oil) with a high-NA hint"
         )
     return build_reblur_bank(
         pixel_size_um=settings.pixel_size_um or float(simulation.pixel_size_um),
         numerical_aperture=na,
         wavelength_nm=settings.wavelength_nm or mean_wavelength(simulation),
-        refractive_index=n,
+        immersion_index=n,
         defocus_dof=settings.reblur_defocus_dof,
         max_kernel_size=settings.reblur_kernel_size,
     )
@@ -178,7 +179,7 @@ def _holdout(planes: Sequence[np.ndarray], side: int, multiple: int, patch: int
     ``exclusive=False`` when no placement leaves a training patch beside it (a single small
     image), in which case training patches may overlap the crop.
     """
-    from .data import _can_avoid
+    from .sources import _can_avoid
 
     index = int(np.argmax([p.size for p in planes]))
     h, w = planes[index].shape
@@ -193,41 +194,6 @@ def _holdout(planes: Sequence[np.ndarray], side: int, multiple: int, patch: int
         if others or _can_avoid((h, w), patch, box):
             return index, box, True
     return index, candidates[0], False
-
-
-def _score(record: Mapping[str, Any]) -> float:
-    """The selection score of a validation record (older records: minus infinity)."""
-    value = record.get("score")
-    return float(value) if value is not None else -math.inf
-
-
-def worst_level_change(scores: Mapping[str, Any], baseline: Mapping[str, Any]
-                       ) -> tuple[str, float] | None:
-    """The third of the defocus range whose simulated PSNR changed most for the worse against
-    ``baseline``, as ``(range, change in dB)``; ``None`` when the records have no thirds."""
-    now = scores.get("sim_psnr_by_defocus_um") or {}
-    start = baseline.get("sim_psnr_by_defocus_um") or {}
-    changes = {band: float(now[band]) - float(start[band]) for band in now if band in start}
-    if not changes:
-        return None
-    band = min(changes, key=changes.__getitem__)
-    return band, changes[band]
-
-
-def guard_accepts(scores: Mapping[str, Any], *, baseline: Mapping[str, Any],
-                  best: Mapping[str, Any], min_gain_db: float, max_level_loss_db: float
-                  ) -> bool:
-    """The guard: new weights must beat the best so far *and* the starting model by
-    ``min_gain_db`` on the selection score (so noise in the score cannot swap in a model that
-    is no better than the one the user started from), and lose no more than
-    ``max_level_loss_db`` on any third of the score's defocus range (a better mean bought with
-    a loss near focus, say, is not an improvement for a user whose images are near focus)."""
-    if not best:
-        return True
-    if not (scores["score"] > _score(best) and scores["score"] >= _score(baseline) + min_gain_db):
-        return False
-    worst = worst_level_change(scores, baseline)
-    return worst is None or worst[1] >= -max_level_loss_db
 
 
 def _crop_padded(plane: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -299,7 +265,7 @@ class _FinetuneRun:
             self.replay_simulation = simulation_for_optics(
                 self.simulation, pixel_size_um=float(s.pixel_size_um),
                 numerical_aperture=float(s.numerical_aperture), wavelength_nm=s.wavelength_nm,
-                refractive_index=s.refractive_index, max_defocus_um=s.max_defocus_um)
+                immersion_index=s.immersion_index, max_defocus_um=s.max_defocus_um)
         self.noise_sigma = planes_noise_sigma(planes, self.normalization)
         # read the bundled in-focus images once: camera matching and the score both use them
         score_sources = bundled_infocus_sources(self.replay_simulation)
@@ -504,17 +470,18 @@ class _FinetuneRun:
         }
         if record_history:
             self.last_val_step = self.step
-            self.history.append({"kind": "validation", **scores})
-            if self._beats_best(scores):
+            decision = self._guard(scores)
+            self.history.append({"kind": "validation", **scores, "guard": decision.to_dict()})
+            if decision.accepted:
                 self.best = dict(scores)
                 self.best_state = self._snapshot()
         return scores
 
-    def _beats_best(self, scores: Mapping[str, Any]) -> bool:
-        """The guard (:func:`guard_accepts`) with this run's settings."""
-        return guard_accepts(scores, baseline=self.baseline, best=self.best,
-                             min_gain_db=self.settings.min_gain_db,
-                             max_level_loss_db=self.settings.max_level_loss_db)
+    def _guard(self, scores: Mapping[str, Any]) -> GuardDecision:
+        """The guard (:func:`guard_decision`) with this run's settings."""
+        return guard_decision(scores, baseline=self.baseline, best=self.best,
+                              min_gain_db=self.settings.min_gain_db,
+                              max_level_loss_db=self.settings.max_level_loss_db)
 
     def preview(self) -> dict[str, Any]:
         out = self._outputs()[0, 0].cpu().numpy().astype(np.float32)
@@ -625,7 +592,7 @@ class _FinetuneRun:
     def verdict(self) -> tuple[bool, str]:
         """Whether the starting weights were kept, and why, in words for the panel and CLI."""
         name = self.score_label
-        base, best = _score(self.baseline), _score(self.best)
+        base, best = selection_score(self.baseline), selection_score(self.best)
         if not self.best.get("step"):
             seen = [float(h["score"]) for h in self.history
                     if h.get("kind") == "validation" and h.get("step") and "score" in h]
@@ -644,16 +611,18 @@ class _FinetuneRun:
                        f"{base:.2f} → {best:.2f} dB ({best - base:+.2f} dB)")
 
     def _refused_for_a_level(self) -> tuple[int, float, str, float] | None:
-        """The best-scoring checkpoint that beat the start on the mean but lost too much on
-        one third of the defocus range: ``(step, mean gain, range, change)``, else ``None``."""
-        base = _score(self.baseline)
-        records = [h for h in self.history if h.get("kind") == "validation" and h.get("step")
-                   and _score(h) >= base + self.settings.min_gain_db]
-        for record in sorted(records, key=_score, reverse=True):
-            worst = worst_level_change(record, self.baseline)
-            if worst is not None and worst[1] < -self.settings.max_level_loss_db:
-                return int(record["step"]), _score(record) - base, worst[0], worst[1]
-        return None
+        """The best-scoring checkpoint the guard refused, at its validation, for losing too
+        much on one third of the defocus range: ``(step, mean gain, range, change)``, else
+        ``None`` (also for records of runs saved before the guard recorded its reasons)."""
+        base = selection_score(self.baseline)
+        refused = [h for h in self.history if h.get("kind") == "validation" and h.get("step")
+                   and (h.get("guard") or {}).get("reason") == "level_loss"]
+        if not refused:
+            return None
+        record = max(refused, key=selection_score)
+        guard = record["guard"]
+        return (int(record["step"]), selection_score(record) - base, str(guard["range"]),
+                float(guard["change_db"]))
 
     def finish(self) -> FinetuneResult:
         self.restore_best()

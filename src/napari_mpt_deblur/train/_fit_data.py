@@ -41,7 +41,7 @@ def reblur_bank_for_simulation(simulation: Any, defocus_dof: Iterable[float]) ->
         pixel_size_um=float(simulation.pixel_size_um),
         numerical_aperture=float(np.mean(simulation.numerical_aperture_range)),
         wavelength_nm=mean_wavelength(simulation),
-        refractive_index=float(simulation.immersion_index),
+        immersion_index=float(simulation.immersion_index),
         defocus_dof=tuple(defocus_dof),
     )
 

@@ -4,9 +4,11 @@ A run is reproducible from its config alone (plus the data it names), so the con
 every checkpoint and in the resumable state, and read from JSON or YAML files (the bundled
 models' recipes are in ``configs/recipes/``).
 
-Shared parts: :class:`OptimConfig` (optimiser, schedule, clipping, mixed precision),
-:class:`EfcrConfig` (the EFCR loss and its re-blur operator) and :class:`OpticsHints` (optical
-hints for the re-blur operator) are defined, documented and validated once here.
+Shared parts (:class:`~napari_mpt_deblur._dataclass_io.ConfigPart`): :class:`OptimConfig`
+(optimiser, schedule, clipping, mixed precision) and :class:`EfcrConfig` (the EFCR loss and its
+re-blur operator) are defined, documented and validated once here; the optics part,
+:class:`~napari_mpt_deblur.simulate.optics.OpticsHints` (optical hints for the re-blur operator,
+shared with the evaluation protocol), is defined with the optics and re-exported here.
 :class:`TrainConfig` and :class:`~napari_mpt_deblur.train.finetune.FinetuneConfig` compose them
 (both subclass :class:`RunConfig`, which also gives them the JSON/YAML round trip): they keep
 the parts' fields flat (``cfg.lr``, the ``lr:`` key of a recipe, the ``training``
@@ -23,14 +25,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
-from .._dataclass_io import DictRoundTrip, check_keys
+from .._dataclass_io import ConfigPart, DictRoundTrip, check_keys
+from ..simulate.optics import OpticsHints
 
 __all__ = ["AMP_MODES", "SCHEDULES", "EfcrConfig", "OpticsHints", "OptimConfig", "RunConfig",
            "TrainConfig"]
@@ -41,9 +43,6 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant")
 _PIXEL_LOSSES = ("l1", "mse", "charbonnier", "psnr")
 _ROUTINGS = ("aligned", "compat")
-
-P = TypeVar("P", bound="_Part")
-
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
@@ -60,19 +59,8 @@ def _non_negative(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be >= 0; got {value!r}")
 
 
-class _Part:
-    """A group of fields that several run configs share, flat, under the same names."""
-
-    @classmethod
-    def of(cls: type[P], config: Any) -> P:
-        """The part of a flat run config: its fields of these names (the part's defaults for
-        any it does not have), validated by the part."""
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
-
-
 @dataclass(frozen=True)
-class OptimConfig(_Part):
+class OptimConfig(ConfigPart):
     """The optimiser of a run: AdamW, warm-up then cosine (or constant) learning rate, gradient
     clipping and mixed precision. Every training loop steps through
     :class:`~napari_mpt_deblur.train.engine.Trainer`, which takes this.
@@ -122,7 +110,7 @@ class OptimConfig(_Part):
 
 
 @dataclass(frozen=True)
-class EfcrConfig(_Part):
+class EfcrConfig(ConfigPart):
     """The EFCR loss and the re-blur operator behind its negatives.
 
     Attributes
@@ -148,37 +136,6 @@ class EfcrConfig(_Part):
             raise ValueError(
                 f"reblur_defocus_dof must be a non-empty list of positive numbers; got {dof!r}"
             )
-
-
-@dataclass(frozen=True)
-class OpticsHints(_Part):
-    """What the user knows of their microscope (``None``: unknown, the model's own optics).
-
-    Attributes
-    ----------
-    pixel_size_um, numerical_aperture, wavelength_nm, refractive_index : float or None
-        Pixel size in the sample, objective NA, emission wavelength, immersion index.
-    """
-
-    pixel_size_um: float | None = None
-    numerical_aperture: float | None = None
-    wavelength_nm: float | None = None
-    refractive_index: float | None = None
-
-    NAMES: ClassVar[tuple[str, ...]] = ("pixel_size_um", "numerical_aperture", "wavelength_nm",
-                                        "refractive_index")
-
-    def __post_init__(self) -> None:
-        for name in self.NAMES:
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                  or not math.isfinite(v) or not v > 0):
-                raise ValueError(f"{name} must be a positive number or None; got {v!r}")
-
-    @property
-    def has_psf(self) -> bool:
-        """Whether pixel size and NA are both given (enough to simulate the user's PSF)."""
-        return self.pixel_size_um is not None and self.numerical_aperture is not None
 
 
 class RunConfig(DictRoundTrip):

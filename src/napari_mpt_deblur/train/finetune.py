@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .._dataclass_io import renamed_fields
 from ._common import CancelLike
 from ._finetune_run import (  # noqa: F401 - _FinetuneRun, _reblur_bank: tests reach them here
     SCORE_SEED,
@@ -75,6 +76,7 @@ FINETUNE_MODES = ("full", "reblur_only", "efcr", "replay")
 REPLAY_OPTICS = ("auto", "user", "model")
 
 
+@renamed_fields(refractive_index="immersion_index")
 @dataclass(frozen=True)
 class FinetuneConfig(RunConfig):
     """Settings of an EFCR fine-tuning run.
@@ -103,9 +105,11 @@ class FinetuneConfig(RunConfig):
         Pixel loss.
     mode : {"full", "reblur_only", "efcr", "replay"}
         Which parts are used (module notes).
-    pixel_size_um, numerical_aperture, wavelength_nm, refractive_index : float or None
-        Optical hints for the re-blur operator, :class:`~napari_mpt_deblur.train.config.
+    pixel_size_um, numerical_aperture, wavelength_nm, immersion_index : float or None
+        Optical hints for the re-blur operator, :class:`~napari_mpt_deblur.simulate.optics.
         OpticsHints` (:attr:`optics`); ``None`` takes them from the model's simulation preset.
+        ``refractive_index``, the old name of ``immersion_index``, still loads
+        (``DeprecationWarning``).
     reblur_defocus_dof : tuple of float
         Re-blur defocus values, in multiples of the depth of field ``λ·n/NA²``. The default
         (2-8) re-blurs about as strongly as the defocus being corrected: with the weaker 0.5-2
@@ -171,7 +175,7 @@ class FinetuneConfig(RunConfig):
     pixel_size_um: float | None = None
     numerical_aperture: float | None = None
     wavelength_nm: float | None = None
-    refractive_index: float | None = None
+    immersion_index: float | None = None
     reblur_defocus_dof: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)
     reblur_kernel_size: int = 63
     reblur_noise: bool = True

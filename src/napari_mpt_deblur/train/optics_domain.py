@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._dataclass_io import renamed_arguments
 from ..engine.normalize import IntensityNormalization, normalize, percentile_range
 from ..simulate import SimulationConfig
 from .data import SourceImage, build_validation_set
@@ -48,14 +49,15 @@ __all__ = [
 ]
 
 
+@renamed_arguments(refractive_index="immersion_index")
 def depth_of_field_um(wavelength_nm: float, numerical_aperture: float,
-                      refractive_index: float = 1.0) -> float:
+                      immersion_index: float = 1.0) -> float:
     """Wave-optical axial depth of field ``λ·n / NA²`` in µm: the unit in which blur transfers
     between objectives (1 µm at NA 1.4 oil blurs about as much as 7 µm at NA 0.5 dry)."""
-    if not 0 < numerical_aperture < refractive_index:
-        raise ValueError(f"numerical_aperture must be in (0, refractive_index={refractive_index});"
+    if not 0 < numerical_aperture < immersion_index:
+        raise ValueError(f"numerical_aperture must be in (0, immersion_index={immersion_index});"
                          f" got {numerical_aperture}")
-    return wavelength_nm * 1e-3 * refractive_index / numerical_aperture**2
+    return wavelength_nm * 1e-3 * immersion_index / numerical_aperture**2
 
 
 def mean_wavelength(sim: SimulationConfig) -> float:
@@ -65,13 +67,14 @@ def mean_wavelength(sim: SimulationConfig) -> float:
     return float(np.mean(sim.wavelength_nm_range))
 
 
+@renamed_arguments(refractive_index="immersion_index")
 def simulation_for_optics(
     base: SimulationConfig,
     *,
     pixel_size_um: float,
     numerical_aperture: float,
     wavelength_nm: float | None = None,
-    refractive_index: float | None = None,
+    immersion_index: float | None = None,
     max_defocus_um: float | None = None,
 ) -> SimulationConfig:
     """``base`` (camera, content statistics, near-focus share) moved to the user's optics.
@@ -79,11 +82,12 @@ def simulation_for_optics(
     Defocus ranges, the defocus grid step and the haze distances are rescaled by the ratio of
     depths of field, so the simulated blur covers the same *relative* range the model was trained
     on; ``max_defocus_um`` (the deepest defocus the user expects) overrides the upper end.
+    ``refractive_index`` is the deprecated name of ``immersion_index``.
     """
-    n = float(refractive_index or base.immersion_index)
+    n = float(immersion_index or base.immersion_index)
     if numerical_aperture >= n:
         raise ValueError(
-            f"numerical_aperture {numerical_aperture} must be below the refractive index {n}; "
+            f"numerical_aperture {numerical_aperture} must be below the immersion index {n}; "
             "give the immersion's refractive index (e.g. 1.515 for oil) with a high-NA objective"
         )
     if pixel_size_um <= 0:
@@ -253,7 +257,7 @@ class SimulatedScore:
             "pixel_size_um": sim.pixel_size_um,
             "wavelength_nm": (sim.wavelength_nm_choices[0] if sim.wavelength_nm_choices
                               else float(np.mean(sim.wavelength_nm_range))),
-            "refractive_index": sim.immersion_index,
+            "immersion_index": sim.immersion_index,
             "photons_per_unit": list(sim.photons_per_unit_range),
             "defocus_um": [round(d, 3) for d in self.defocus_um],
         }

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._dataclass_io import renamed_arguments
+
 __all__ = [
     "PhotometricJitter",
     "ReblurBank",
@@ -36,15 +38,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def depth_of_field_um(numerical_aperture: float, wavelength_nm: float, refractive_index: float
+@renamed_arguments(refractive_index="immersion_index")
+def depth_of_field_um(numerical_aperture: float, wavelength_nm: float, immersion_index: float
                       ) -> float:
     """Axial depth of field ``λ·n/NA²`` in µm, the natural unit for "a small defocus"."""
-    if not 0 < numerical_aperture < refractive_index:
+    if not 0 < numerical_aperture < immersion_index:
         raise ValueError(
-            f"numerical_aperture must be in (0, refractive_index={refractive_index}); got "
+            f"numerical_aperture must be in (0, immersion_index={immersion_index}); got "
             f"{numerical_aperture!r}"
         )
-    return wavelength_nm * 1e-3 * refractive_index / numerical_aperture**2
+    return wavelength_nm * 1e-3 * immersion_index / numerical_aperture**2
 
 
 class ReblurBank:
@@ -127,12 +130,13 @@ class ReblurBank:
         return self.apply(x, self.sample(x.shape[0], generator))
 
 
+@renamed_arguments(refractive_index="immersion_index")
 def build_reblur_bank(
     *,
     pixel_size_um: float,
     numerical_aperture: float,
     wavelength_nm: float,
-    refractive_index: float = 1.0,
+    immersion_index: float = 1.0,
     defocus_dof: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
     max_kernel_size: int = 31,
 ) -> ReblurBank:
@@ -146,8 +150,9 @@ def build_reblur_bank(
         Objective NA.
     wavelength_nm : float
         Emission wavelength, nm.
-    refractive_index : float
-        Immersion refractive index (1.0 dry, 1.515 oil).
+    immersion_index : float
+        Immersion refractive index (1.0 dry, 1.515 oil); ``refractive_index`` is its deprecated
+        name.
     defocus_dof : sequence of float
         Defocus of each kernel in multiples of the depth of field ``λ·n/NA²``; small values
         (0.5-2) give blurs of a few pixels, much weaker than the defocus being corrected.
@@ -160,7 +165,7 @@ def build_reblur_bank(
     """
     from ..simulate import optics
 
-    dof = depth_of_field_um(numerical_aperture, wavelength_nm, refractive_index)
+    dof = depth_of_field_um(numerical_aperture, wavelength_nm, immersion_index)
     kernels = []
     defocus = []
     for factor in defocus_dof:
@@ -169,7 +174,7 @@ def build_reblur_bank(
             numerical_aperture=numerical_aperture,
             wavelength_nm=wavelength_nm,
             pixel_size_um=pixel_size_um,
-            immersion_index=refractive_index,
+            immersion_index=immersion_index,
             defocus_um=z_um,
         )
         psf = optics.defocus_psf(cfg, dtype=np.float32)
