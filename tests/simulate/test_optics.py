@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from napari_mpt_deblur.simulate.optics import (
     blur,
     clear_psf_cache,
     defocus_psf,
+    depth_of_field_um,
     geometric_blur_radius_um,
     psf_cache_info,
     psf_stack,
@@ -105,6 +107,45 @@ def test_defocus_blur_grows_like_the_geometric_cone(na):
     )
     r_all = _encircled_radius_um(defocus_psf(cfg), 0.25, 0.99)
     assert geometric_blur_radius_um(cfg) < r_all < 1.6 * geometric_blur_radius_um(cfg)
+
+
+def test_depth_of_field_is_lambda_n_over_na_squared_with_keyword_arguments_only():
+    dof = depth_of_field_um(numerical_aperture=1.2, wavelength_nm=550.0, immersion_index=1.515)
+    assert dof == pytest.approx(0.55 * 1.515 / 1.2**2)
+    assert depth_of_field_um(numerical_aperture=0.5, wavelength_nm=500.0) == pytest.approx(2.0)
+    # 1 µm at NA 1.4 oil blurs about as much as 5 µm at NA 0.5 dry (λ·n/NA²: 4λ vs 0.77λ)
+    ratio = depth_of_field_um(numerical_aperture=0.5, wavelength_nm=520.0) / depth_of_field_um(
+        numerical_aperture=1.4, wavelength_nm=520.0, immersion_index=1.515)
+    assert 5.0 < ratio < 5.3
+    with pytest.raises(TypeError):
+        depth_of_field_um(1.2, 550.0, 1.515)  # positional: the order that was mixed up
+    with pytest.raises(ValueError, match="numerical_aperture must be in"):
+        depth_of_field_um(numerical_aperture=1.2, wavelength_nm=550.0)  # NA 1.2 needs oil
+
+
+def test_old_depth_of_field_names_keep_their_order_and_warn_and_callers_use_the_new_one():
+    from napari_mpt_deblur.simulate import get_simulation_preset
+    from napari_mpt_deblur.train import optics_domain, reblur
+
+    dof = depth_of_field_um(numerical_aperture=1.2, wavelength_nm=550.0, immersion_index=1.515)
+    with pytest.warns(DeprecationWarning, match="reblur.depth_of_field_um is deprecated") as w:
+        assert reblur.depth_of_field_um(1.2, 550.0, 1.515) == dof  # NA first
+    assert w[0].filename == __file__  # the warning points at the caller
+    with pytest.warns(DeprecationWarning, match="optics_domain.depth_of_field_um is deprec"):
+        assert optics_domain.depth_of_field_um(550.0, 1.2, 1.515) == dof  # wavelength first
+    with pytest.warns(DeprecationWarning) as w:
+        assert optics_domain.depth_of_field_um(550.0, 1.2, refractive_index=1.515) == dof
+    assert any("'refractive_index' is deprecated" in str(r.message) for r in w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        bank = reblur.build_reblur_bank(pixel_size_um=0.1, numerical_aperture=1.2,
+                                        wavelength_nm=550.0, immersion_index=1.515,
+                                        defocus_dof=(2.0,))
+        oil = optics_domain.simulation_for_optics(
+            get_simulation_preset("bbbc006"), pixel_size_um=0.1, numerical_aperture=1.2,
+            wavelength_nm=550.0, immersion_index=1.515)
+    assert bank.defocus_um == pytest.approx([2.0 * dof])
+    assert oil.defocus_um_range[1] < 12.0
 
 
 def test_peak_falls_monotonically_with_defocus():

@@ -7,12 +7,11 @@ import pytest
 import torch
 from _train_helpers import TinyNet, blurry_user_images
 
-from napari_mpt_deblur.simulate import get_simulation_preset
+from napari_mpt_deblur.simulate import depth_of_field_um, get_simulation_preset
 from napari_mpt_deblur.train.finetune import FinetuneConfig, _FinetuneRun, finetune
 from napari_mpt_deblur.train.optics_domain import (
     SimulatedScore,
     bundled_infocus_sources,
-    depth_of_field_um,
     match_camera,
     planes_noise_sigma,
     simulation_for_optics,
@@ -36,11 +35,13 @@ class Identity(torch.nn.Module):
 
 def test_depth_of_field_carries_the_defocus_range_to_other_optics():
     base = get_simulation_preset("bbbc006")
-    assert depth_of_field_um(550.0, 1.2, 1.515) == pytest.approx(0.55 * 1.515 / 1.44)
+    oil_dof = depth_of_field_um(numerical_aperture=1.2, wavelength_nm=550.0,
+                                immersion_index=1.515)
+    assert oil_dof == pytest.approx(0.55 * 1.515 / 1.44)
     oil = simulation_for_optics(base, **OIL)
-    ratio = depth_of_field_um(550.0, 1.2, 1.515) / depth_of_field_um(
-        float(np.mean(base.wavelength_nm_choices)), float(np.mean(base.numerical_aperture_range)),
-        1.0)
+    ratio = oil_dof / depth_of_field_um(
+        numerical_aperture=float(np.mean(base.numerical_aperture_range)),
+        wavelength_nm=float(np.mean(base.wavelength_nm_choices)))
     assert oil.defocus_um_range == pytest.approx(
         (base.defocus_um_range[0] * ratio, base.defocus_um_range[1] * ratio))
     # 2-32 µm at 20x NA 0.5 becomes roughly the 0.5-8 µm of an NA 1.2 oil objective

@@ -1,7 +1,8 @@
 """Physically based widefield defocus simulation: PSFs, camera noise, 3-D haze, training pairs.
 
 NumPy/SciPy only (no torch), so it is cheap to import and safe to use in data-loader workers.
-See :mod:`napari_mpt_deblur.simulate.pairs` for the intensity convention of simulated pairs.
+See :mod:`napari_mpt_deblur.simulate.pairs` for the intensity convention of simulated pairs, and
+:mod:`napari_mpt_deblur.simulate.parameters` for the ranges their optics and camera are drawn from.
 """
 
 from __future__ import annotations
@@ -19,21 +20,20 @@ from .optics import (
     blur,
     clear_psf_cache,
     defocus_psf,
+    depth_of_field_um,
     geometric_blur_radius_um,
     psf_cache_info,
     psf_stack,
 )
-from .pairs import (
+from .pairs import SimulatedPair, make_pair, write_pairs
+from .parameters import (
     SIMULATION_PRESETS,
-    SimulatedPair,
     SimulationConfig,
     camera_from_params,
     get_simulation_preset,
     list_simulation_presets,
-    make_pair,
     optics_from_params,
     sample_parameters,
-    write_pairs,
 )
 from .volume import (
     apply_haze_layer,
@@ -59,6 +59,7 @@ __all__ = [
     "camera_to_float",
     "clear_psf_cache",
     "defocus_psf",
+    "depth_of_field_um",
     "geometric_blur_radius_um",
     "get_simulation_preset",
     "list_simulation_presets",

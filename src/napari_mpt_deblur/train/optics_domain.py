@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from .._dataclass_io import renamed_arguments
 from ..engine.normalize import IntensityNormalization, normalize, percentile_range
-from ..simulate import SimulationConfig
+from ..simulate import SimulationConfig, optics
 from .data import SourceImage, build_validation_set
 from .losses import haar_dwt
 
@@ -52,12 +53,12 @@ __all__ = [
 @renamed_arguments(refractive_index="immersion_index")
 def depth_of_field_um(wavelength_nm: float, numerical_aperture: float,
                       immersion_index: float = 1.0) -> float:
-    """Wave-optical axial depth of field ``λ·n / NA²`` in µm: the unit in which blur transfers
-    between objectives (1 µm at NA 1.4 oil blurs about as much as 7 µm at NA 0.5 dry)."""
-    if not 0 < numerical_aperture < immersion_index:
-        raise ValueError(f"numerical_aperture must be in (0, immersion_index={immersion_index});"
-                         f" got {numerical_aperture}")
-    return wavelength_nm * 1e-3 * immersion_index / numerical_aperture**2
+    """Deprecated: :func:`napari_mpt_deblur.simulate.depth_of_field_um`, the one definition
+    (keyword arguments; this alias keeps its old order, wavelength first)."""
+    warnings.warn("napari_mpt_deblur.train.optics_domain.depth_of_field_um is deprecated; use "
+                  "napari_mpt_deblur.simulate.depth_of_field_um", DeprecationWarning, stacklevel=3)
+    return optics.depth_of_field_um(numerical_aperture=numerical_aperture,
+                                    wavelength_nm=wavelength_nm, immersion_index=immersion_index)
 
 
 def mean_wavelength(sim: SimulationConfig) -> float:
@@ -93,9 +94,11 @@ def simulation_for_optics(
     if pixel_size_um <= 0:
         raise ValueError(f"pixel_size_um must be positive; got {pixel_size_um}")
     wavelength = float(wavelength_nm or mean_wavelength(base))
-    base_dof = depth_of_field_um(mean_wavelength(base), float(np.mean(
-        base.numerical_aperture_range)), float(base.immersion_index))
-    ratio = depth_of_field_um(wavelength, numerical_aperture, n) / base_dof
+    base_dof = optics.depth_of_field_um(
+        numerical_aperture=float(np.mean(base.numerical_aperture_range)),
+        wavelength_nm=mean_wavelength(base), immersion_index=float(base.immersion_index))
+    ratio = optics.depth_of_field_um(numerical_aperture=numerical_aperture,
+                                     wavelength_nm=wavelength, immersion_index=n) / base_dof
 
     def scaled(pair: tuple[float, float]) -> tuple[float, float]:
         return (pair[0] * ratio, pair[1] * ratio)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,13 +42,14 @@ logger = logging.getLogger(__name__)
 @renamed_arguments(refractive_index="immersion_index")
 def depth_of_field_um(numerical_aperture: float, wavelength_nm: float, immersion_index: float
                       ) -> float:
-    """Axial depth of field ``λ·n/NA²`` in µm, the natural unit for "a small defocus"."""
-    if not 0 < numerical_aperture < immersion_index:
-        raise ValueError(
-            f"numerical_aperture must be in (0, immersion_index={immersion_index}); got "
-            f"{numerical_aperture!r}"
-        )
-    return wavelength_nm * 1e-3 * immersion_index / numerical_aperture**2
+    """Deprecated: :func:`napari_mpt_deblur.simulate.depth_of_field_um`, the one definition
+    (keyword arguments; this alias keeps its old order, NA first)."""
+    from ..simulate import optics
+
+    warnings.warn("napari_mpt_deblur.train.reblur.depth_of_field_um is deprecated; use "
+                  "napari_mpt_deblur.simulate.depth_of_field_um", DeprecationWarning, stacklevel=3)
+    return optics.depth_of_field_um(numerical_aperture=numerical_aperture,
+                                    wavelength_nm=wavelength_nm, immersion_index=immersion_index)
 
 
 class ReblurBank:
@@ -165,7 +167,8 @@ def build_reblur_bank(
     """
     from ..simulate import optics
 
-    dof = depth_of_field_um(numerical_aperture, wavelength_nm, immersion_index)
+    dof = optics.depth_of_field_um(numerical_aperture=numerical_aperture,
+                                   wavelength_nm=wavelength_nm, immersion_index=immersion_index)
     kernels = []
     defocus = []
     for factor in defocus_dof:
