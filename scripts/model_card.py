@@ -20,6 +20,17 @@ from napari_mpt_deblur.models.checkpoint import bundled_models, file_sha256, rea
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def simulation_line(config: dict, header: dict) -> str:
+    """The card's line on the simulation: a preset name as before, or a mixture's members and
+    shares (the header then records every member under ``mixture``)."""
+    from napari_mpt_deblur.simulate import describe_simulation
+
+    spec = config.get("simulation")
+    kind = "preset" if spec is None or isinstance(spec, str) else "mixture"
+    text = spec if spec is None or isinstance(spec, str) else describe_simulation(spec)
+    return f"- Simulation {kind} `{text}`: `{json.dumps(header.get('simulation'))[:600]}`"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
@@ -67,8 +78,7 @@ def main() -> None:
         "`scripts/prepare_extra_data.py` for sources and licences). Validation on "
         f"{', '.join(config.get('val_dirs', []))}; the test set (`eval/`) was used neither "
         "for training nor for choosing the checkpoint.",
-        f"- Simulation preset `{config.get('simulation')}`: "
-        f"`{json.dumps(header.get('simulation'))[:600]}`",
+        simulation_line(config, header),
         f"- Optimisation: {config.get('steps')} steps planned, batch {config.get('batch_size')} × "
         f"{config.get('patch_size')} px, AdamW lr {config.get('lr')}, {config.get('pixel_loss')} "
         f"loss + EFCR (λ = {config.get('efcr_weight')}) in the last stage; {provenance}.",

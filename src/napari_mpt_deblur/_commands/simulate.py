@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset",
         default="bbbc006",
-        help="simulation preset: bbbc006 (20x dry, 0.645 µm/px), widefield-dry, oil-1.2 "
+        help="simulation preset: bbbc006 (20x dry, 0.645 µm/px), widefield-dry, oil-1.2, "
+        "oil-high-na (NA 1.25-1.45 oil, 0.1 µm/px, 0-3 µm) "
         "(default: %(default)s); the options below override its ranges",
     )
     parser.add_argument("--na", type=_value_or_range, help="numerical aperture: VALUE or LOW:HIGH")

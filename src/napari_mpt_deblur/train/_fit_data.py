@@ -20,23 +20,45 @@ from .config import TrainConfig
 from .optics_domain import mean_wavelength
 from .reblur import ReblurBank, build_reblur_bank
 
-__all__ = ["reblur_bank_for_simulation", "simulation_from_config"]
+__all__ = ["reblur_bank_for_simulation", "simulation_from_config", "simulation_record"]
 
 logger = logging.getLogger(__name__)
 
 
 def simulation_from_config(config: TrainConfig) -> Any:
-    """The :class:`~napari_mpt_deblur.simulate.SimulationConfig` of a training config."""
-    from ..simulate import get_simulation_preset
+    """The simulation of a training config: the
+    :class:`~napari_mpt_deblur.simulate.SimulationConfig` of its preset (with
+    ``simulation_overrides``), or the :class:`~napari_mpt_deblur.simulate.SimulationMixture`
+    of a mixture (:func:`~napari_mpt_deblur.simulate.parse_simulation`)."""
+    from ..simulate import parse_simulation
 
-    sim = get_simulation_preset(config.simulation)
-    if config.simulation_overrides:
-        sim = sim.replace(**config.simulation_overrides)
-    return sim
+    return parse_simulation(config.simulation, config.simulation_overrides)
+
+
+def simulation_record(simulation: Any) -> dict[str, Any]:
+    """What checkpoint headers record as ``"simulation"``: the config's fields and its preset
+    name, or a mixture's record (its largest member's fields flat, every member under
+    ``"mixture"``), so that readers of one config keep working
+    (:func:`~napari_mpt_deblur.simulate.simulation_from_header` reads both)."""
+    from ..simulate import SimulationMixture
+
+    if isinstance(simulation, SimulationMixture):
+        return simulation.to_dict()
+    return {"preset": simulation.name, **simulation.to_dict()}
 
 
 def reblur_bank_for_simulation(simulation: Any, defocus_dof: Iterable[float]) -> ReblurBank:
-    """Small physical re-blur PSFs for the mid-range optics of a simulation config."""
+    """Small physical re-blur PSFs for the mid-range optics of a simulation config.
+
+    The bank is one per run, applied to whole batches, so a mixture uses the optics of its
+    largest member (:attr:`~napari_mpt_deblur.simulate.SimulationMixture.primary`): EFCR
+    negatives of the other members' pairs are then re-blurred with those optics' PSFs (in
+    pixels), a cruder contrast than their own would give.
+    """
+    from ..simulate import SimulationMixture
+
+    if isinstance(simulation, SimulationMixture):
+        simulation = simulation.primary
     return build_reblur_bank(
         pixel_size_um=float(simulation.pixel_size_um),
         numerical_aperture=float(np.mean(simulation.numerical_aperture_range)),
@@ -108,7 +130,9 @@ def _prepare_data(cfg: TrainConfig, patch_multiple: int) -> _RunData:
                 f"got {size}"
             )
     simulation = simulation_from_config(cfg)
-    description: dict[str, Any] = {"simulation_preset": cfg.simulation}
+    description: dict[str, Any] = {
+        "simulation_preset": cfg.simulation if isinstance(cfg.simulation, str)
+        else simulation.name}
     simulator = None
     source_dirs = (*cfg.train_dirs, *cfg.extra_dirs)
     if source_dirs:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .._dataclass_io import ConfigPart, DictRoundTrip, check_keys
+from ..simulate.mixture import canonical_simulation_spec, parse_simulation
 from ..simulate.optics import OpticsHints
 
 __all__ = ["AMP_MODES", "SCHEDULES", "EfcrConfig", "OpticsHints", "OptimConfig", "RunConfig",
@@ -238,10 +239,17 @@ class TrainConfig(RunConfig):
         the axial depth of field ``λ·n/NA²`` of the simulation optics.
     val_dirs : tuple of str
         In-focus images for the fixed validation set (never the evaluation set).
-    simulation : str
-        Simulation preset name (``get_simulation_preset``), e.g. ``"bbbc006"``.
+    simulation : str or tuple of dict
+        Simulation preset name (``get_simulation_preset``), e.g. ``"bbbc006"``; or a weighted
+        mixture of presets, so that one model learns several microscopes: ``{bbbc006: 0.7,
+        oil-high-na: 0.3}`` or a list of ``{preset, weight, overrides, name}`` members
+        (:mod:`napari_mpt_deblur.simulate.mixture`). Each training pair draws its member with
+        the run's seeded generator; validation pairs are split among the members by weight.
+        A mixture is stored in its list form (:func:`~napari_mpt_deblur.simulate.
+        canonical_simulation_spec`), whichever form was written.
     simulation_overrides : dict
-        Fields of the simulation config to replace (nested dicts for nested configs).
+        Fields of the simulation config to replace (nested dicts for nested configs); with a
+        mixture, replaced in every member before the member's own ``overrides``.
     patch_size : int
         Training patch side in pixels; must be a multiple of the model's ``size_multiple``.
     val_patch_size : int or None
@@ -298,7 +306,7 @@ class TrainConfig(RunConfig):
     reblur_weight: float = 0.0
     reblur_defocus_dof: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
     val_dirs: tuple[str, ...] = ("val/bbbc006_w2",)
-    simulation: str = "bbbc006"
+    simulation: str | tuple[Mapping[str, Any], ...] = "bbbc006"
     simulation_overrides: Mapping[str, Any] = field(default_factory=dict)
     patch_size: int = 128
     val_patch_size: int | None = None
@@ -337,12 +345,14 @@ class TrainConfig(RunConfig):
             if not isinstance(value, Mapping):
                 raise TypeError(f"{name} must be a mapping; got {type(value).__name__}")
             object.__setattr__(self, name, dict(value))
+        object.__setattr__(self, "simulation", canonical_simulation_spec(self.simulation))
         self._validate()
 
     def _validate(self) -> None:
         _choice("routing", self.routing, _ROUTINGS)
         _choice("pixel_loss", self.pixel_loss, _PIXEL_LOSSES)
         self._validate_parts()
+        parse_simulation(self.simulation, self.simulation_overrides)  # names, weights, fields
         for name in ("patch_size", "batch_size", "steps", "val_every", "ckpt_every", "log_every",
                      "num_val_patches", "unlabeled_batch_size"):
             value = getattr(self, name)

@@ -224,13 +224,24 @@ class ValidationSet:
     def describe(self) -> dict[str, Any]:
         """JSON summary for logs and checkpoint metadata."""
         defocus = [abs(float(p.get("defocus_um", math.nan))) for p in self.params]
-        return {
+        out = {
             "n": len(self),
             "patch_size": int(self.blurred.shape[-1]),
             "sources": sorted({str(p.get("source", "")) for p in self.params}),
             "defocus_um_min": float(np.nanmin(defocus)) if defocus else None,
             "defocus_um_max": float(np.nanmax(defocus)) if defocus else None,
         }
+        members = self.members
+        if members is not None:
+            out["members"] = {m: members.count(m) for m in dict.fromkeys(members)}
+        return out
+
+    @property
+    def members(self) -> list[str] | None:
+        """The mixture member of each pair (``params["member"]``); None without a mixture."""
+        if not self.params or any("member" not in p for p in self.params):
+            return None
+        return [str(p["member"]) for p in self.params]
 
 
 def build_validation_set(
@@ -247,24 +258,38 @@ def build_validation_set(
     The nominal defocus is stratified over the simulation's range (evenly spaced magnitudes,
     random sign), so the score weighs every blur level equally and does not change with the
     luck of a draw; sources are used in turn. All pairs use the image-level normalisation.
+    A :class:`~napari_mpt_deblur.simulate.SimulationMixture` gets ``n_patches`` split among its
+    members by weight (each at least one while ``n_patches`` allows,
+    :meth:`~napari_mpt_deblur.simulate.SimulationMixture.counts`), stratified over each
+    member's own range, so the run's validation covers every microscope it trains on.
     """
+    from ..simulate import SimulationMixture
+
     if n_patches < 1:
         raise ValueError(f"n_patches must be >= 1; got {n_patches}")
     sim = PairSimulator(sources, simulation, patch_size, patch_norm_fraction=0.0,
                         normalization=normalization)
     rng = np.random.default_rng([int(seed), 7919])
-    lo, hi = simulation.defocus_um_range
-    levels = np.linspace(lo, hi, n_patches) if n_patches > 1 else np.array([(lo + hi) / 2])
+    if isinstance(simulation, SimulationMixture):
+        strata = [(m, cfg, n) for m, (cfg, n)
+                  in enumerate(zip(simulation.configs, simulation.counts(n_patches))) if n]
+    else:
+        strata = [(None, simulation, n_patches)]
     blurred, sharp, params = [], [], []
-    for i, level in enumerate(levels):
-        sign = 1.0 if rng.random() < 0.5 else -1.0
-        if simulation.defocus_sides != "both":
-            sign = 1.0 if simulation.defocus_sides == "positive" else -1.0
-        b, s, prm = sim.sample(rng, defocus_um=sign * float(level), patch_norm=False,
-                               source_index=i % len(sources))
-        blurred.append(b)
-        sharp.append(s)
-        params.append(prm)
+    i = 0
+    for member, cfg, n in strata:
+        lo, hi = cfg.defocus_um_range
+        levels = np.linspace(lo, hi, n) if n > 1 else np.array([(lo + hi) / 2])
+        for level in levels:
+            sign = 1.0 if rng.random() < 0.5 else -1.0
+            if cfg.defocus_sides != "both":
+                sign = 1.0 if cfg.defocus_sides == "positive" else -1.0
+            b, s, prm = sim.sample(rng, defocus_um=sign * float(level), patch_norm=False,
+                                   source_index=i % len(sources), member=member)
+            blurred.append(b)
+            sharp.append(s)
+            params.append(prm)
+            i += 1
     return ValidationSet(
         blurred=torch.from_numpy(np.stack(blurred)[:, None].copy()),
         sharp=torch.from_numpy(np.stack(sharp)[:, None].copy()),

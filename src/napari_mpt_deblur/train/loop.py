@@ -63,7 +63,12 @@ from ._common import (
     psnr_ssim,
     step_generator,
 )
-from ._fit_data import _prepare_data, reblur_bank_for_simulation, simulation_from_config
+from ._fit_data import (
+    _prepare_data,
+    reblur_bank_for_simulation,
+    simulation_from_config,
+    simulation_record,
+)
 from .config import RUN_CONTROL_FIELDS, TrainConfig
 from .engine import Every, StepContext, StepLoop, Trainer, write_state
 from .finetune import FinetuneConfig, finetune, finetune_iter
@@ -178,21 +183,32 @@ def evaluate_pairs(
     amp_dtype: torch.dtype | None = None,
     defocus_um: Iterable[float] | None = None,
     batch_size: int = 4,
+    members: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Mean PSNR/SSIM of ``model`` on normalised pairs (N, 1, H, W), convention in
-    ``METRIC_CONVENTION``; with ``defocus_um`` also the PSNR per third of the defocus range."""
+    ``METRIC_CONVENTION``; with ``defocus_um`` also the PSNR per third of the defocus range,
+    with ``members`` (a simulation mixture's member of each pair) also PSNR and SSIM per
+    member."""
     device = device or next(model.parameters()).device
     pred = predict_batches(model, blurred, device=device, amp_dtype=amp_dtype,
                            batch_size=batch_size)
-    return _scores(pred.numpy(), sharp.numpy(), defocus_um)
+    return _scores(pred.numpy(), sharp.numpy(), defocus_um, members)
 
 
-def _scores(pred: np.ndarray, sharp: np.ndarray, defocus_um: Iterable[float] | None
-            ) -> dict[str, Any]:
+def _scores(pred: np.ndarray, sharp: np.ndarray, defocus_um: Iterable[float] | None,
+            members: Iterable[str] | None = None) -> dict[str, Any]:
     pairs = [psnr_ssim(p[0], s[0]) for p, s in zip(pred, sharp)]
     psnr = np.array([a for a, _ in pairs])
     ssim = np.array([b for _, b in pairs])
     out: dict[str, Any] = {"psnr": float(psnr.mean()), "ssim": float(ssim.mean())}
+    if members is not None:
+        names = np.array(list(members), dtype=object)
+        if names.size == psnr.size:
+            out["by_member"] = {
+                str(m): {"psnr": float(psnr[names == m].mean()),
+                         "ssim": float(ssim[names == m].mean()), "n": int((names == m).sum())}
+                for m in dict.fromkeys(names.tolist())
+            }
     if defocus_um is not None:
         d = np.abs(np.asarray(list(defocus_um), dtype=np.float64))
         if d.size == psnr.size and np.isfinite(d).all() and d.max() > d.min():
@@ -317,6 +333,7 @@ class _FitRun:
         self.normalization = IntensityNormalization().to_dict()
         self.init_source = model_info(model).source
         self.val_defocus = [p.get("defocus_um", math.nan) for p in data.val.params]
+        self.val_members = data.val.members  # None unless the simulation is a mixture
         self.last_val: dict[str, Any] = {}  # this invocation's latest validation
         self.last_record: dict[str, Any] = {}  # the latest reported step's record
         self.progress = progress
@@ -325,11 +342,12 @@ class _FitRun:
         cfg, history = self.cfg, self.history
         return {
             "name": self.out.name,
-            "description": f"{cfg.model} trained on simulated '{cfg.simulation}' defocus pairs",
+            "description": f"{cfg.model} trained on simulated '{self.data.simulation.name}' "
+                           "defocus pairs",
             "normalization": self.normalization,
             "training": {"config": cfg.to_dict(), "step": step, "data": self.data.description,
                          "init": self.init_source},
-            "simulation": {"preset": cfg.simulation, **self.data.simulation.to_dict()},
+            "simulation": simulation_record(self.data.simulation),
             "metrics": {**metrics, "baseline_blurred": history.baseline,
                         "convention": METRIC_CONVENTION},
         }
@@ -357,7 +375,8 @@ class _FitRun:
 
         history, val = self.history, self.data.val
         scores = evaluate_pairs(self.model, val.blurred, val.sharp, device=self.trainer.device,
-                                amp_dtype=self.trainer.amp_dtype, defocus_um=self.val_defocus)
+                                amp_dtype=self.trainer.amp_dtype, defocus_um=self.val_defocus,
+                                members=self.val_members)
         record = {"step": step, **scores}
         self.last_val = scores
         history.validation.append(record)
@@ -503,7 +522,8 @@ def fit(
     run = _FitRun(cfg, model, trainer, data, out, history, progress)
     if history.baseline is None:
         val = data.val
-        history.baseline = _scores(val.blurred.numpy(), val.sharp.numpy(), run.val_defocus)
+        history.baseline = _scores(val.blurred.numpy(), val.sharp.numpy(), run.val_defocus,
+                                   run.val_members)
         run.log.write({"event": "baseline", "step": start, **history.baseline})
 
     t0 = time.monotonic()

@@ -70,8 +70,9 @@ class PairSimulator:
     ----------
     sources : list of SourceImage
         In-focus planes; ``value_range`` must be the simulator's source percentiles.
-    simulation : SimulationConfig
-        Parameter ranges.
+    simulation : SimulationConfig or SimulationMixture
+        Parameter ranges; a mixture first draws the member of each pair (recorded as
+        ``params["member"]``).
     patch_size : int
         Side of the patches returned.
     patch_norm_fraction : float
@@ -126,19 +127,32 @@ class PairSimulator:
         defocus_um: float | None = None,
         patch_norm: bool | None = None,
         source_index: int | None = None,
+        member: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """One normalised pair ``(blurred, sharp, params)``, each image (P, P) float32.
 
         ``defocus_um`` fixes the nominal defocus (validation strata); ``patch_norm`` forces
-        the normalisation mode; ``source_index`` picks the source.
+        the normalisation mode; ``source_index`` picks the source; ``member`` the member of a
+        :class:`~napari_mpt_deblur.simulate.SimulationMixture`.
         """
-        from ..simulate import defocus_psf, make_pair, optics_from_params, sample_parameters
+        from ..simulate import (
+            SimulationMixture,
+            defocus_psf,
+            make_pair,
+            optics_from_params,
+            sample_parameters,
+        )
 
         p = self.patch_size
         if source_index is None:
             source_index = int(rng.choice(len(self.sources), p=self._weights))
         src = self.sources[source_index]
-        params = sample_parameters(self.simulation, rng, defocus_um=defocus_um)
+        if isinstance(self.simulation, SimulationMixture):
+            params = self.simulation.sample_parameters(rng, member=member, defocus_um=defocus_um)
+        elif member not in (None, 0):
+            raise ValueError(f"member {member!r} given, but the simulation is not a mixture")
+        else:
+            params = sample_parameters(self.simulation, rng, defocus_um=defocus_um)
         margin = min(self.max_margin, defocus_psf(optics_from_params(params)).shape[0] // 2)
         margin = min(margin, max(0, (min(src.shape) - p) // 2))
         crop, _ = random_crop(src.plane, p + 2 * margin, rng)
