@@ -41,6 +41,7 @@ from .optics_domain import (
     mean_wavelength,
     planes_noise_sigma,
     simulation_for_optics,
+    start_output_sources,
 )
 from .reblur import ReblurBank, build_reblur_bank, make_negatives, make_reblurred_set
 from .trainable import select_trainable
@@ -201,12 +202,23 @@ def _score(record: Mapping[str, Any]) -> float:
     return float(value) if value is not None else -math.inf
 
 
+def score_label(selection_score: str, user_optics: bool) -> str:
+    """The selection score's name in the panel's plot, status line and verdicts."""
+    where = "your optics" if user_optics else "the model's training optics"
+    if selection_score == "own-images":
+        return f"simulated PSNR on your images at {where}"
+    return f"simulated PSNR at {where}"
+
+
 def worst_level_change(scores: Mapping[str, Any], baseline: Mapping[str, Any]
                        ) -> tuple[str, float] | None:
     """The third of the defocus range whose simulated PSNR changed most for the worse against
     ``baseline``, as ``(range, change in dB)``; ``None`` when the records have no thirds."""
-    now = scores.get("sim_psnr_by_defocus_um") or {}
-    start = baseline.get("sim_psnr_by_defocus_um") or {}
+    def thirds(record: Mapping[str, Any]) -> Mapping[str, Any]:
+        # records made before the score was selectable hold the bundled score's thirds only
+        return record.get("score_by_defocus_um") or record.get("sim_psnr_by_defocus_um") or {}
+
+    now, start = thirds(scores), thirds(baseline)
     changes = {band: float(now[band]) - float(start[band]) for band in now if band in start}
     if not changes:
         return None
@@ -308,11 +320,24 @@ class _FinetuneRun:
                 self.replay_simulation, self.noise_sigma, sources=score_sources,
                 normalization=self.normalization, seed=SCORE_SEED)
         score_patch = max(multiple, (128 // multiple) * multiple)
-        self.score = SimulatedScore(self.replay_simulation, sources=score_sources,
-                                    n_pairs=s.score_pairs, patch_size=score_patch,
-                                    seed=SCORE_SEED, normalization=self.normalization)
-        self.score_label = ("simulated PSNR at your optics" if s.uses_user_optics else
-                            "simulated PSNR at the model's training optics")
+        # Two scores, both recorded at every validation; settings.selection_score says which
+        # one the guard uses. Their pairs are fixed here, before any step: the user's own
+        # content (the start model's output on the user's images) and the bundled images.
+        user_sources = start_output_sources(model, planes, self.replay_simulation,
+                                            device=self.device, names=self.image_names,
+                                            count=s.score_pairs)
+        self.scores = {
+            "own-images": SimulatedScore(self.replay_simulation, sources=user_sources,
+                                         n_pairs=s.score_pairs, patch_size=score_patch,
+                                         seed=SCORE_SEED, normalization=self.normalization,
+                                         key="user"),
+            "bundled-images": SimulatedScore(self.replay_simulation, sources=score_sources,
+                                             n_pairs=s.score_pairs, patch_size=score_patch,
+                                             seed=SCORE_SEED, normalization=self.normalization,
+                                             key="sim"),
+        }
+        self.score = self.scores[s.selection_score]
+        self.score_label = score_label(s.selection_score, s.uses_user_optics)
 
         # Batch composition.
         n_replay = n_paired = 0
@@ -492,12 +517,16 @@ class _FinetuneRun:
                     for i in range(1, out.shape[0])]
         _, hf_out = haar_dwt(out[:1])
         _, hf_e = haar_dwt(e)
-        simulated = self.score(self.model, device=self.device, amp_dtype=self.amp_dtype)
+        measured: dict[str, Any] = {}
+        for score in self.scores.values():
+            measured.update(score(self.model, device=self.device, amp_dtype=self.amp_dtype))
+        key = self.score.key
         scores = {
             "step": self.step,
-            "score": simulated["sim_psnr"],
+            "score": measured[f"{key}_psnr"],
             "score_name": self.score_label,
-            **simulated,
+            "score_by_defocus_um": measured[f"{key}_psnr_by_defocus_um"],
+            **measured,
             "reblur_psnr": float(np.mean(psnrs)),
             "reblur_psnr_identity": float(np.mean(identity)),
             "hf_energy_ratio": float((hf_out**2).sum() / (hf_e**2).sum().clamp_min(1e-12)),

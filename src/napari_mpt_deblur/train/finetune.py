@@ -73,6 +73,8 @@ __all__ = [
 
 FINETUNE_MODES = ("full", "reblur_only", "efcr", "replay")
 REPLAY_OPTICS = ("auto", "user", "model")
+#: Where the selection score's pairs get their content (``FinetuneConfig.selection_score``).
+SELECTION_SCORES = ("own-images", "bundled-images")
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,12 @@ class FinetuneConfig(RunConfig):
         this, however much the mean gains: the user's images may all lie in that third.
     score_pairs : int
         Number of fixed simulated pairs behind the selection score.
+    selection_score : {"own-images", "bundled-images"}
+        Content of the selection score's pairs (both are recorded at every validation; this
+        one decides which weights are kept). "own-images": the start model's output on the
+        user's images, re-blurred at the replay optics (:func:`~napari_mpt_deblur.train.
+        optics_domain.start_output_sources`); "bundled-images": the package's real in-focus
+        images (:func:`~napari_mpt_deblur.train.optics_domain.bundled_infocus_sources`).
     match_camera : bool
         Set the photon count of replay pairs and score pairs so they are as noisy as the user's
         images (:func:`~napari_mpt_deblur.train.optics_domain.match_camera`).
@@ -181,6 +189,7 @@ class FinetuneConfig(RunConfig):
     min_gain_db: float = 0.05
     max_level_loss_db: float = 0.1
     score_pairs: int = 16
+    selection_score: str = "bundled-images"
     match_camera: bool = True
     trainable: str = "all"
     val_crop_size: int = 256
@@ -203,6 +212,10 @@ class FinetuneConfig(RunConfig):
                 f"pixel_loss must be one of {', '.join(map(repr, PIXEL_LOSSES))}; "
                 f"got {self.pixel_loss!r}"
             )
+        if self.selection_score not in SELECTION_SCORES:
+            raise ValueError(f"selection_score must be one of "
+                             f"{', '.join(map(repr, SELECTION_SCORES))}; "
+                             f"got {self.selection_score!r}")
         if self.replay_optics not in REPLAY_OPTICS:
             raise ValueError(f"replay_optics must be one of {', '.join(map(repr, REPLAY_OPTICS))};"
                              f" got {self.replay_optics!r}")
