@@ -171,3 +171,31 @@ def test_the_runs_score_pairs_come_from_the_users_images(blurry_images):
     assert described["sources"] == [f"image{i} (start model output)" for i in range(3)]
     assert described["numerical_aperture"] == 1.2
     assert run.scores["bundled-images"].describe()["sources"][0] == "sample_actin"
+
+
+def test_a_resumed_run_scores_on_the_pairs_of_the_first_start(blurry_images, tmp_path):
+    # the panel resumes with the run's fine-tuned model: its pairs must stay the start's
+    settings = _settings(selection_score="own-images", steps=2, val_every=1, state_every=1)
+    torch.manual_seed(0)
+    first = _FinetuneRun(TinyNet(), blurry_images, paired=None, settings=settings,
+                         replay_images=None, out_path=tmp_path / "ft.safetensors",
+                         state_path=None, resume=False)
+    list(first.save())
+
+    def other():
+        torch.manual_seed(0)
+        model = TinyNet()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1)
+        return model
+
+    # new pairs for a new start (the resume below loads the state's weights into its model)
+    fresh = _FinetuneRun(other(), blurry_images, paired=None, settings=settings,
+                         replay_images=None, out_path=None, state_path=None, resume=False)
+    assert not torch.equal(fresh.score.sharp, first.score.sharp)
+    resumed = _FinetuneRun(other(), blurry_images, paired=None, settings=settings,
+                           replay_images=None, out_path=tmp_path / "ft.safetensors",
+                           state_path=None, resume=True)
+    assert torch.equal(resumed.score.sharp, first.score.sharp)
+    assert torch.equal(resumed.score.blurred, first.score.blurred)

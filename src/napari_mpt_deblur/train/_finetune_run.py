@@ -611,6 +611,7 @@ class _FinetuneRun:
             yield TrainUpdate(UpdateKind.CHECKPOINT, self.step, total,
                               {"path": str(path), "kind": "best", **self.best})
         if self.state_path is not None:
+            own = self.scores["own-images"]
             write_state(
                 self.state_path, "finetune", self.step, self.trainer,
                 best_model=self.best_state or {},
@@ -619,6 +620,10 @@ class _FinetuneRun:
                 baseline=json.dumps(self.baseline),
                 settings=json.dumps(self.settings.to_dict()),
                 fingerprint=self.fingerprint,
+                # the own-images pairs came from the *start* model: a resume (which may be
+                # handed the fine-tuned model) scores on these, not on new ones
+                user_score_blurred=own.blurred, user_score_sharp=own.sharp,
+                user_score_defocus_um=json.dumps(own.defocus_um),
             )
             yield TrainUpdate(UpdateKind.CHECKPOINT, self.step, total,
                               {"path": str(self.state_path), "kind": "state"})
@@ -641,6 +646,10 @@ class _FinetuneRun:
                 f"cannot resume {self.state_path}: it was made with other images"
             )
         self.trainer.load_state(state)
+        if "user_score_blurred" in state:  # states written before #27 have none
+            own = self.scores["own-images"]
+            own.blurred, own.sharp = state["user_score_blurred"], state["user_score_sharp"]
+            own.defocus_um = json.loads(state["user_score_defocus_um"])
         self.best_state = dict(state["best_model"]) or None
         self.step = int(state["step"])
         self.history = json.loads(state["history"])
