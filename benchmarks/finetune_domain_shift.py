@@ -262,8 +262,8 @@ def summarise(scores, levels) -> dict[str, tuple[float, float]]:
 
 
 #: The scores compared against the truth over all checkpoints: record key, and the words for
-#: the table. "user" and "sim" are the run's own scores (both recorded at every validation);
-#: "focus" and "closeness" are measured here; "mix" is the mean of "user" and "sim".
+#: the table. All are measured here, on the run's optics and matched camera, whichever the run
+#: selects with (``FinetuneConfig.selection_score``); "mix" is the mean of "user" and "sim".
 SCORES = (
     ("user", "simulated PSNR on the user's images (start model's output re-blurred) at the "
              "given optics"),
@@ -277,10 +277,11 @@ SCORES = (
 
 
 class CandidateScores:
-    """Scores the run does not compute, on the same optics and camera as the run's own: pairs
-    from the sharpest crops of the user's images, and how close the outputs stay to the start
-    model's on the run's own-images pairs (the trap a score made from the start model's output
-    could fall into)."""
+    """Every compared score, on the same optics and matched camera as the run's: the two
+    selection scores a run can use (bundled images, the user's own images), pairs from the
+    sharpest crops of the user's images, and how close the outputs stay to the start model's
+    on the own-images pairs (the trap a score made from the start model's output could fall
+    into)."""
 
     def __init__(self, model, unlabeled, hints, device):
         import torch
@@ -305,11 +306,15 @@ class CandidateScores:
                            sources=bundled_infocus_sources(sim), normalization=norm,
                            seed=SCORE_SEED)
         common = {"seed": SCORE_SEED, "normalization": norm, "patch_size": 128}
-        self.focus = SimulatedScore(sim, sources=sharpest_crop_sources(unlabeled, sim),
-                                    key="focus", **common)
         own = SimulatedScore(sim, sources=start_output_sources(model, unlabeled, sim,
                                                                device=self.device),
                              key="user", **common)
+        self.scores = [
+            own,
+            SimulatedScore(sim, sources=bundled_infocus_sources(sim), key="sim", **common),
+            SimulatedScore(sim, sources=sharpest_crop_sources(unlabeled, sim), key="focus",
+                           **common),
+        ]
         self.inputs = own.blurred
         self.start_outputs = self._outputs(model)
 
@@ -331,7 +336,9 @@ class CandidateScores:
             model.train(was_training)
 
     def __call__(self, model) -> dict:
-        out = self.focus(model, device=self.device)
+        out = {}
+        for score in self.scores:
+            out.update(score(model, device=self.device))
         out["closeness"] = self._psnr(self._outputs(model), self.start_outputs)
         return out
 
@@ -352,8 +359,9 @@ def _thirds(checkpoint: dict, key: str) -> dict | None:
         user, sim = _thirds(checkpoint, "user"), _thirds(checkpoint, "sim")
         return {f"{b}|{c}": 0.5 * (user[b] + sim[c]) for b, c in zip(user, sim)} if (
             user and sim) else None
-    name = {"sim": "score_by_defocus_um"}.get(key, f"{key}_psnr_by_defocus_um")
-    return checkpoint.get(name)
+    # older payloads hold the bundled score's thirds as the run's "score_by_defocus_um"
+    return checkpoint.get(f"{key}_psnr_by_defocus_um") or (
+        checkpoint.get("score_by_defocus_um") if key == "sim" else None)
 
 
 def guard_picks(checkpoints: list[dict], key: str, *, min_gain_db: float = 0.05,
@@ -628,9 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                             "mode": mode, "seed": seed, "step": update.step,
                             "score": value["score"],
                             "score_name": value.get("score_name"),
-                            "score_by_defocus_um": value.get("sim_psnr_by_defocus_um"),
-                            **{k: value.get(k) for k in (
-                                "sim_psnr", "user_psnr", "user_psnr_by_defocus_um")},
+                            "score_by_defocus_um": value.get("score_by_defocus_um"),
                             **candidates(model),
                             "reblur_psnr": value["reblur_psnr"],
                             "true_psnr": table["mean"][0],

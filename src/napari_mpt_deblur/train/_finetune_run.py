@@ -320,23 +320,16 @@ class _FinetuneRun:
                 self.replay_simulation, self.noise_sigma, sources=score_sources,
                 normalization=self.normalization, seed=SCORE_SEED)
         score_patch = max(multiple, (128 // multiple) * multiple)
-        # Two scores, both recorded at every validation; settings.selection_score says which
-        # one the guard uses. Their pairs are fixed here, before any step: the user's own
-        # content (the start model's output on the user's images) and the bundled images.
-        user_sources = start_output_sources(model, planes, self.replay_simulation,
-                                            device=self.device, names=self.image_names,
-                                            count=s.score_pairs)
-        self.scores = {
-            "own-images": SimulatedScore(self.replay_simulation, sources=user_sources,
-                                         n_pairs=s.score_pairs, patch_size=score_patch,
-                                         seed=SCORE_SEED, normalization=self.normalization,
-                                         key="user"),
-            "bundled-images": SimulatedScore(self.replay_simulation, sources=score_sources,
-                                             n_pairs=s.score_pairs, patch_size=score_patch,
-                                             seed=SCORE_SEED, normalization=self.normalization,
-                                             key="sim"),
-        }
-        self.score = self.scores[s.selection_score]
+        # The selection score's pairs are fixed here, before any step: from the bundled images,
+        # or from the user's own content (the start model's output on the user's images).
+        if s.selection_score == "own-images":
+            score_sources = start_output_sources(model, planes, self.replay_simulation,
+                                                 device=self.device, names=self.image_names,
+                                                 count=s.score_pairs)
+        self.score = SimulatedScore(self.replay_simulation, sources=score_sources,
+                                    n_pairs=s.score_pairs, patch_size=score_patch,
+                                    seed=SCORE_SEED, normalization=self.normalization,
+                                    key="user" if s.selection_score == "own-images" else "sim")
         self.score_label = score_label(s.selection_score, s.uses_user_optics)
 
         # Batch composition.
@@ -517,9 +510,7 @@ class _FinetuneRun:
                     for i in range(1, out.shape[0])]
         _, hf_out = haar_dwt(out[:1])
         _, hf_e = haar_dwt(e)
-        measured: dict[str, Any] = {}
-        for score in self.scores.values():
-            measured.update(score(self.model, device=self.device, amp_dtype=self.amp_dtype))
+        measured = self.score(self.model, device=self.device, amp_dtype=self.amp_dtype)
         key = self.score.key
         scores = {
             "step": self.step,
@@ -611,7 +602,12 @@ class _FinetuneRun:
             yield TrainUpdate(UpdateKind.CHECKPOINT, self.step, total,
                               {"path": str(path), "kind": "best", **self.best})
         if self.state_path is not None:
-            own = self.scores["own-images"]
+            pairs = {}
+            if self.settings.selection_score == "own-images":
+                # made with the *start* model: a resume (which may be handed the fine-tuned
+                # model) scores on these pairs, not on new ones
+                pairs = {"score_blurred": self.score.blurred, "score_sharp": self.score.sharp,
+                         "score_defocus_um": json.dumps(self.score.defocus_um)}
             write_state(
                 self.state_path, "finetune", self.step, self.trainer,
                 best_model=self.best_state or {},
@@ -620,10 +616,7 @@ class _FinetuneRun:
                 baseline=json.dumps(self.baseline),
                 settings=json.dumps(self.settings.to_dict()),
                 fingerprint=self.fingerprint,
-                # the own-images pairs came from the *start* model: a resume (which may be
-                # handed the fine-tuned model) scores on these, not on new ones
-                user_score_blurred=own.blurred, user_score_sharp=own.sharp,
-                user_score_defocus_um=json.dumps(own.defocus_um),
+                **pairs,
             )
             yield TrainUpdate(UpdateKind.CHECKPOINT, self.step, total,
                               {"path": str(self.state_path), "kind": "state"})
@@ -646,10 +639,9 @@ class _FinetuneRun:
                 f"cannot resume {self.state_path}: it was made with other images"
             )
         self.trainer.load_state(state)
-        if "user_score_blurred" in state:  # states written before #27 have none
-            own = self.scores["own-images"]
-            own.blurred, own.sharp = state["user_score_blurred"], state["user_score_sharp"]
-            own.defocus_um = json.loads(state["user_score_defocus_um"])
+        if "score_blurred" in state:  # the own-images score's pairs (selection_score is fixed)
+            self.score.blurred, self.score.sharp = state["score_blurred"], state["score_sharp"]
+            self.score.defocus_um = json.loads(state["score_defocus_um"])
         self.best_state = dict(state["best_model"]) or None
         self.step = int(state["step"])
         self.history = json.loads(state["history"])

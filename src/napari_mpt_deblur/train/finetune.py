@@ -139,12 +139,14 @@ class FinetuneConfig(RunConfig):
         this, however much the mean gains: the user's images may all lie in that third.
     score_pairs : int
         Number of fixed simulated pairs behind the selection score.
-    selection_score : {"own-images", "bundled-images"}
-        Content of the selection score's pairs (both are recorded at every validation; this
-        one decides which weights are kept). "own-images": the start model's output on the
-        user's images, re-blurred at the replay optics (:func:`~napari_mpt_deblur.train.
-        optics_domain.start_output_sources`); "bundled-images": the package's real in-focus
-        images (:func:`~napari_mpt_deblur.train.optics_domain.bundled_infocus_sources`).
+    selection_score : {"bundled-images", "own-images"}
+        Content of the selection score's pairs, the score that decides which weights are kept.
+        "bundled-images" (default): the package's real in-focus images
+        (:func:`~napari_mpt_deblur.train.optics_domain.bundled_infocus_sources`).
+        "own-images": the start model's output on the user's images, re-blurred at the replay
+        optics (:func:`~napari_mpt_deblur.train.optics_domain.start_output_sources`); it has
+        the user's content but not their sharp truth, and on the domain-shift benchmark it
+        ranked checkpoints worse than "bundled-images" (docs/finetuning.md, 2026-12-06).
     match_camera : bool
         Set the photon count of replay pairs and score pairs so they are as noisy as the user's
         images (:func:`~napari_mpt_deblur.train.optics_domain.match_camera`).
