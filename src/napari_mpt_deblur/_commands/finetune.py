@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-optics", choices=("auto", "user", "model"), default=None,
                         help="simulate replay pairs and the selection score at your optics "
                         "(auto: when pixel size and NA are known) or the model's")
-    parser.add_argument("--selection-score", choices=("own-images", "bundled-images"),
+    parser.add_argument("--selection-score", choices=("bundled-images", "own-images"),
                         default=None,
                         help="content of the simulated pairs whose PSNR decides which weights "
                         "are kept: your own images (the start model's output on them, "

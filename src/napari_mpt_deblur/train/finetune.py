@@ -74,7 +74,7 @@ __all__ = [
 FINETUNE_MODES = ("full", "reblur_only", "efcr", "replay")
 REPLAY_OPTICS = ("auto", "user", "model")
 #: Where the selection score's pairs get their content (``FinetuneConfig.selection_score``).
-SELECTION_SCORES = ("own-images", "bundled-images")
+SELECTION_SCORES = ("bundled-images", "own-images")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,10 @@ simulated exactly, on any in-focus content. Two things follow:
   restoration of in-focus truth, in focus included, so a run that degrades the model scores
   lower. ``benchmarks/finetune_domain_shift.py`` checks that it ranks checkpoints like the true
   held-out PSNR (Spearman correlation).
+* **Pairs from the user's own content** (:func:`start_output_sources`: the start model's output
+  on the user's images; :func:`sharpest_crop_sources`) were measured against it and rank
+  checkpoints worse: their "truth" keeps the blur and noise the start model left, so restoring
+  better than the start is marked down (docs/finetuning.md). They stay for comparison.
 
 The defocus range is the model's own training range measured in depths of field
 (``λ·n / NA²``), carried over to the user's optics, unless the user says how far out of focus
