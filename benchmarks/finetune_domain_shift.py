@@ -54,7 +54,7 @@ DOMAINS = {
     # NA 1.2 oil at 0.1 µm/px, 0.5-4 µm defocus: another PSF family than the training one.
     "oil-1.2": {"preset": "oil-1.2", "overrides": {},
                 "hints": {"pixel_size_um": 0.1, "numerical_aperture": 1.2,
-                          "refractive_index": 1.515, "wavelength_nm": 550.0,
+                          "immersion_index": 1.515, "wavelength_nm": 550.0,
                           "max_defocus_um": 4.0},
                 "levels": (1.0, 2.0, 3.0)},
     # The training optics (20x NA 0.5 dry, 0.645 µm/px) with a dim, noisy camera: 10-40
@@ -64,7 +64,7 @@ DOMAINS = {
                                  "read_noise_e_range": (4.0, 8.0),
                                  "defocus_um_range": (2.0, 16.0)},
                    "hints": {"pixel_size_um": 0.645, "numerical_aperture": 0.5,
-                             "refractive_index": 1.0, "wavelength_nm": 540.0,
+                             "immersion_index": 1.0, "wavelength_nm": 540.0,
                              "max_defocus_um": 16.0},
                    "levels": (4.0, 8.0, 12.0)},
 }
@@ -261,6 +261,140 @@ def summarise(scores, levels) -> dict[str, tuple[float, float]]:
     return table
 
 
+#: The scores compared against the truth over all checkpoints: record key, and the words for
+#: the table. All are measured here, on the run's optics and matched camera, whichever the run
+#: selects with (``FinetuneConfig.selection_score``); "mix" is the mean of "user" and "sim".
+SCORES = (
+    ("user", "simulated PSNR on the user's images (start model's output re-blurred) at the "
+             "given optics"),
+    ("sim", "simulated PSNR on the bundled images at the given optics"),
+    ("mix", "mean of the two above"),
+    ("focus", "simulated PSNR on the sharpest crops of the user's images at the given optics"),
+    ("closeness", "PSNR of the output against the start model's output (staying close to the "
+                  "start)"),
+    ("reblur", "re-blur PSNR on a held-out crop of the user's images (the old selection score)"),
+)
+
+
+class CandidateScores:
+    """Every compared score, on the same optics and matched camera as the run's: the two
+    selection scores a run can use (bundled images, the user's own images), pairs from the
+    sharpest crops of the user's images, and how close the outputs stay to the start model's
+    on the own-images pairs (the trap a score made from the start model's output could fall
+    into)."""
+
+    def __init__(self, model, unlabeled, hints, device):
+        import torch
+
+        from napari_mpt_deblur.engine.normalize import IntensityNormalization
+        from napari_mpt_deblur.models.info import model_info
+        from napari_mpt_deblur.train._finetune_run import SCORE_SEED, _model_simulation
+        from napari_mpt_deblur.train.optics_domain import (
+            SimulatedScore,
+            bundled_infocus_sources,
+            match_camera,
+            planes_noise_sigma,
+            sharpest_crop_sources,
+            simulation_for_optics,
+            start_output_sources,
+        )
+
+        self.device = torch.device(device)
+        norm = IntensityNormalization.from_dict(model_info(model).to_dict().get("normalization"))
+        sim = simulation_for_optics(_model_simulation(model, None), **hints)
+        sim = match_camera(sim, planes_noise_sigma(unlabeled, norm),
+                           sources=bundled_infocus_sources(sim), normalization=norm,
+                           seed=SCORE_SEED)
+        common = {"seed": SCORE_SEED, "normalization": norm, "patch_size": 128}
+        own = SimulatedScore(sim, sources=start_output_sources(model, unlabeled, sim,
+                                                               device=self.device),
+                             key="user", **common)
+        self.scores = [
+            own,
+            SimulatedScore(sim, sources=bundled_infocus_sources(sim), key="sim", **common),
+            SimulatedScore(sim, sources=sharpest_crop_sources(unlabeled, sim), key="focus",
+                           **common),
+        ]
+        self.inputs = own.blurred
+        self.start_outputs = self._outputs(model)
+
+    @staticmethod
+    def _psnr(a, b) -> float:
+        import torch
+
+        return float(-10 * torch.log10(((a - b) ** 2).mean().clamp_min(1e-12)))
+
+    def _outputs(self, model):
+        import torch
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return model(self.inputs.to(self.device)).float().cpu()
+        finally:
+            model.train(was_training)
+
+    def __call__(self, model) -> dict:
+        out = {}
+        for score in self.scores:
+            out.update(score(model, device=self.device))
+        out["closeness"] = self._psnr(self._outputs(model), self.start_outputs)
+        return out
+
+
+def checkpoint_scores(checkpoint: dict) -> dict[str, float | None]:
+    """Every compared score of one checkpoint record (``None`` where it was not recorded)."""
+    values = {"user": checkpoint.get("user_psnr"), "sim": checkpoint.get("sim_psnr",
+                                                                          checkpoint["score"]),
+              "focus": checkpoint.get("focus_psnr"), "closeness": checkpoint.get("closeness"),
+              "reblur": checkpoint.get("reblur_psnr")}
+    if values["user"] is not None and values["sim"] is not None:
+        values["mix"] = 0.5 * (values["user"] + values["sim"])
+    return values
+
+
+def _thirds(checkpoint: dict, key: str) -> dict | None:
+    if key == "mix":
+        user, sim = _thirds(checkpoint, "user"), _thirds(checkpoint, "sim")
+        return {f"{b}|{c}": 0.5 * (user[b] + sim[c]) for b, c in zip(user, sim)} if (
+            user and sim) else None
+    # older payloads hold the bundled score's thirds as the run's "score_by_defocus_um"
+    return checkpoint.get(f"{key}_psnr_by_defocus_um") or (
+        checkpoint.get("score_by_defocus_um") if key == "sim" else None)
+
+
+def guard_picks(checkpoints: list[dict], key: str, *, min_gain_db: float = 0.05,
+                max_level_loss_db: float = 0.1) -> list[dict]:
+    """What the guard would have kept in each run had it used score ``key``: the run, the
+    kept step and the true change of held-out PSNR against the start."""
+    from napari_mpt_deblur.train.guard import guard_accepts
+
+    start = next((c for c in checkpoints if c["step"] == 0), None)
+    if start is None or checkpoint_scores(start).get(key) is None:
+        return []
+
+    def record(c):
+        return {"score": checkpoint_scores(c)[key], "score_by_defocus_um": _thirds(c, key)}
+
+    baseline = record(start)
+    runs: dict[str, list[dict]] = {}
+    for c in checkpoints:
+        if c["step"]:
+            runs.setdefault(c.get("run") or f"{c['mode']} seed {c['seed']}", []).append(c)
+    picks = []
+    for run, items in runs.items():
+        best, kept = dict(baseline), start
+        for c in sorted(items, key=lambda c: c["step"]):
+            candidate = record(c)
+            if guard_accepts(candidate, baseline=baseline, best=best, min_gain_db=min_gain_db,
+                             max_level_loss_db=max_level_loss_db):
+                best, kept = candidate, c
+        picks.append({"run": run, "step": kept["step"],
+                      "true_change": kept["true_psnr"] - start["true_psnr"]})
+    return picks
+
+
 # ------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------
@@ -346,15 +480,22 @@ def to_markdown(rows, checkpoints, levels, info, argv, context) -> str:
         lines += [
             "",
             f"Do the validation scores rank the {len(checkpoints)} checkpoints (every validation "
-            "of every run above, the start included) like the true held-out PSNR?",
+            "of every run above, the start included) like the true held-out PSNR, and what "
+            "would the guard (+0.05 dB, at most −0.1 dB on any third) have kept with each? "
+            "(the runs above used the selection score named in their settings)",
             "",
-            "| score (no ground truth) | Spearman ρ with the true mean PSNR |",
-            "|---|---:|",
-            f"| selection score: simulated PSNR at the given optics | "
-            f"{spearman([c['score'] for c in checkpoints], truth):+.2f} |",
-            f"| re-blur PSNR on a held-out crop of the user's images (the old selection score) | "
-            f"{spearman([c['reblur_psnr'] for c in checkpoints], truth):+.2f} |",
+            "| score (no ground truth) | Spearman ρ with the true mean PSNR | guard's pick per "
+            "run: step, true Δ PSNR |",
+            "|---|---:|---|",
         ]
+        for key, words in SCORES:
+            values = [checkpoint_scores(c).get(key) for c in checkpoints]
+            if any(v is None for v in values):
+                continue
+            picks = guard_picks(checkpoints, key) if key not in ("closeness", "reblur") else []
+            kept = "; ".join(f"{p['run']}: {p['step']}, {p['true_change']:+.2f} dB"
+                             for p in picks)
+            lines.append(f"| {words} | {spearman(values, truth):+.2f} | {kept} |")
     return "\n".join(lines) + "\n"
 
 
@@ -384,7 +525,11 @@ def merge_reports(paths, argv) -> str:
             if key in ("blurred", "none") and target["runs"]:
                 continue
             target["runs"].extend(row["runs"])
-        checkpoints.extend(payload["checkpoints"])
+        for c in payload["checkpoints"]:
+            run = f"{c['mode']} seed {c['seed']}"
+            if sum(p["context"]["domain"] == payload["context"]["domain"] for p in payloads) > 1:
+                run += f" ({Path(paths[payloads.index(payload)]).stem})"
+            checkpoints.append({**c, "run": run})
     checkpoints = start_once(checkpoints)
     ordered = [rows[k] for k in sorted(rows, key=lambda k: order.get(k, -1))]
     first = payloads[0]
@@ -440,6 +585,10 @@ def main(argv: list[str] | None = None) -> int:
         replay = [p for p in find_images([replay_dir]) if _stem(p) not in HELD_OUT]
     preset = args.preset or ("gpu" if device.startswith("cuda") else "cpu-laptop")
 
+    start = load_model(args.model, device=device)
+    candidates = CandidateScores(start, unlabeled, DOMAINS[args.domain]["hints"], device)
+    del start
+
     blurred = summarise(score(pairs, None, device), args.levels)
     rows = [{"label": "blurred input", "mode": None, "runs": [{"summary": blurred}]}]
     checkpoints: list[dict] = []
@@ -482,11 +631,14 @@ def main(argv: list[str] | None = None) -> int:
                             table = summarise(score(pairs, model, device), args.levels)
                         if update.step == 0:
                             start_truth = table
+                        value = update.value
                         checkpoints.append({
                             "mode": mode, "seed": seed, "step": update.step,
-                            "score": update.value["score"],
-                            "score_by_defocus_um": update.value.get("sim_psnr_by_defocus_um"),
-                            "reblur_psnr": update.value["reblur_psnr"],
+                            "score": value["score"],
+                            "score_name": value.get("score_name"),
+                            "score_by_defocus_um": value.get("score_by_defocus_um"),
+                            **candidates(model),
+                            "reblur_psnr": value["reblur_psnr"],
                             "true_psnr": table["mean"][0],
                             "true_psnr_by_level": {k: v[0] for k, v in table.items()
                                                    if k != "mean"}})

@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replay-optics", choices=("auto", "user", "model"), default=None,
                         help="simulate replay pairs and the selection score at your optics "
                         "(auto: when pixel size and NA are known) or the model's")
+    parser.add_argument("--selection-score", choices=("bundled-images", "own-images"),
+                        default=None,
+                        help="content of the simulated pairs whose PSNR decides which weights "
+                        "are kept: your own images (the start model's output on them, "
+                        "re-blurred at your optics) or the bundled in-focus images (default: "
+                        "the --preset's)")
     parser.add_argument("--trainable", choices=("all", "late", "norms"), default=None,
                         help="which parameters adapt: all (default), the last third of the "
                         "network's blocks, or normalisation weights and biases")
@@ -118,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         "immersion_index": args.immersion_index,
         "max_defocus_um": args.max_defocus_um,
         "replay_optics": args.replay_optics,
+        "selection_score": args.selection_score,
         "trainable": args.trainable,
         "batch_size": args.batch_size,
         "patch_size": args.patch_size,

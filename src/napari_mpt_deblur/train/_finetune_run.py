@@ -42,6 +42,7 @@ from .optics_domain import (
     mean_wavelength,
     planes_noise_sigma,
     simulation_for_optics,
+    start_output_sources,
 )
 from .reblur import ReblurBank, build_reblur_bank, make_negatives, make_reblurred_set
 from .trainable import select_trainable
@@ -196,6 +197,14 @@ def _holdout(planes: Sequence[np.ndarray], side: int, multiple: int, patch: int
     return index, candidates[0], False
 
 
+def score_label(selection_score: str, user_optics: bool) -> str:
+    """The selection score's name in the panel's plot, status line and verdicts."""
+    where = "your optics" if user_optics else "the model's training optics"
+    if selection_score == "own-images":
+        return f"simulated PSNR on your images at {where}"
+    return f"simulated PSNR at {where}"
+
+
 def _crop_padded(plane: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     y, x, hh, ww = box
     crop = plane[y : y + hh, x : x + ww]
@@ -274,11 +283,17 @@ class _FinetuneRun:
                 self.replay_simulation, self.noise_sigma, sources=score_sources,
                 normalization=self.normalization, seed=SCORE_SEED)
         score_patch = max(multiple, (128 // multiple) * multiple)
+        # The selection score's pairs are fixed here, before any step: from the bundled images,
+        # or from the user's own content (the start model's output on the user's images).
+        if s.selection_score == "own-images":
+            score_sources = start_output_sources(model, planes, self.replay_simulation,
+                                                 device=self.device, names=self.image_names,
+                                                 count=s.score_pairs)
         self.score = SimulatedScore(self.replay_simulation, sources=score_sources,
                                     n_pairs=s.score_pairs, patch_size=score_patch,
-                                    seed=SCORE_SEED, normalization=self.normalization)
-        self.score_label = ("simulated PSNR at your optics" if s.uses_user_optics else
-                            "simulated PSNR at the model's training optics")
+                                    seed=SCORE_SEED, normalization=self.normalization,
+                                    key="user" if s.selection_score == "own-images" else "sim")
+        self.score_label = score_label(s.selection_score, s.uses_user_optics)
 
         # Batch composition.
         n_replay = n_paired = 0
@@ -458,12 +473,14 @@ class _FinetuneRun:
                     for i in range(1, out.shape[0])]
         _, hf_out = haar_dwt(out[:1])
         _, hf_e = haar_dwt(e)
-        simulated = self.score(self.model, device=self.device, amp_dtype=self.amp_dtype)
+        measured = self.score(self.model, device=self.device, amp_dtype=self.amp_dtype)
+        key = self.score.key
         scores = {
             "step": self.step,
-            "score": simulated["sim_psnr"],
+            "score": measured[f"{key}_psnr"],
             "score_name": self.score_label,
-            **simulated,
+            "score_by_defocus_um": measured[f"{key}_psnr_by_defocus_um"],
+            **measured,
             "reblur_psnr": float(np.mean(psnrs)),
             "reblur_psnr_identity": float(np.mean(identity)),
             "hf_energy_ratio": float((hf_out**2).sum() / (hf_e**2).sum().clamp_min(1e-12)),
@@ -549,6 +566,12 @@ class _FinetuneRun:
             yield TrainUpdate(UpdateKind.CHECKPOINT, self.step, total,
                               {"path": str(path), "kind": "best", **self.best})
         if self.state_path is not None:
+            pairs = {}
+            if self.settings.selection_score == "own-images":
+                # made with the *start* model: a resume (which may be handed the fine-tuned
+                # model) scores on these pairs, not on new ones
+                pairs = {"score_blurred": self.score.blurred, "score_sharp": self.score.sharp,
+                         "score_defocus_um": json.dumps(self.score.defocus_um)}
             write_state(
                 self.state_path, "finetune", self.step, self.trainer,
                 best_model=self.best_state or {},
@@ -557,6 +580,7 @@ class _FinetuneRun:
                 baseline=json.dumps(self.baseline),
                 settings=json.dumps(self.settings.to_dict()),
                 fingerprint=self.fingerprint,
+                **pairs,
             )
             yield TrainUpdate(UpdateKind.CHECKPOINT, self.step, total,
                               {"path": str(self.state_path), "kind": "state"})
@@ -579,6 +603,9 @@ class _FinetuneRun:
                 f"cannot resume {self.state_path}: it was made with other images"
             )
         self.trainer.load_state(state)
+        if "score_blurred" in state:  # the own-images score's pairs (selection_score is fixed)
+            self.score.blurred, self.score.sharp = state["score_blurred"], state["score_sharp"]
+            self.score.defocus_um = json.loads(state["score_defocus_um"])
         self.best_state = dict(state["best_model"]) or None
         self.step = int(state["step"])
         self.history = json.loads(state["history"])

@@ -74,6 +74,8 @@ __all__ = [
 
 FINETUNE_MODES = ("full", "reblur_only", "efcr", "replay")
 REPLAY_OPTICS = ("auto", "user", "model")
+#: Where the selection score's pairs get their content (``FinetuneConfig.selection_score``).
+SELECTION_SCORES = ("bundled-images", "own-images")
 
 
 @renamed_fields(refractive_index="immersion_index")
@@ -141,6 +143,14 @@ class FinetuneConfig(RunConfig):
         this, however much the mean gains: the user's images may all lie in that third.
     score_pairs : int
         Number of fixed simulated pairs behind the selection score.
+    selection_score : {"bundled-images", "own-images"}
+        Content of the selection score's pairs, the score that decides which weights are kept.
+        "bundled-images" (default): the package's real in-focus images
+        (:func:`~napari_mpt_deblur.train.optics_domain.bundled_infocus_sources`).
+        "own-images": the start model's output on the user's images, re-blurred at the replay
+        optics (:func:`~napari_mpt_deblur.train.optics_domain.start_output_sources`); it has
+        the user's content but not their sharp truth, and on the domain-shift benchmark it
+        ranked checkpoints worse than "bundled-images" (docs/finetuning.md, 2026-12-06).
     match_camera : bool
         Set the photon count of replay pairs and score pairs so they are as noisy as the user's
         images (:func:`~napari_mpt_deblur.train.optics_domain.match_camera`).
@@ -185,6 +195,7 @@ class FinetuneConfig(RunConfig):
     min_gain_db: float = 0.05
     max_level_loss_db: float = 0.1
     score_pairs: int = 16
+    selection_score: str = "bundled-images"
     match_camera: bool = True
     trainable: str = "all"
     val_crop_size: int = 256
@@ -207,6 +218,10 @@ class FinetuneConfig(RunConfig):
                 f"pixel_loss must be one of {', '.join(map(repr, PIXEL_LOSSES))}; "
                 f"got {self.pixel_loss!r}"
             )
+        if self.selection_score not in SELECTION_SCORES:
+            raise ValueError(f"selection_score must be one of "
+                             f"{', '.join(map(repr, SELECTION_SCORES))}; "
+                             f"got {self.selection_score!r}")
         if self.replay_optics not in REPLAY_OPTICS:
             raise ValueError(f"replay_optics must be one of {', '.join(map(repr, REPLAY_OPTICS))};"
                              f" got {self.replay_optics!r}")

@@ -3,8 +3,8 @@
 At every validation the run asks :func:`guard_decision` whether the new weights beat the best
 so far and the start, and keeps its answer, with the reason, in the validation record; the
 run's verdict reports that reason (:class:`GuardDecision`). Records are the dicts of the run's
-history: ``score`` (the selection score, dB) and ``sim_psnr_by_defocus_um`` (the score per third
-of its defocus range).
+history: ``score`` (the selection score, dB) and ``score_by_defocus_um`` (the score per third
+of its defocus range; older records hold ``sim_psnr_by_defocus_um``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ def worst_level_change(scores: Mapping[str, Any], baseline: Mapping[str, Any]
                        ) -> tuple[str, float] | None:
     """The third of the defocus range whose simulated PSNR changed most for the worse against
     ``baseline``, as ``(range, change in dB)``; ``None`` when the records have no thirds."""
-    now = scores.get("sim_psnr_by_defocus_um") or {}
-    start = baseline.get("sim_psnr_by_defocus_um") or {}
+    def thirds(record: Mapping[str, Any]) -> Mapping[str, Any]:
+        # records made before the score was selectable hold the bundled score's thirds only
+        return record.get("score_by_defocus_um") or record.get("sim_psnr_by_defocus_um") or {}
+
+    now, start = thirds(scores), thirds(baseline)
     changes = {band: float(now[band]) - float(start[band]) for band in now if band in start}
     if not changes:
         return None

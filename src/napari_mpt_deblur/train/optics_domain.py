@@ -14,6 +14,10 @@ simulated exactly, on any in-focus content. Two things follow:
   restoration of in-focus truth, in focus included, so a run that degrades the model scores
   lower. ``benchmarks/finetune_domain_shift.py`` checks that it ranks checkpoints like the true
   held-out PSNR (Spearman correlation).
+* **Pairs from the user's own content** (:func:`start_output_sources`: the start model's output
+  on the user's images; :func:`sharpest_crop_sources`) were measured against it and rank
+  checkpoints worse: their "truth" keeps the blur and noise the start model left, so restoring
+  better than the start is marked down (docs/finetuning.md). They stay for comparison.
 
 The defocus range is the model's own training range measured in depths of field
 (``λ·n / NA²``), carried over to the user's optics, unless the user says how far out of focus
@@ -46,7 +50,9 @@ __all__ = [
     "match_camera",
     "mean_wavelength",
     "planes_noise_sigma",
+    "sharpest_crop_sources",
     "simulation_for_optics",
+    "start_output_sources",
 ]
 
 
@@ -144,6 +150,126 @@ def bundled_infocus_sources(simulation: SimulationConfig) -> list[SourceImage]:
     return sources
 
 
+def _densest_box(plane: np.ndarray, side: int) -> tuple[int, int]:
+    """Top-left corner of the ``side``² window with the highest mean (sparse nuclei images are
+    mostly background; a pair cut from background scores nothing)."""
+    h, w = plane.shape
+    step_y, step_x = max(1, (h - side) // 4 or 1), max(1, (w - side) // 4 or 1)
+    best, box = -math.inf, (0, 0)
+    for y in range(0, h - side + 1, step_y):
+        for x in range(0, w - side + 1, step_x):
+            value = float(plane[y : y + side, x : x + side].mean())
+            if value > best:
+                best, box = value, (y, x)
+    return box
+
+
+def _spread(planes: Sequence[np.ndarray], count: int) -> list[int]:
+    """``count`` plane indices spread evenly over the list (all of them when fewer)."""
+    if len(planes) <= count:
+        return list(range(len(planes)))
+    return sorted({int(i) for i in np.rint(np.linspace(0, len(planes) - 1, count))})
+
+
+def _source(name: str, plane: np.ndarray, simulation: SimulationConfig) -> SourceImage | None:
+    lo, hi = (float(v) for v in np.percentile(plane, list(simulation.source_percentiles)))
+    return SourceImage(name=name, plane=plane, value_range=(lo, hi)) if hi > lo else None
+
+
+@torch.no_grad()
+def start_output_sources(
+    model: nn.Module,
+    planes: Sequence[np.ndarray],
+    simulation: SimulationConfig,
+    *,
+    device: torch.device | str = "cpu",
+    names: Sequence[str] | None = None,
+    window: int = 320,
+    count: int = 16,
+) -> list[SourceImage]:
+    """Pseudo-sharp sources from the user's own images: the start model's output on them.
+
+    The user's images are all blurry, so their sharp truth is unknown; the model we start from
+    restores them partly, and its output has the user's content (structures, density, scale)
+    with less blur than the input. Re-blurred at the user's optics, such a plane gives pairs
+    whose *content* is the user's. Computed once, with the start model's weights, before any
+    training step: the score's pairs never move with the model being trained.
+
+    ``count`` planes (spread over the list) each give the ``window``² window with the most
+    signal; the output is in the planes' own intensity units.
+    """
+    from ..engine.predict import deblur
+
+    names = list(names) if names is not None else [f"image{i}" for i in range(len(planes))]
+    was_training = model.training
+    sources = []
+    try:
+        for i in _spread(planes, count):
+            plane = np.asarray(planes[i], dtype=np.float32)
+            side = min(window, *plane.shape)
+            y, x = _densest_box(plane, side)
+            crop = plane[y : y + side, x : x + side]
+            restored = np.asarray(deblur(crop, model, axes="YX", device=device, tile=0,
+                                         amp=False), dtype=np.float32)
+            src = _source(f"{names[i]} (start model output)", restored, simulation)
+            if src is not None:
+                sources.append(src)
+    finally:
+        model.train(was_training)
+    if not sources:
+        raise ValueError("the start model's output on the images is flat; no score pairs")
+    return sources
+
+
+def focus_measure(crop: np.ndarray) -> float:
+    """How in focus a crop is: the share of its (lightly smoothed) variation that is fine
+    detail, ``std(g₁.₅ − g₄) / std(g₁.₅)`` with ``gσ`` a Gaussian of σ px. The σ 1.5 smoothing
+    keeps pixel noise (a dim camera) from reading as detail; the ratio makes bright and dim,
+    dense and sparse crops comparable. 0 for a flat crop."""
+    from scipy.ndimage import gaussian_filter
+
+    crop = np.asarray(crop, dtype=np.float32)
+    fine = gaussian_filter(crop, 1.5)
+    spread = float(fine.std())
+    if not spread > 1e-12 * max(1.0, float(np.abs(fine).max())):
+        return 0.0
+    return float((fine - gaussian_filter(crop, 4.0)).std() / spread)
+
+
+def sharpest_crop_sources(
+    planes: Sequence[np.ndarray],
+    simulation: SimulationConfig,
+    *,
+    names: Sequence[str] | None = None,
+    window: int = 192,
+    count: int = 16,
+) -> list[SourceImage]:
+    """The user's own least-blurred content as sources: the sharpest ``window``² crop of each
+    plane by :func:`focus_measure`, the ``count`` sharpest of those. Their residual blur and
+    noise become part of the "truth" of the pairs made from them."""
+    names = list(names) if names is not None else [f"image{i}" for i in range(len(planes))]
+    found = []
+    for i, plane in enumerate(planes):
+        plane = np.asarray(plane, dtype=np.float32)
+        side = min(window, *plane.shape)
+        step = max(1, side // 2)
+        best = (-1.0, 0, 0)
+        for y in range(0, plane.shape[0] - side + 1, step):
+            for x in range(0, plane.shape[1] - side + 1, step):
+                value = focus_measure(plane[y : y + side, x : x + side])
+                if value > best[0]:
+                    best = (value, y, x)
+        value, y, x = best
+        found.append((value, i, plane[y : y + side, x : x + side]))
+    found.sort(key=lambda item: -item[0])
+    sources = [_source(f"{names[i]} (sharpest crop)", crop, simulation)
+               for _, i, crop in found[:count]]
+    sources = [s for s in sources if s is not None]
+    if not sources:
+        raise ValueError("every crop of the images is flat; no score pairs")
+    return sources
+
+
 def estimate_noise_sigma(x: torch.Tensor) -> torch.Tensor:
     """Per-image Gaussian noise level from the Haar HH band (median absolute deviation / 0.6745).
 
@@ -226,6 +352,11 @@ class SimulatedScore:
         The fixed pairs: ``n_pairs`` levels evenly spaced from 0 µm to the deepest defocus.
     normalization : IntensityNormalization, optional
         The model's intensity normalisation.
+    key : str
+        Prefix of the returned names (``<key>_psnr``, ``<key>_ssim``,
+        ``<key>_psnr_by_defocus_um``), so scores made from different sources can be recorded
+        side by side: "sim" for the bundled images, "user" for the user's own
+        (:func:`start_output_sources`).
     """
 
     def __init__(
@@ -237,7 +368,9 @@ class SimulatedScore:
         patch_size: int = 128,
         seed: int = 2027,
         normalization: IntensityNormalization | None = None,
+        key: str = "sim",
     ) -> None:
+        self.key = key
         hi = float(simulation.defocus_um_range[1])
         score_sim = dataclasses.replace(simulation, defocus_um_range=(0.0, hi),
                                         near_focus_probability=0.0)
@@ -279,5 +412,6 @@ class SimulatedScore:
             model.train(was_training)
         # The thirds of the defocus range (in focus ... deepest) let the guard refuse a model
         # that buys a better mean at deep defocus with a loss near focus, or the reverse.
-        return {"sim_psnr": float(scores["psnr"]), "sim_ssim": float(scores["ssim"]),
-                "sim_psnr_by_defocus_um": dict(scores.get("psnr_by_defocus_um", {}))}
+        key = self.key
+        return {f"{key}_psnr": float(scores["psnr"]), f"{key}_ssim": float(scores["ssim"]),
+                f"{key}_psnr_by_defocus_um": dict(scores.get("psnr_by_defocus_um", {}))}
