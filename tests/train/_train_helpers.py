@@ -24,6 +24,25 @@ class TinyConfig:
         return asdict(self)
 
 
+# The fine-tuning tests' high-NA optics, as a user types them into the panel.
+OIL = dict(pixel_size_um=0.1, numerical_aperture=1.2, wavelength_nm=550.0,
+           immersion_index=1.515)
+
+
+class Identity(nn.Module):
+    """Returns its input (times one trainable scale): a model that neither helps nor harms."""
+
+    size_multiple = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.info: dict = {}
+
+    def forward(self, x):
+        return self.scale * x
+
+
 class TinyNet(nn.Module):
     """Residual two-layer CNN: fast enough for many optimiser steps in a test."""
 

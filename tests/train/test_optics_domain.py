@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _train_helpers import TinyNet, blurry_user_images
+from _train_helpers import OIL, Identity, TinyNet, blurry_user_images
 
 from napari_mpt_deblur.simulate import depth_of_field_um, get_simulation_preset
 from napari_mpt_deblur.train.finetune import FinetuneConfig, _FinetuneRun, finetune
@@ -16,21 +16,6 @@ from napari_mpt_deblur.train.optics_domain import (
     planes_noise_sigma,
     simulation_for_optics,
 )
-
-OIL = dict(pixel_size_um=0.1, numerical_aperture=1.2, wavelength_nm=550.0,
-           immersion_index=1.515)
-
-
-class Identity(torch.nn.Module):
-    size_multiple = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.ones(()))
-        self.info: dict = {}
-
-    def forward(self, x):
-        return self.scale * x
 
 
 def test_depth_of_field_carries_the_defocus_range_to_other_optics():
