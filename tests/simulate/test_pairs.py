@@ -141,6 +141,7 @@ def test_a_fixed_seed_gives_the_recorded_parameters_and_pair():
             {"z_um": 9.75, "weight": 0.3942, "rot90": 1, "flip": False,
              "shift": [0.7248, 0.5412]},
         ],
+        "content_sigma_px": 0.0,
         "source_percentiles": [0.5, 99.9],
     }  # fmt: skip
     pair = make_pair(_cells((64, 64), seed=3), cfg, 1)
@@ -171,6 +172,34 @@ def test_near_focus_share_draws_in_focus_pairs_and_keeps_other_draws():
                for a, b in zip(plain, mixed) if b["defocus_nominal_um"] != 0)
     with pytest.raises(ValueError, match="near_focus_probability"):
         base.replace(near_focus_probability=1.5)
+
+
+def test_soft_content_share_smooths_the_specimen_and_keeps_other_draws():
+    """A soft-specimen pair images a smoother source: its target has less fine detail than the
+    plain pair's, with the same mean and the same microscope, and no other draw moves."""
+    from scipy.ndimage import gaussian_filter
+
+    base = get_simulation_preset("bbbc006")
+    soft = base.replace(soft_content_probability=0.4, soft_content_sigma_px_range=(1.0, 2.0))
+    plain = [sample_parameters(base, s) for s in range(300)]
+    mixed = [sample_parameters(soft, s) for s in range(300)]
+    sigmas = np.array([p["content_sigma_px"] for p in mixed])
+    assert 0.3 < np.mean(sigmas > 0) < 0.5
+    assert np.all((sigmas == 0) | ((sigmas >= 1.0) & (sigmas <= 2.0)))
+    assert all(p["content_sigma_px"] == 0.0 for p in plain)
+    skip = {"content_sigma_px"}
+    assert all({k: v for k, v in a.items() if k not in skip}
+               == {k: v for k, v in b.items() if k not in skip} for a, b in zip(plain, mixed))
+
+    image = np.random.default_rng(5).random((96, 96)).astype(np.float32)  # pixel-fine detail
+    params = sample_parameters(base, 4, defocus_um=0.0, defocus_scale=1.0)
+    sharp = make_pair(image, params, 1).sharp
+    smooth = make_pair(image, dict(params, content_sigma_px=1.5), 1).sharp
+    detail = lambda a: float(np.std(a - gaussian_filter(a, 1.0)))  # noqa: E731
+    assert detail(smooth) < 0.5 * detail(sharp)
+    assert smooth.mean() == pytest.approx(sharp.mean(), rel=1e-3)
+    with pytest.raises(ValueError, match="soft_content_probability"):
+        base.replace(soft_content_probability=-0.1)
 
 
 def test_make_pair_shapes_types_psf_and_unpacking():

@@ -3,6 +3,8 @@
 Pipeline for one pair (:func:`make_pair`)::
 
     source crop ──percentile map──> x ──jitter──> x' = scale·x**gamma + background
+        (optionally x' ⊛ Gaussian(content_sigma_px): a softer specimen, see
+        ``SimulationConfig.soft_content_probability``)
         sharp   = camera_to_float(camera_response(x'))                 (no blur, no noise)
         blurred = camera_to_float(apply_camera(x' ⊛ PSF(defocus), rng))
 
@@ -188,6 +190,11 @@ def make_pair(
         np.power(x, gamma, out=x)
     x *= np.float32(params.get("intensity_scale", 1.0))
     x += np.float32(params.get("background", 0.0))
+    sigma = float(params.get("content_sigma_px", 0.0) or 0.0)
+    if sigma > 0:  # a smoother specimen: the target itself is soft, not a blurred version
+        from scipy.ndimage import gaussian_filter
+
+        x = gaussian_filter(x, sigma, mode="reflect").astype(np.float32, copy=False)
 
     psf = defocus_psf(optics)
     signal = blur(x, psf.astype(np.float32))

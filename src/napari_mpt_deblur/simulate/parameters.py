@@ -82,6 +82,17 @@ class SimulationConfig(DictRoundTrip):
         in-focus images). 0 (the default) keeps the plain uniform draw.
     near_focus_um_range : (float, float)
         Nominal defocus magnitude of near-focus pairs, µm (0 = in focus, camera noise only).
+    soft_content_probability : float
+        Share of pairs whose specimen is made smoother before imaging: the source is filtered
+        with a Gaussian of ``soft_content_sigma_px_range`` (output pixels) and that smoother
+        image is both the target and what the microscope blurs. Real specimens (diffuse DNA
+        stain, large flat nuclei, 8-bit rescaled exports) are often softer than the training
+        sources; a blind model that only ever saw crisp sources takes softness itself for
+        defocus and sharpens soft in-focus images into compact blobs
+        (docs/results/selection_stage13.md, the U2OS set). 0 (the default) leaves sources as
+        they are.
+    soft_content_sigma_px_range : (float, float)
+        Gaussian standard deviation of that smoothing, in output pixels.
     defocus_sides : {"both", "positive", "negative"}
         Sign of the defocus (both: 50/50).
     defocus_scale_range : (float, float)
@@ -124,6 +135,8 @@ class SimulationConfig(DictRoundTrip):
     defocus_um_range: tuple[float, float] = (2.0, 32.0)
     near_focus_probability: float = 0.0
     near_focus_um_range: tuple[float, float] = (0.0, 2.0)
+    soft_content_probability: float = 0.0
+    soft_content_sigma_px_range: tuple[float, float] = (0.5, 2.0)
     defocus_sides: str = "both"
     defocus_scale_range: tuple[float, float] = (1.0, 1.3)
     defocus_step_um: float = 0.25
@@ -155,8 +168,9 @@ class SimulationConfig(DictRoundTrip):
         )
         for name in (
             "numerical_aperture_range", "wavelength_nm_range", "depth_um_range",
-            "defocus_um_range", "near_focus_um_range", "defocus_scale_range",
-            "photons_per_unit_range", "read_noise_e_range", "offset_adu_range",
+            "defocus_um_range", "near_focus_um_range", "soft_content_sigma_px_range",
+            "defocus_scale_range", "photons_per_unit_range", "read_noise_e_range",
+            "offset_adu_range",
             "full_scale_fraction_range",
             "intensity_scale_range", "intensity_gamma_range", "background_range",
             "haze_distance_um_range", "haze_weight_range", "source_percentiles",
@@ -198,6 +212,10 @@ class SimulationConfig(DictRoundTrip):
         if not 0 <= self.near_focus_probability <= 1:
             raise ValueError(
                 f"near_focus_probability must be in [0, 1]; got {self.near_focus_probability}"
+            )
+        if not 0 <= self.soft_content_probability <= 1:
+            raise ValueError(
+                f"soft_content_probability must be in [0, 1]; got {self.soft_content_probability}"
             )
         if not 0 <= self.haze_probability <= 1:
             raise ValueError(f"haze_probability must be in [0, 1]; got {self.haze_probability}")
@@ -419,6 +437,9 @@ def sample_parameters(
         near = float(gen.uniform(*cfg.near_focus_um_range))
         if defocus_um is None:
             nominal = math.copysign(near, nominal)
+    content_sigma = 0.0
+    if cfg.soft_content_probability > 0 and gen.random() < cfg.soft_content_probability:
+        content_sigma = round(float(gen.uniform(*cfg.soft_content_sigma_px_range)), 3)
 
     return {
         "preset": cfg.name,
@@ -441,6 +462,7 @@ def sample_parameters(
         "intensity_gamma": round(gamma, 4),
         "background": round(background, 5),
         "haze_layers": haze,
+        "content_sigma_px": content_sigma,
         "source_percentiles": list(cfg.source_percentiles),
     }
 
