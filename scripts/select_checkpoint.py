@@ -19,6 +19,22 @@ Model selection only ever looks at validation data (never ``../shared/data/eval`
   four sets together ranked stage 12's step 5500 above step 2500, the test set and this set the
   other way round (docs/results/selection_stage13.md).
 
+Optional sets (issue #26's broader content; the validation halves written by
+``prepare_extra_data.py --cellprofiler``, ``--cytodataframe`` or ``--jump``, never used for
+training; see that script for sources and licences). Each is scored where its folder has images
+and skipped with a message where it does not, so the default command works without them:
+
+- ``dense`` (``cp_fly_nuclei``, DAPI, 460 nm), ``cortex`` (``cp_fly_cortex``, FITC cell
+  outlines, 520 nm) and ``puncta`` (``cp_fly_puncta``, rhodamine, 580 nm): CellProfiler's
+  ExampleFly field POS218, clustered *Drosophila* Kc167 cells;
+- ``sparse`` (``cp_foci_nuclei``, Hoechst, 460 nm) and ``foci`` (``cp_foci``, gamma-H2AX foci,
+  520 nm assumed): the bottom third of CellProfiler's ExampleSpeckles field, binned 2x2;
+- ``membrane`` (``jump_agp``: actin, Golgi and plasma membranes, 600 nm), ``rna``
+  (``jump_rna``, 570 nm) and ``cellpaint-dna`` (``jump_dna``, Hoechst, 460 nm): the bottom
+  third of a JUMP Cell Painting field (CC0) at 0.645 µm/px;
+- ``mito`` (``jump_mito``, MitoTracker, 660 nm) and ``er`` (``jump_er``, 520 nm): the same,
+  only from ``--jump`` with the full five channels.
+
 Each image is simulated with the evaluation protocol of a regime (``--regime``, :data:`~napari_
 mpt_deblur.evaluation.EVAL_REGIMES`; default "20x": NA 0.5, fixed camera, seeded noise, at 0
 (in focus), 2, 4, 8, 16 and 24 µm; "oil-1.4": NA 1.4 oil at 0.1 µm/px, 0-2 µm) and deblurred
@@ -44,6 +60,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +89,24 @@ VAL_SETS = {  # name: (folder, emission wavelength in nm)
     "smooth": (ROOT / "runs" / "extra_val" / "bio_nuclei", 460.0),
     "large": (ROOT / "runs" / "extra_val" / "large_nuclei", 460.0),
     "u2os": (ROOT / "runs" / "extra_val" / "aits_nuclei", 460.0),
+    # broader content (issue #26), each written only on request: see OPTIONAL_SETS
+    "dense": (ROOT / "runs" / "extra_val" / "cp_fly_nuclei", 460.0),
+    "cortex": (ROOT / "runs" / "extra_val" / "cp_fly_cortex", 520.0),
+    "puncta": (ROOT / "runs" / "extra_val" / "cp_fly_puncta", 580.0),
+    "sparse": (ROOT / "runs" / "extra_val" / "cp_foci_nuclei", 460.0),
+    "foci": (ROOT / "runs" / "extra_val" / "cp_foci", 520.0),
+    "membrane": (ROOT / "runs" / "extra_val" / "jump_agp", 600.0),
+    "rna": (ROOT / "runs" / "extra_val" / "jump_rna", 570.0),
+    "cellpaint-dna": (ROOT / "runs" / "extra_val" / "jump_dna", 460.0),
+    "mito": (ROOT / "runs" / "extra_val" / "jump_mito", 660.0),
+    "er": (ROOT / "runs" / "extra_val" / "jump_er", 520.0),
+}
+# Sets whose images only an optional source writes (name: the prepare_extra_data.py option).
+# Scored when present; when missing they are skipped with a message, unless named in --sets.
+OPTIONAL_SETS = {
+    **dict.fromkeys(("dense", "cortex", "puncta", "sparse", "foci"), "--cellprofiler GITDIR"),
+    **dict.fromkeys(("membrane", "rna", "cellpaint-dna"), "--cytodataframe GITDIR or --jump DIR"),
+    **dict.fromkeys(("mito", "er"), "--jump DIR"),
 }
 # where a new default must improve: the 8 µm target at 20x, 1-2 µm at high NA
 TARGET_LEVELS = {"20x": (4.0, 8.0), "oil-1.4": (1.0, 2.0)}
@@ -98,11 +134,34 @@ def _load(spec: str):
     return model
 
 
+def available_sets(sets: list[str], required: Collection[str] = ()) -> list[str]:
+    """``sets`` without the optional ones that have no images yet (each skip is reported).
+
+    The default command scores every set; an optional source that was never prepared must not
+    stop it. A set named in ``required`` (given with ``--sets``) must exist.
+    """
+    kept = []
+    for name in sets:
+        folder = VAL_SETS[name][0]
+        if not _files(folder):
+            if name in OPTIONAL_SETS and name not in required:
+                print(f"skipping validation set {name!r}: no images in {folder} "
+                      f"(prepare_extra_data.py {OPTIONAL_SETS[name]})", file=sys.stderr)
+                continue
+            raise SystemExit(f"no validation images in {folder} (run prepare_extra_data.py?)")
+        kept.append(name)
+    return kept
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in (".tif", ".tiff"))
+
+
 def _pairs(cfg: EvalConfig, sets: list[str]) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
     pairs = []
     for name in sets:
         folder, wavelength = VAL_SETS[name]
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".tif", ".tiff"))
+        files = _files(folder)
         if not files:
             raise SystemExit(f"no validation images in {folder} (run prepare_extra_data.py?)")
         for path in files:
@@ -129,12 +188,13 @@ def main() -> None:
     parser.add_argument("--regime", default="20x", choices=sorted(TARGET_LEVELS),
                         help="simulated microscope (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    parser.add_argument("--sets", nargs="+", default=list(VAL_SETS), choices=list(VAL_SETS),
+    parser.add_argument("--sets", nargs="+", choices=list(VAL_SETS),
                         metavar="SET", help="validation sets to score (default: all of "
-                        + ", ".join(VAL_SETS) + ")")
+                        + ", ".join(VAL_SETS) + "; optional ones only where prepared)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    pairs = _pairs(eval_config(args.regime), args.sets)
+    sets = available_sets(args.sets or list(VAL_SETS), required=args.sets or ())
+    pairs = _pairs(eval_config(args.regime), sets)
     baseline = _scores(pairs, lambda b: b)
     rows = {"blurred input": baseline}
     for candidate in args.candidates:

@@ -1,4 +1,4 @@
-"""scripts/prepare_extra_data.py: the optional sources of broader content (issue #26).
+"""scripts/prepare_extra_data.py (optional sources) and select_checkpoint.py's optional sets.
 
 Every source is replaced by a tiny synthetic stand-in (a throwaway git repository or folder of
 TIFFs with the real names); nothing is downloaded.
@@ -147,3 +147,36 @@ def test_cytodataframe_reads_the_pinned_jump_field(prep, tmp_path):
     assert sorted(_tifs(val_out)) == [f"jump_{name}/BR00117006_r01c01f01p01.tif"
                                       for name in ("agp", "dna", "rna")]
     assert np.all(_tifs(out)["jump_agp/BR00117006_r01c01f01p01.tif"] == 20)
+
+
+@pytest.fixture
+def select(monkeypatch, tmp_path):
+    module = _script("select_checkpoint")
+    present = tmp_path / "present"
+    present.mkdir()
+    tifffile.imwrite(present / "a.tif", np.zeros((8, 8), np.uint16))
+    monkeypatch.setattr(module, "VAL_SETS", {
+        "base": (present, 460.0), "missing-base": (tmp_path / "none", 460.0),
+        "extra": (present, 520.0), "missing-extra": (tmp_path / "none", 600.0)})
+    monkeypatch.setattr(module, "OPTIONAL_SETS", {"extra": "--x", "missing-extra": "--x"})
+    return module
+
+
+def test_missing_optional_validation_sets_are_skipped(select):
+    assert select.available_sets(["base", "extra", "missing-extra"]) == ["base", "extra"]
+
+
+def test_missing_required_validation_sets_stop_the_selection(select):
+    with pytest.raises(SystemExit, match="no validation images"):
+        select.available_sets(["base", "missing-base"])
+    with pytest.raises(SystemExit, match="no validation images"):  # asked for by name
+        select.available_sets(["base", "missing-extra"], required=["missing-extra"])
+
+
+def test_every_optional_set_is_a_validation_folder_the_script_writes(prep):
+    select = _script("select_checkpoint")
+    written = {*prep.CP_FLY.values(), *prep.CP_SPECKLES.values(), *prep.JUMP_CHANNELS.values()}
+    for name, flag in select.OPTIONAL_SETS.items():
+        folder = select.VAL_SETS[name][0]
+        assert folder.parent == prep.VAL_OUT and folder.name in written, name
+        assert flag.split()[0] in (prep.__doc__ or "")
