@@ -32,14 +32,15 @@ Writes single-plane TIFFs (not committed):
   article describes the dataset as openly published for benchmarking. So these images are
   used here only to choose checkpoints: never for training, never shipped or committed.
 
-
 Broader content (issue #26: filaments, mitochondria, membranes, dense and sparse nuclei), each
 optional, each written as ``<name>/`` under both ``runs/extra_data`` (training) and
-``runs/extra_val`` (validation), never sharing a field of view or a pixel:
+``runs/extra_val`` (validation), which never share a pixel (whole fields where a source has
+several, else the top and bottom rows of its one field):
 
 - ``--cellprofiler GITDIR``: a clone of github.com/CellProfiler/examples (commit
   ``4972b59``; the repository's LICENSE is BSD-3-Clause, "Copyright (c) 2017, CellProfiler"; the
-  example folders used here state no other licence). Widefield fluorescence, in focus:
+  example folders used here state no other licence). Fluorescence, in focus (checked by eye;
+  the microscope is not stated):
 
   - ``cp_fly_nuclei/`` (DAPI, dense clusters of small nuclei), ``cp_fly_cortex/`` (FITC: bright
     cell outlines, the cortex and membrane of round cells) and ``cp_fly_puncta/`` (rhodamine:
