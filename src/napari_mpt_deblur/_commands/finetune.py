@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..train.config import FINETUNE_MODES, REPLAY_OPTICS, SELECTION_SCORES, TRAINABLE_CHOICES
 from . import DEVICE_HELP, DeprecatedFlag
 
 NAME = "finetune"
 HELP = "fine-tune a model on your own unlabeled blurry images (EFCR + re-blur + replay)"
 
-_MODES = ("full", "reblur_only", "efcr", "replay")
+_MODES = FINETUNE_MODES  # the old name of the --mode choices
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps")
     parser.add_argument("--time-budget", type=float, default=None, metavar="S",
                         help="stop cleanly before S seconds")
-    parser.add_argument("--mode", choices=_MODES, default=None,
+    parser.add_argument("--mode", choices=FINETUNE_MODES, default=None,
                         help="full (default), reblur_only, efcr or replay (for ablations)")
     parser.add_argument("--pixel-size-um", type=float, default=None,
                         help="pixel size in the sample plane (default: from the image metadata, "
@@ -52,16 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-defocus-um", type=float, default=None, metavar="UM",
                         help="deepest defocus in your images (default: the model's training "
                         "range carried over to your optics)")
-    parser.add_argument("--replay-optics", choices=("auto", "user", "model"), default=None,
+    parser.add_argument("--replay-optics", choices=REPLAY_OPTICS, default=None,
                         help="simulate replay pairs and the selection score at your optics "
                         "(auto: when pixel size and NA are known) or the model's")
-    parser.add_argument("--selection-score", choices=("bundled-images", "own-images"),
+    parser.add_argument("--selection-score", choices=SELECTION_SCORES,
                         default=None,
                         help="content of the simulated pairs whose PSNR decides which weights "
                         "are kept: your own images (the start model's output on them, "
                         "re-blurred at your optics) or the bundled in-focus images (default: "
                         "the --preset's)")
-    parser.add_argument("--trainable", choices=("all", "late", "norms"), default=None,
+    parser.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=None,
                         help="which parameters adapt: all (default), the last third of the "
                         "network's blocks, or normalisation weights and biases")
     parser.add_argument("--replay", nargs="+", default=None, metavar="PATH",

@@ -35,13 +35,26 @@ from .._dataclass_io import ConfigPart, DictRoundTrip, check_keys
 from ..simulate.mixture import canonical_simulation_spec, parse_simulation
 from ..simulate.optics import OpticsHints
 
-__all__ = ["AMP_MODES", "SCHEDULES", "EfcrConfig", "OpticsHints", "OptimConfig", "RunConfig",
+__all__ = ["AMP_MODES", "FINETUNE_MODES", "REPLAY_OPTICS", "SCHEDULES", "SELECTION_SCORES",
+           "TRAINABLE_CHOICES", "EfcrConfig", "OpticsHints", "OptimConfig", "RunConfig",
            "TrainConfig"]
 
 logger = logging.getLogger(__name__)
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant")
+
+# The choices of a fine-tuning run (FinetuneConfig's mode, replay_optics, selection_score and
+# trainable fields, documented there), defined here because this module does not import torch:
+# ``mpt-deblur finetune`` offers them as its options' choices while building its parser, and
+# train.finetune / train.trainable check against the same tuples (and still export them).
+FINETUNE_MODES = ("full", "reblur_only", "efcr", "replay")
+REPLAY_OPTICS = ("auto", "user", "model")
+#: Where the selection score's pairs get their content (``FinetuneConfig.selection_score``).
+SELECTION_SCORES = ("bundled-images", "own-images")
+#: Which parameters fine-tuning adapts (:func:`.trainable.select_trainable`).
+TRAINABLE_CHOICES = ("all", "late", "norms")
+
 _PIXEL_LOSSES = ("l1", "mse", "charbonnier", "psnr")
 _ROUTINGS = ("aligned", "compat")
 
