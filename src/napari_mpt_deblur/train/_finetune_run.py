@@ -59,9 +59,7 @@ logger = logging.getLogger(__name__)
 
 _STREAM_STEP = 12
 
-# The data helpers' names before they moved to ._finetune_data (tests and benchmarks use them).
-_planes, _fingerprint, _holdout, _crop_padded = (user_planes, planes_fingerprint, holdout_box,
-                                                 crop_padded)
+# Old names of two data helpers (now in ._finetune_data): tests and benchmarks import them here.
 _model_simulation, _reblur_bank = model_simulation, finetune_reblur_bank
 
 
