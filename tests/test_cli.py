@@ -420,3 +420,24 @@ def test_deblur_float32_flag_reaches_the_engine(tiff_520x696, tiny_checkpoint, t
     assert cli.main([*base, "-o", str(tmp_path / "a")]) == 0
     assert cli.main([*base, "-o", str(tmp_path / "b"), "--float32"]) == 0
     assert seen == ["auto", False]
+
+
+def test_first_ctrl_c_stops_cleanly_and_the_second_aborts(caplog):
+    """`train` and `finetune` take Ctrl-C the same way: stop after the step, then abort."""
+    import logging
+    import signal
+
+    from napari_mpt_deblur._commands import stop_on_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    log = logging.getLogger("napari_mpt_deblur._commands.test")
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        with stop_on_interrupt(log, ", keeping the best weights") as cancel:
+            assert not cancel.is_set()
+            signal.raise_signal(signal.SIGINT)
+            assert cancel.is_set()  # the run goes on to the end of its step
+            assert ("interrupt: stopping after this step, keeping the best weights (press "
+                    "Ctrl-C again to abort)") in caplog.text
+            signal.raise_signal(signal.SIGINT)
+            pytest.fail("a second Ctrl-C must abort")
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back

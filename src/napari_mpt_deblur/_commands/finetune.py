@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from ..train.config import FINETUNE_MODES, REPLAY_OPTICS, SELECTION_SCORES, TRAINABLE_CHOICES
-from . import DEVICE_HELP, DeprecatedFlag
+from . import DEVICE_HELP, DeprecatedFlag, stop_on_interrupt
 
 NAME = "finetune"
 HELP = "fine-tune a model on your own unlabeled blurry images (EFCR + re-blur + replay)"
@@ -87,8 +87,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    import signal
-    import threading
 
     from tqdm import tqdm
 
@@ -148,20 +146,9 @@ def run(args: argparse.Namespace) -> int:
     if args.replay:
         replay = list(expand_inputs(args.replay))
 
-    cancel = threading.Event()
-
-    def on_interrupt(_signum, _frame):
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        log.warning("interrupt: stopping after this step, keeping the best weights "
-                    "(press Ctrl-C again to abort)")
-        cancel.set()
-
-    bar = tqdm(total=settings.steps, unit="step", disable=args.no_progress or None)
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if main else None
     done = None
-    try:
+    with (tqdm(total=settings.steps, unit="step", disable=args.no_progress or None) as bar,
+          stop_on_interrupt(log, ", keeping the best weights") as cancel):
         for update in finetune_iter(model, files, settings=settings, replay_images=replay,
                                     out_path=output, resume=args.resume, cancel=cancel):
             if update.kind is UpdateKind.LOSS:
@@ -175,10 +162,6 @@ def run(args: argparse.Namespace) -> int:
                          update.value["reblur_psnr_identity"], update.value["hf_energy_ratio"])
             elif update.kind is UpdateKind.DONE:
                 done = update.value
-    finally:
-        bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     if done is not None:
         log.info("%s: %s; wrote %s", done["reason"], done["verdict"], done["checkpoint"])
         if done["reason"] != "completed":
