@@ -202,6 +202,53 @@ def test_the_help_walk_finds_a_missing_help_text():
     assert _options_without_help(parser, ("x",)) == ["x run --bare"]
 
 
+def _options_with_choices(parser, path=()):
+    import argparse
+
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(_options_with_choices(sub, (*path, name)))
+        elif action.option_strings and action.choices is not None:
+            found[(*path, action.option_strings[0])] = tuple(action.choices)
+    return found
+
+
+def test_the_cli_offers_exactly_the_choices_the_library_checks():
+    """Every option with fixed choices takes them from the module that checks them, so a new
+    fine-tuning mode or regime cannot be missing from (or stale in) the command line."""
+    from napari_mpt_deblur import evaluation
+    from napari_mpt_deblur.engine import predict
+    from napari_mpt_deblur.train import config, finetune, trainable
+
+    library = {
+        ("deblur", "--ensemble"): predict.ENSEMBLE_SIZES,
+        ("evaluate", "--regime"): tuple(evaluation.EVAL_REGIMES),
+        ("evaluate", "--sets"): tuple(evaluation.IMAGE_SETS),
+        ("finetune", "--mode"): finetune.FINETUNE_MODES,
+        ("finetune", "--replay-optics"): finetune.REPLAY_OPTICS,
+        ("finetune", "--selection-score"): finetune.SELECTION_SCORES,
+        ("finetune", "--trainable"): trainable.TRAINABLE_CHOICES,
+    }
+    assert _options_with_choices(cli.build_parser()) == library
+    # one definition each: the old homes hand out the torch-free module's tuples
+    assert finetune.SELECTION_SCORES is config.SELECTION_SCORES
+    assert finetune.REPLAY_OPTICS is config.REPLAY_OPTICS
+    assert trainable.TRAINABLE_CHOICES is finetune.TRAINABLE_CHOICES is config.TRAINABLE_CHOICES
+    from napari_mpt_deblur._commands.evaluate import REGIMES
+    from napari_mpt_deblur._commands.finetune import _MODES
+
+    assert REGIMES == library[("evaluate", "--regime")] and _MODES is finetune.FINETUNE_MODES
+    # and the library accepts every choice the command line offers, and refuses others
+    for mode in finetune.FINETUNE_MODES:
+        assert finetune.FinetuneConfig(mode=mode).mode == mode
+    for score in finetune.SELECTION_SCORES:
+        assert finetune.FinetuneConfig(selection_score=score).selection_score == score
+    with pytest.raises(ValueError, match="selection_score must be one of"):
+        finetune.FinetuneConfig(selection_score="own_images")
+
+
 def test_demo_without_weights_stops_with_a_message(monkeypatch, tmp_path, caplog):
     from napari_mpt_deblur.models import pretrained
 
@@ -373,3 +420,24 @@ def test_deblur_float32_flag_reaches_the_engine(tiff_520x696, tiny_checkpoint, t
     assert cli.main([*base, "-o", str(tmp_path / "a")]) == 0
     assert cli.main([*base, "-o", str(tmp_path / "b"), "--float32"]) == 0
     assert seen == ["auto", False]
+
+
+def test_first_ctrl_c_stops_cleanly_and_the_second_aborts(caplog):
+    """`train` and `finetune` take Ctrl-C the same way: stop after the step, then abort."""
+    import logging
+    import signal
+
+    from napari_mpt_deblur._commands import stop_on_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    log = logging.getLogger("napari_mpt_deblur._commands.test")
+    with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):
+        with stop_on_interrupt(log, ", keeping the best weights") as cancel:
+            assert not cancel.is_set()
+            signal.raise_signal(signal.SIGINT)
+            assert cancel.is_set()  # the run goes on to the end of its step
+            assert ("interrupt: stopping after this step, keeping the best weights (press "
+                    "Ctrl-C again to abort)") in caplog.text
+            signal.raise_signal(signal.SIGINT)
+            pytest.fail("a second Ctrl-C must abort")
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back

@@ -227,9 +227,6 @@ def test_eval_config_validates_and_round_trips():
 
 
 def test_regimes_in_focus_level_and_oil_objective(tmp_path):
-    from napari_mpt_deblur._commands.evaluate import REGIMES
-
-    assert tuple(evaluation.EVAL_REGIMES) == REGIMES  # the CLI's literal choices
     default = evaluation.eval_config()
     assert default == EvalConfig() and default.levels_um[:2] == (0.0, 2.0)
     oil = evaluation.eval_config("oil-1.4", levels_um=None, max_images=1)

@@ -46,3 +46,15 @@ def test_evaluation_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_building_the_cli_parser_imports_no_torch():
+    """``mpt-deblur --help`` and argument errors stay quick: the subcommands' choices come from
+    torch-free modules, and torch is imported only by the subcommand that runs. (SciPy too:
+    the simulator's optics, imported with those modules, load ``scipy.fft`` when they blur.)"""
+    code = ("import sys; from napari_mpt_deblur.cli import build_parser; "
+            "parser = build_parser(); parser.parse_args(['finetune', 'x.tif', '-o', 'y']); "
+            "print(','.join(m for m in ('torch', 'scipy', 'napari', 'qtpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""

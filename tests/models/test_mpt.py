@@ -125,6 +125,17 @@ def test_registry_lists_presets_and_rejects_unknown_names():
         create_model("mpt-huge")
 
 
+def test_a_preset_model_is_its_preset_config_built_with_the_same_overrides():
+    from napari_mpt_deblur.models.mpt import preset_config
+
+    for name in ("mpt-tiny", "mpt-test"):
+        assert create_model(name).config == preset_config(name)
+    model = create_model("mpt-test", routing="aligned")
+    assert model.config == preset_config("mpt-test", routing="aligned") != preset_config("mpt-test")
+    with pytest.raises(ValueError, match="unknown MPT preset 'mpt-huge'; choose from mpt-base"):
+        preset_config("mpt-huge")
+
+
 def test_config_round_trip_and_validation():
     cfg = create_model("mpt-small").config
     assert MPTConfig.from_dict(cfg.to_dict()) == cfg

@@ -224,3 +224,35 @@ def test_htcsf_fine_tunes_with_efcr_and_saves_a_checkpoint_that_loads(blurry_ima
     x = torch.rand(1, 1, 2 * multiple, 2 * multiple)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), result.model(x))
+
+
+@pytest.mark.parametrize(("mode", "paired", "expected"), [
+    # batch of 8: half replay, a quarter the user's pairs, the rest re-blur pairs
+    ("full", True, {"replay": 4, "paired": 2, "reblur": 2, "unlabeled": 2}),
+    ("full", False, {"replay": 4, "paired": 0, "reblur": 4, "unlabeled": 4}),
+    ("reblur_only", True, {"replay": 0, "paired": 0, "reblur": 8, "unlabeled": 8}),
+    # efcr/replay: no re-blur pixel loss; replay fills the batch beside the user's pairs
+    ("efcr", True, {"replay": 6, "paired": 2, "reblur": 0, "unlabeled": 2}),
+    ("replay", False, {"replay": 8, "paired": 0, "reblur": 0, "unlabeled": 4}),
+])
+def test_batch_composition_follows_the_mode(blurry_images, mode, paired, expected):
+    from napari_mpt_deblur.engine.normalize import IntensityNormalization
+    from napari_mpt_deblur.simulate import get_simulation_preset
+    from napari_mpt_deblur.train._finetune_data import compose_batches
+    from napari_mpt_deblur.train.data import UnlabeledPatches
+
+    norm = IntensityNormalization()
+    planes = [np.asarray(p, dtype=np.float32) for p in blurry_images]
+    pairs = [(planes[0], planes[1])] if paired else None
+    plan = compose_batches(_settings(mode=mode, batch_size=8), 32,
+                           unlabeled=UnlabeledPatches(planes, 32, normalization=norm),
+                           paired=pairs, replay_images=None,
+                           replay_simulation=get_simulation_preset("bbbc006"),
+                           normalization=norm)
+    assert plan.composition == expected and plan.n_reblur == expected["reblur"]
+    assert plan.replay_description == ("none" if not expected["replay"] else
+                                       "procedural in-focus images (no replay images given)")
+    batch = plan.builder(0)
+    labeled = expected["replay"] + expected["paired"]
+    assert len(batch.get("blurred", ())) == labeled
+    assert len(batch["unlabeled"]) == expected["unlabeled"]

@@ -172,7 +172,12 @@ def test_guard_refuses_a_better_mean_bought_with_a_loss_at_one_level():
 def test_guard_decision_says_why_and_the_verdict_reports_that_reason():
     from types import SimpleNamespace
 
-    from napari_mpt_deblur.train.guard import GuardDecision, guard_decision
+    from napari_mpt_deblur.train.guard import (
+        GuardDecision,
+        guard_decision,
+        refused_for_a_level,
+        run_verdict,
+    )
 
     start = _record(0, 24.0, (30.0, 24.0, 18.0))
     rules = dict(baseline=start, best=start, min_gain_db=0.05, max_level_loss_db=0.1)
@@ -190,15 +195,20 @@ def test_guard_decision_says_why_and_the_verdict_reports_that_reason():
                           "change_db": -0.2}},
                {"kind": "validation", "step": 90, "score": 24.6,
                 "guard": {"accepted": False, "reason": "no_gain"}}]
+    words = dict(baseline=start, best=dict(start), score_name="simulated PSNR",
+                 min_gain_db=0.05, max_level_loss_db=0.1)
+    assert refused_for_a_level(history, start) == (60, pytest.approx(0.3), "0.0-1.0", -0.5)
+    kept, verdict = run_verdict(history, **words)
+    assert kept and "best checkpoint (step 60) gained +0.30 dB" in verdict
+    assert "lost 0.50 dB at 0.0-1.0 µm defocus" in verdict
+    # nothing refused for a level: the plain "no gain" verdict
+    assert refused_for_a_level(history[2:], start) is None
+    assert "no checkpoint beat it by 0.05 dB" in run_verdict(history[2:], **words)[1]
+    # the run's verdict is this one, with its settings and score name
     run = SimpleNamespace(score_label="simulated PSNR", baseline=start, best=dict(start),
                           history=history,
                           settings=FinetuneConfig(min_gain_db=0.05, max_level_loss_db=0.1))
-    run._refused_for_a_level = lambda: _FinetuneRun._refused_for_a_level(run)
-    kept, verdict = _FinetuneRun.verdict(run)
-    assert kept and "best checkpoint (step 60) gained +0.30 dB" in verdict
-    assert "lost 0.50 dB at 0.0-1.0 µm defocus" in verdict
-    run.history = history[2:]  # nothing refused for a level: the plain "no gain" verdict
-    assert "no checkpoint beat it by 0.05 dB" in _FinetuneRun.verdict(run)[1]
+    assert _FinetuneRun.verdict(run) == (kept, verdict)
 
 
 def test_validation_records_carry_the_score_per_third_of_the_defocus_range(blurry_images):

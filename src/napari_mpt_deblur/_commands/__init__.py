@@ -1,7 +1,12 @@
 """Subcommands of ``mpt-deblur``: each module defines NAME, HELP, add_arguments and run."""
 
 import argparse
+import contextlib
+import logging
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 # One wording for every --device option, so they all promise the behaviour cli.main enforces.
@@ -28,3 +33,28 @@ class DeprecatedFlag(argparse.Action):
                 warnings.warn(f"{option_string} is deprecated; use {self.option_strings[0]}",
                               DeprecationWarning, stacklevel=2)
         setattr(namespace, self.dest, values)
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(log: logging.Logger, keeping: str) -> Iterator[threading.Event]:
+    """Ctrl-C as the long-running commands (``train``, ``finetune``) take it: the first sets
+    the event it yields, so the run stops cleanly after the current step (``keeping`` says
+    what is kept, e.g. ", keeping the best weights"); the second raises
+    ``KeyboardInterrupt`` (abort). The handler is installed only in the main thread, where
+    Python delivers signals, and the previous one is restored on the way out."""
+    cancel = threading.Event()
+
+    def on_interrupt(_signum: int, _frame: Any) -> None:
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        log.warning("interrupt: stopping after this step%s (press Ctrl-C again to abort)",
+                    keeping)
+        cancel.set()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if main else None
+    try:
+        yield cancel
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..engine import ENSEMBLE_SIZES
 from . import DEVICE_HELP
 
 NAME = "deblur"
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ensemble",
         type=int,
         default=1,
-        choices=(1, 2, 4, 8),  # engine.predict.ENSEMBLE_SIZES; not imported: --help stays light
+        choices=ENSEMBLE_SIZES,
         metavar="N",
         help="test-time augmentation: average N orientations of each tile (1, 2, 4 or 8; "
         "8 takes 8x the time for about +0.3 dB; default: 1, off)",

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..evaluation.protocol import EVAL_REGIMES, IMAGE_SETS
 from . import DEVICE_HELP
 
 logger = logging.getLogger(__name__)
@@ -48,9 +49,7 @@ def default_rl_cache(out_dir: Path, cwd: Path | None = None) -> Path:
     return out_dir / "rl_iterations.json"
 
 
-# Literal so that building the parser imports nothing heavy; tied to
-# evaluation.EVAL_REGIMES by tests/test_evaluation.py.
-REGIMES = ("20x", "oil-1.4")
+REGIMES = tuple(EVAL_REGIMES)  # the --regime choices (old name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--levels", nargs="+", type=float, default=None, metavar="UM",
                         help="defocus levels, µm; 0 is in focus (default: the regime's, "
                         "0 2 4 8 16 24 at 20x, 0 0.5 1 2 at oil-1.4)")  # fmt: skip
-    parser.add_argument("--sets", nargs="+", default=["w1", "w2"], choices=["w1", "w2"],
+    parser.add_argument("--sets", nargs="+", default=["w1", "w2"], choices=list(IMAGE_SETS),
                         help="eval image sets: w1 (Hoechst), w2 (actin) (default: both)")
     parser.add_argument("--no-real-pair", action="store_true",
                         help="skip the real BBBC006 defocus pair")  # fmt: skip

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import DEVICE_HELP, DeprecatedFlag
+from ..train.config import FINETUNE_MODES, REPLAY_OPTICS, SELECTION_SCORES, TRAINABLE_CHOICES
+from . import DEVICE_HELP, DeprecatedFlag, stop_on_interrupt
 
 NAME = "finetune"
 HELP = "fine-tune a model on your own unlabeled blurry images (EFCR + re-blur + replay)"
 
-_MODES = ("full", "reblur_only", "efcr", "replay")
+_MODES = FINETUNE_MODES  # the old name of the --mode choices
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps")
     parser.add_argument("--time-budget", type=float, default=None, metavar="S",
                         help="stop cleanly before S seconds")
-    parser.add_argument("--mode", choices=_MODES, default=None,
+    parser.add_argument("--mode", choices=FINETUNE_MODES, default=None,
                         help="full (default), reblur_only, efcr or replay (for ablations)")
     parser.add_argument("--pixel-size-um", type=float, default=None,
                         help="pixel size in the sample plane (default: from the image metadata, "
@@ -52,16 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-defocus-um", type=float, default=None, metavar="UM",
                         help="deepest defocus in your images (default: the model's training "
                         "range carried over to your optics)")
-    parser.add_argument("--replay-optics", choices=("auto", "user", "model"), default=None,
+    parser.add_argument("--replay-optics", choices=REPLAY_OPTICS, default=None,
                         help="simulate replay pairs and the selection score at your optics "
                         "(auto: when pixel size and NA are known) or the model's")
-    parser.add_argument("--selection-score", choices=("bundled-images", "own-images"),
+    parser.add_argument("--selection-score", choices=SELECTION_SCORES,
                         default=None,
                         help="content of the simulated pairs whose PSNR decides which weights "
                         "are kept: your own images (the start model's output on them, "
                         "re-blurred at your optics) or the bundled in-focus images (default: "
                         "the --preset's)")
-    parser.add_argument("--trainable", choices=("all", "late", "norms"), default=None,
+    parser.add_argument("--trainable", choices=TRAINABLE_CHOICES, default=None,
                         help="which parameters adapt: all (default), the last third of the "
                         "network's blocks, or normalisation weights and biases")
     parser.add_argument("--replay", nargs="+", default=None, metavar="PATH",
@@ -86,8 +87,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    import signal
-    import threading
 
     from tqdm import tqdm
 
@@ -147,20 +146,9 @@ def run(args: argparse.Namespace) -> int:
     if args.replay:
         replay = list(expand_inputs(args.replay))
 
-    cancel = threading.Event()
-
-    def on_interrupt(_signum, _frame):
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        log.warning("interrupt: stopping after this step, keeping the best weights "
-                    "(press Ctrl-C again to abort)")
-        cancel.set()
-
-    bar = tqdm(total=settings.steps, unit="step", disable=args.no_progress or None)
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_interrupt) if main else None
     done = None
-    try:
+    with (tqdm(total=settings.steps, unit="step", disable=args.no_progress or None) as bar,
+          stop_on_interrupt(log, ", keeping the best weights") as cancel):
         for update in finetune_iter(model, files, settings=settings, replay_images=replay,
                                     out_path=output, resume=args.resume, cancel=cancel):
             if update.kind is UpdateKind.LOSS:
@@ -174,10 +162,6 @@ def run(args: argparse.Namespace) -> int:
                          update.value["reblur_psnr_identity"], update.value["hf_energy_ratio"])
             elif update.kind is UpdateKind.DONE:
                 done = update.value
-    finally:
-        bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     if done is not None:
         log.info("%s: %s; wrote %s", done["reason"], done["verdict"], done["checkpoint"])
         if done["reason"] != "completed":

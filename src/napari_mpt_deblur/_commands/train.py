@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import DEVICE_HELP
+from . import DEVICE_HELP, stop_on_interrupt
 
 NAME = "train"
 HELP = "train a deblurring model on simulated defocus pairs (resumable, time-budgeted)"
@@ -42,8 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    import signal
-    import threading
 
     from tqdm import tqdm
 
@@ -78,16 +76,6 @@ def run(args: argparse.Namespace) -> int:
         model.train()
         log.info("starting from %s", args.init)
 
-    # First Ctrl-C: finish the current step, save the state and stop; second: abort.
-    cancel = threading.Event()
-
-    def on_interrupt(_signum, _frame):
-        if cancel.is_set():
-            raise KeyboardInterrupt
-        log.warning("interrupt: stopping after this step and saving the state "
-                    "(press Ctrl-C again to abort)")
-        cancel.set()
-
     bar = tqdm(total=cfg.steps, unit="step", disable=args.no_progress or None)
 
     def progress(step: int, total: int, info: dict) -> None:
@@ -105,18 +93,14 @@ def run(args: argparse.Namespace) -> int:
         elif kind == "loss" and bar.disable and update.step % cfg.log_every == 0:
             log.info("step %d/%d: loss %.5f", update.step, update.total, update.value["loss"])
 
-    previous = signal.signal(signal.SIGINT, on_interrupt) if _main_thread() else None
-    try:
+    # First Ctrl-C: finish the current step, save the state and stop; second: abort.
+    with bar, stop_on_interrupt(log, " and saving the state") as cancel:
         if not args.resume and Path(cfg.out_dir, "state.pt").exists():
             raise FileExistsError(
                 f"{cfg.out_dir} already holds a run; add --resume to continue it or use --out"
             )
         history = fit(cfg, model=model, resume=args.resume, progress=progress, cancel=cancel,
                       callbacks=log_event)
-    finally:
-        bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     log.info("%s at step %d/%d; best validation PSNR %s dB (step %s) in %s",
              history.stopped, history.step, history.total_steps,
              f"{history.best_psnr:.2f}" if history.best_psnr is not None else "n/a",
@@ -125,9 +109,3 @@ def run(args: argparse.Namespace) -> int:
         log.info("continue with: mpt-deblur train --config %s --resume%s", args.config,
                  f" --out {cfg.out_dir}" if args.out is not None else "")
     return 0
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FloatSlider, Label, PushButton
 
-from ._layers import METADATA_KEY, region_of_input
+from ._layers import is_comparison_layer, region_of_input
 
 if TYPE_CHECKING:
     import napari
@@ -485,9 +485,3 @@ class CompareWidget(Container):
     def _after(self) -> None:
         self._swipe_row.visible = self._view.mode == "swipe"
         self.update_enabled()
-
-
-def is_comparison_layer(layer: Any) -> bool:
-    """True for the temporary layers the comparison adds (and removes again)."""
-    meta = getattr(layer, "metadata", None) or {}
-    return "comparison" in meta and METADATA_KEY not in meta

@@ -20,17 +20,20 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
 from ..models.catalog import ModelCatalog, get_catalog
-from ._compare import CompareWidget, is_comparison_layer
+from ._compare import CompareWidget
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
 from ._jobs import Job
 from ._layers import (
     METADATA_KEY,
     PlaneSelection,
     find_result_layer,
+    image_choices,
     input_of_result,
+    is_comparison_layer,
     layer_axes,
     make_provenance,
     result_layer_kwargs,
+    same_layer,
     select_plane,
     stack_axes,
 )
@@ -144,10 +147,7 @@ class DeblurWidget(Container):
 
     # ------------------------------------------------------------------ choices
     def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Image) and not is_comparison_layer(layer)]
+        return image_choices(self._viewer.layers)
 
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         return self._models.choices()
@@ -180,7 +180,7 @@ class DeblurWidget(Container):
         if target is not None:
             self._layer.reset_choices()
             self._layer.value = target
-            if not _same(active, target):  # a result was selected: compare it with its input
+            if not same_layer(active, target):  # a result was selected: compare it with its input
                 self._last_result = active
         self._update_state()
 
@@ -191,7 +191,7 @@ class DeblurWidget(Container):
         if kind == "inserted":
             event.value.events.name.connect(self._on_layers_changed)
         job = self._job
-        if kind == "removed" and job is not None and _same(event.value, job.layer):
+        if kind == "removed" and job is not None and same_layer(event.value, job.layer):
             self._stop(job, f"the input layer {job.layer.name!r} was removed")
         current = self._layer.value
         self._layer.reset_choices()
@@ -395,14 +395,10 @@ class DeblurWidget(Container):
             return None, None
         layers = self._viewer.layers
         last = self._last_result
-        if last is not None and last in layers and _same(input_of_result(layers, last), source):
+        if (last is not None and last in layers
+                and same_layer(input_of_result(layers, last), source)):
             return source, last
         results = [layer for layer in layers
                    if METADATA_KEY in (layer.metadata or {})
-                   and _same(input_of_result(layers, layer), source)]
+                   and same_layer(input_of_result(layers, layer), source)]
         return source, (results[-1] if results else None)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Same layer (``==``, not ``is``: napari hands plugins proxies, a new one per access)."""
-    return a is not None and b is not None and a == b

@@ -14,7 +14,9 @@ The widget only collects choices; the computation is :func:`~._detect_job.detect
 a :class:`DetectionOutcome`. It runs in a napari generator worker (errors come back as
 :class:`~._jobs.DetectionFailed` values, see :mod:`._jobs`); tests and scripts can drive it
 synchronously with :func:`run_detection`. The Points layers and the side-by-side view are
-:mod:`._detect_layers`. The names of both modules are importable from here too.
+:mod:`._detect_layers`; which pair of layers, which detectors and which planes are
+:mod:`._detect_inputs` (plain functions the widget calls). The names of the job and layer
+modules are importable from here too.
 With "Live" ticked, any parameter change (and, for stacks, moving to another slice) re-runs it
 after a short pause; a run that is overtaken is abandoned at its next step. So is a run whose
 input or deblurred layer is removed (quietly: that is the user's doing, not an error), and a
@@ -23,13 +25,11 @@ run in a viewer that closes.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -41,7 +41,13 @@ from magicgui.widgets import (
 )
 
 from ..detect import DetectionConfig
-from ._compare import is_comparison_layer
+from ._detect_inputs import (
+    default_pair,
+    method_choices,
+    nuclear_input,
+    prepare_detection,
+    source_of,
+)
 from ._detect_job import (
     CATEGORY_MATCHED,
     CATEGORY_ONLY_DEBLURRED,
@@ -65,16 +71,14 @@ from ._detect_layers import (
     PointsUpdate,
     apply_points_update,
     data_coordinates,
-    describe_plane,
     find_points_layer,
     pixel_size_from_layer,
     plane_index,
-    plane_of,
     points_style,
 )
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
 from ._jobs import CloseWatch, DetectionFailed, Job, start_job
-from ._layers import OUTPUT_SUFFIX, PREVIEW_SUFFIX, input_of_result
+from ._layers import image_choices, same_layer
 
 if TYPE_CHECKING:
     import napari
@@ -104,13 +108,6 @@ __all__ = [
 ]
 
 _LIVE_DELAY_MS = 300
-
-_METHOD_LABELS = {
-    "log": "blob LoG",
-    "watershed": "threshold + watershed",
-    "stardist": "StarDist (local weights)",
-    "cellpose": "Cellpose (local weights)",
-}
 
 
 # ------------------------------------------------------------------------------------------
@@ -167,7 +164,7 @@ class DetectionWidget(Container):
 
         self._input = ComboBox(label="Input", choices=self._image_choices, nullable=True)
         self._deblurred = ComboBox(label="Deblurred", choices=self._image_choices, nullable=True)
-        self._method = ComboBox(label="Method", choices=_method_choices(), value="log")
+        self._method = ComboBox(label="Method", choices=method_choices(), value="log")
         self._diameter = FloatSpinBox(label="Diameter (µm)", value=16.0, min=0.1, max=10000.0,
                                       step=0.5)
         self._pixel_size = FloatSpinBox(label="Pixel size (µm)", value=0.645, min=0.0001,
@@ -241,64 +238,15 @@ class DetectionWidget(Container):
 
     # ------------------------------------------------------------------ choices
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Image) and not is_comparison_layer(layer)]
+        return image_choices(self._viewer.layers)
 
     def _source_of(self, layer: Any) -> Any:
-        """The input a deblurred image came from: provenance first, then the name."""
-        layers = self._viewer.layers
-        source = input_of_result(layers, layer)
-        if source is not None:
-            return source
-        for suffix in (OUTPUT_SUFFIX, PREVIEW_SUFFIX):
-            if layer.name.endswith(suffix):
-                name = layer.name[: -len(suffix)]
-                if name in layers:
-                    return layers[name]
-        return None
-
-    def _pairs(self) -> list[tuple[Any, Any]]:
-        images = [layer for _, layer in self._image_choices()]
-        pairs = []
-        for layer in images:
-            source = self._source_of(layer)
-            if source is not None and any(source == image for image in images):
-                pairs.append((source, layer))
-        return pairs
+        """The input a deblurred image came from (:func:`~._detect_inputs.source_of`)."""
+        return source_of(self._viewer.layers, layer)
 
     def _select_default_pair(self) -> None:
-        """Pre-select an (input, deblurred) pair.
-
-        Preference: a pair whose input is named or described as a nuclear stain (Hoechst,
-        DAPI...: see :func:`stain_hint`), then the active layer's pair, then the latest
-        full run; without any pair, a nuclear-stain layer (a visible one first: hidden ones
-        are usually in-focus references), else the active or last image.
-        """
-        pairs = self._pairs()
-        active = self._viewer.layers.selection.active
-        nuclear = [p for p in pairs if _is_nuclear(p[0])]
-        chosen = nuclear[-1] if nuclear else None
-        if chosen is None and active is not None:
-            with_active = [p for p in pairs if _same(p[0], active) or _same(p[1], active)]
-            chosen = with_active[-1] if with_active else None
-        if chosen is None:
-            full = [p for p in pairs if p[1].name.endswith(OUTPUT_SUFFIX)]
-            chosen = (full or pairs or [None])[-1]
-        if chosen is not None:
-            self._set_pair(*chosen)
-            return
-        images = [layer for _, layer in self._image_choices()]
-        nuclear_images = [image for image in images if _is_nuclear(image)]
-        if nuclear_images:  # a visible one first: a hidden one is usually a reference
-            visible = [image for image in nuclear_images if image.visible]
-            self._set_pair((visible or nuclear_images)[-1], None)
-        elif images:
-            pick = active if any(_same(active, image) for image in images) else images[-1]
-            self._set_pair(pick, None)
-        else:
-            self._set_pair(None, None)
+        """Pre-select an (input, deblurred) pair (:func:`~._detect_inputs.default_pair`)."""
+        self._set_pair(*default_pair(self._viewer.layers, self._viewer.layers.selection.active))
 
     def _set_pair(self, source: Any, result: Any) -> None:
         """Refresh both pickers and select ``source`` / ``result`` (``None`` when gone)."""
@@ -309,7 +257,7 @@ class DetectionWidget(Container):
                 picker.reset_choices()
                 picker.value = value if value is not None and value in layers else None
         after = (self._input.value, self._deblurred.value)
-        if any(not (_same(a, b) or (a is None and b is None))
+        if any(not (same_layer(a, b) or (a is None and b is None))
                for a, b in zip(before, after, strict=True)):
             self._on_layer_choice()
         else:
@@ -334,7 +282,7 @@ class DetectionWidget(Container):
             return
         job = self._job
         if job is not None and not job.abandoned and any(
-                _same(event.value, layer) for layer in (job.input_layer, job.deblurred_layer)):
+                same_layer(event.value, layer) for layer in (job.input_layer, job.deblurred_layer)):
             self._pending = None  # the pair is gone: nothing to re-run
             self._abandon(job)
             self._status.value = f"Stopped: layer {event.value.name!r} was removed."
@@ -357,18 +305,12 @@ class DetectionWidget(Container):
         self._input_chosen = self._input.value is not None
 
     def _prefer_nuclear_input(self) -> None:
-        """Layers added after the panel opened (e.g. a multi-channel sample or file, one layer
-        at a time) may bring a nuclear stain: take it over the widget's earlier default pick,
-        which was simply the only image at the time. Visible layers first, since a hidden one
-        is usually a reference. The user's own choice is never overridden."""
-        current = self._input.value
-        nuclear = [layer for _, layer in self._image_choices() if _is_nuclear(layer)]
-        if not nuclear:
-            return
-        visible = [layer for layer in nuclear if layer.visible]
-        best = (visible or nuclear)[-1]
-        if current is None or not (_is_nuclear(current) and (current.visible or not visible)):
-            self._set_pair(best, None)
+        """Take a nuclear-stain layer added since over the widget's earlier default input
+        (:func:`~._detect_inputs.nuclear_input`); the user's own choice is never overridden
+        (the caller checks)."""
+        better = nuclear_input(self._viewer.layers, self._input.value)
+        if better is not None:
+            self._set_pair(better, None)
 
     def _on_layer_choice(self, *_: Any, schedule: bool = True) -> None:
         # what is shown belongs to the previous pair: clear it (and forget it) at once
@@ -468,30 +410,16 @@ class DetectionWidget(Container):
     def _prepare(self, live: bool) -> _Job:
         """Validate the choices and cut out the planes (GUI thread; raises ValueError)."""
         source, result = self._input.value, self._deblurred.value
-        if source is None or result is None:
-            raise ValueError("choose an input layer and a deblurred layer")
-        if _same(source, result):
-            raise ValueError("input and deblurred must be two different layers")
-        dims = self._viewer.dims
-        point, ndisplay = tuple(dims.point), int(dims.ndisplay)
-        source_index = plane_index(source, point, ndisplay)
-        result_index = plane_index(result, point, ndisplay)
-        source_plane, result_plane = plane_of(source, source_index), plane_of(result, result_index)
-        if np.shape(source_plane) != np.shape(result_plane):
-            raise ValueError(
-                f"the planes of {source.name!r} {np.shape(source_plane)} and {result.name!r} "
-                f"{np.shape(result_plane)} differ in shape; detections can only be compared "
-                "on the same pixel grid"
-            )
         threshold: float | str = ("otsu" if self._auto_threshold.value
                                   else float(self._threshold.value))
         config = DetectionConfig(method=self._method.value,
                                  diameter_um=float(self._diameter.value),
                                  pixel_size_um=float(self._pixel_size.value),
                                  threshold=threshold)
-        request = DetectionRequest(source_plane, result_plane, config)
-        return _Job(source, result, source_index, result_index, request, live,
-                    where=describe_plane(source, source_index))
+        dims = self._viewer.dims
+        prepared = prepare_detection(source, result, dims.point, int(dims.ndisplay), config)
+        return _Job(source, result, prepared.input_index, prepared.deblurred_index,
+                    prepared.request, live, where=prepared.where)
 
     def _start_worker(self, job: _Job) -> GeneratorWorker:
         return start_job(
@@ -610,21 +538,3 @@ class DetectionWidget(Container):
         self._layout.restore()
         self._update_state()
 
-
-def _method_choices() -> list[tuple[str, str]]:
-    """The classical detectors, plus StarDist/Cellpose when their packages are installed."""
-    choices = [(_METHOD_LABELS["log"], "log"), (_METHOD_LABELS["watershed"], "watershed")]
-    for method in ("stardist", "cellpose"):
-        if importlib.util.find_spec(method) is not None:
-            choices.append((_METHOD_LABELS[method], method))
-    return choices
-
-
-def _is_nuclear(layer: Any) -> bool:
-    """The layer's name or metadata names a nuclear stain."""
-    return stain_hint(layer.name, getattr(layer, "metadata", None)) is True
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Same layer (``==``, not ``is``: napari hands plugins proxies, a new one per access)."""
-    return a is not None and b is not None and a == b

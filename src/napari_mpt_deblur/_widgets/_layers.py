@@ -153,6 +153,26 @@ def find_result_layer(layers: Any, key: str) -> napari.layers.Image | None:
     return found
 
 
+def same_layer(a: Any, b: Any) -> bool:
+    """Same layer (``==``, not ``is``: napari hands plugins proxies, a new one per access)."""
+    return a is not None and b is not None and a == b
+
+
+def is_comparison_layer(layer: Any) -> bool:
+    """True for the temporary layers the comparison view adds (and removes again)."""
+    meta = getattr(layer, "metadata", None) or {}
+    return "comparison" in meta and METADATA_KEY not in meta
+
+
+def image_choices(layers: Any) -> list[tuple[str, Any]]:
+    """The image layers a dock offers as its input, as ``(name, layer)`` picker choices: every
+    Image layer but the comparison view's temporary ones."""
+    from napari.layers import Image
+
+    return [(layer.name, layer) for layer in layers
+            if isinstance(layer, Image) and not is_comparison_layer(layer)]
+
+
 def input_of_result(layers: Any, result: Any) -> Any | None:
     """The input layer that ``result`` was computed from, when it is still in ``layers``."""
     meta = (getattr(result, "metadata", None) or {}).get(METADATA_KEY)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["Cancelled", "DeblurReport", "deblur", "deblur_dask"]
+__all__ = ["ENSEMBLE_SIZES", "Cancelled", "DeblurReport", "deblur", "deblur_dask"]
+
+# Test-time augmentation: how many of the square's eight symmetries (rotations by 90° and
+# mirror images) a tile is run through. Defocus PSFs are (nearly) rotationally symmetric, so
+# every view is an equally valid input, and averaging the views cancels part of the network's
+# orientation-dependent errors: +0.3 dB PSNR on the validation sets for 8x the time. Defined
+# here, torch-free, so that ``mpt-deblur deblur --ensemble`` offers these without importing
+# torch; :mod:`.predict` (which applies them) exports it too.
+ENSEMBLE_SIZES = (1, 2, 4, 8)
 
 _LAZY = {
     "Cancelled": ".predict",

@@ -16,9 +16,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 _MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 _MODEL_DESCRIPTIONS: dict[str, str] = {}
+
+ConfigT = TypeVar("ConfigT")
 
 
 def register_model(name: str, description: str = "") -> Callable[[Callable], Callable]:
@@ -41,6 +43,37 @@ def register_model(name: str, description: str = "") -> Callable[[Callable], Cal
         return fn
 
     return decorator
+
+
+def register_presets(presets: Mapping[str, tuple[str, Mapping[str, Any]]],
+                     config_class: Callable[..., ConfigT],
+                     build: Callable[[ConfigT], nn.Module], family: str
+                     ) -> Callable[..., ConfigT]:
+    """Register each preset ``name: (description, config fields)`` of one architecture as a
+    model (``create_model(name, **overrides)`` builds ``build(config)``) and return the
+    architecture's ``preset_config(name, **overrides)``.
+
+    A preset is a config and its model is the architecture built from that config, for every
+    architecture, so this is written once here rather than in each architecture module.
+    """
+
+    def preset_config(name: str, **overrides: Any) -> ConfigT:
+        """The config of a preset (without building the model)."""
+        if name not in presets:
+            raise ValueError(
+                f"unknown {family} preset {name!r}; choose from {', '.join(presets)}")
+        config = config_class(**presets[name][1])
+        return config.replace(**overrides) if overrides else config  # type: ignore[attr-defined]
+
+    def factory_of(name: str) -> Callable[..., nn.Module]:
+        def factory(**overrides: Any) -> nn.Module:
+            return build(preset_config(name, **overrides))
+
+        return factory
+
+    for name, (description, _fields) in presets.items():
+        register_model(name, description)(factory_of(name))
+    return preset_config
 
 
 def _no_filter(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
-from ._registry import Architecture, register_architecture, register_model
+from ._registry import Architecture, register_architecture, register_presets
 from .info import ModelInfo, attach_info
 
 logger = logging.getLogger(__name__)
@@ -467,24 +467,9 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _make_factory(preset: dict[str, Any]):
-    def factory(**overrides: Any) -> HTCSF:
-        config = HTCSFConfig(**preset)
-        return HTCSF(config.replace(**overrides) if overrides else config)
-
-    return factory
-
-
-for _name, (_description, _preset) in _PRESETS.items():
-    register_model(_name, _description)(_make_factory(_preset))
-
-
-def preset_config(name: str, **overrides: Any) -> HTCSFConfig:
-    """The config of a preset (without building the model)."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown HTCSF preset {name!r}; choose from {', '.join(_PRESETS)}")
-    config = HTCSFConfig(**_PRESETS[name][1])
-    return config.replace(**overrides) if overrides else config
+#: ``preset_config(name, **overrides)``: the config of a preset (without building the model).
+preset_config: Callable[..., HTCSFConfig] = register_presets(_PRESETS, HTCSFConfig, HTCSF,
+                                                             "HTCSF")
 
 
 register_architecture(Architecture(name="htcsf", config_class=HTCSFConfig, build=HTCSF))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
-from ._registry import Architecture, register_architecture, register_model
+from ._registry import Architecture, register_architecture, register_presets
 from .checkpoint import CheckpointError
 from .info import ModelInfo, attach_info
 from .layers import ROUTINGS, PyramidBlock
@@ -291,23 +292,8 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _make_factory(preset: dict[str, Any]):
-    def factory(**overrides: Any) -> MPT:
-        return MPT(MPTConfig(**preset).replace(**overrides) if overrides else MPTConfig(**preset))
-
-    return factory
-
-
-for _name, (_description, _preset) in _PRESETS.items():
-    register_model(_name, _description)(_make_factory(_preset))
-
-
-def preset_config(name: str, **overrides: Any) -> MPTConfig:
-    """The config of a preset (without building the model)."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown MPT preset {name!r}; choose from {', '.join(_PRESETS)}")
-    cfg = MPTConfig(**_PRESETS[name][1])
-    return cfg.replace(**overrides) if overrides else cfg
+#: ``preset_config(name, **overrides)``: the config of a preset (without building the model).
+preset_config: Callable[..., MPTConfig] = register_presets(_PRESETS, MPTConfig, MPT, "MPT")
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.fft
 
+# scipy.fft is imported by the functions that transform: this module holds the optics part of
+# every run config (OpticsHints), so the command line's parser imports it and stays quick.
 from .._dataclass_io import ConfigPart, DictRoundTrip, renamed_fields
 
 logger = logging.getLogger(__name__)
@@ -290,6 +291,8 @@ def _cached_psf(cfg: OpticsConfig) -> np.ndarray:
 
 
 def _compute_psf(cfg: OpticsConfig) -> np.ndarray:
+    import scipy.fft
+
     s, size = int(cfg.oversample or 1), int(cfg.size_px or 1)  # both set by _resolved
     wavelength_um = cfg.wavelength_nm * 1e-3
     dx = cfg.pixel_size_um / s
@@ -447,6 +450,8 @@ def _check_psf(psf: Any) -> np.ndarray:
 
 
 def _padded_shape(shape: tuple[int, int], half: tuple[int, int]) -> tuple[int, int]:
+    import scipy.fft
+
     return tuple(scipy.fft.next_fast_len(n + 2 * h, real=True) for n, h in zip(shape, half))  # type: ignore[return-value]
 
 
@@ -463,6 +468,8 @@ def _pad_reflect(
 
 def _kernel_spectrum(psf: np.ndarray, fft_shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
     """rfft2 of the PSF placed with its centre at the origin of a periodic ``fft_shape`` grid."""
+    import scipy.fft
+
     ky, kx = psf.shape
     kernel = np.zeros(fft_shape, dtype=dtype)
     kernel[:ky, :kx] = psf
@@ -489,6 +496,8 @@ def blur(image: np.ndarray, psf: np.ndarray) -> np.ndarray:
     ([..., ] M, N) ndarray
         float32 for float32 input, float64 otherwise.
     """
+    import scipy.fft
+
     image = np.asarray(image)
     if image.ndim < 2:
         raise ValueError(f"image must have at least 2 dimensions (M, N); got shape {image.shape}")

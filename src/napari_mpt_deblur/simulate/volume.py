@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
+# scipy.fft is imported where it is used, as in .optics (importing the simulator stays quick).
 from .camera import as_generator
 from .optics import (
     OpticsConfig,
@@ -88,6 +88,8 @@ def widefield_stack(
         float32 for float32 input, float64 otherwise. Total flux of each output equals the
         volume's total flux (up to border effects): the PSFs have unit sum.
     """
+    import scipy.fft
+
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise ValueError(f"volume must have 3 dimensions (Z, M, N); got shape {volume.shape}")

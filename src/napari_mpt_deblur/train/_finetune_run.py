@@ -1,20 +1,20 @@
-"""One fine-tuning run: its data, loss, validation, guard and files.
+"""One fine-tuning run: its loss, validation, checkpoints and resumable state.
 
-:class:`_FinetuneRun` holds what :func:`~napari_mpt_deblur.train.finetune.finetune_iter` drives:
-the user's planes and the held-out crop, the replay simulation and the selection score, the
-re-blur bank, the batch stream and the :class:`~napari_mpt_deblur.train.engine.Trainer` (the
-same optimiser step as supervised training). The run supplies the loss (:meth:`_FinetuneRun.loss`)
-and the periodic actions (validation, preview, state saves); the
-:class:`~napari_mpt_deblur.train.engine.StepLoop` takes the steps. The guard is in
-:mod:`.guard` (the validation records keep the reasons it gives); the :class:`FinetuneResult`
-and its verdict are here.
+:class:`_FinetuneRun` holds what :func:`~napari_mpt_deblur.train.finetune.finetune_iter` drives.
+Its data are built once by :mod:`._finetune_data` (the user's planes and the held-out crop, the
+replay simulation and the selection score, the re-blur bank, the batch stream); the steps are
+taken by the :class:`~napari_mpt_deblur.train.engine.StepLoop` with the
+:class:`~napari_mpt_deblur.train.engine.Trainer` (the same optimiser step as supervised
+training). The run supplies the loss (:meth:`_FinetuneRun.loss`) and the periodic actions
+(validation, preview, state saves), and writes its files. The guard and the verdict in words
+are in :mod:`.guard` (the validation records keep the reasons it gives); the
+:class:`FinetuneResult` is here. The data helpers' old names stay importable from here.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -30,21 +30,25 @@ from torch import nn
 from .._device import get_device
 from ..models.info import model_info, size_multiple
 from ._common import _json_default, autocast, load_state_file, psnr_ssim, step_generator
+from ._finetune_data import (  # noqa: F401 - SCORE_SEED: imported from here by callers
+    SCORE_SEED,
+    compose_batches,
+    crop_padded,
+    finetune_reblur_bank,
+    holdout_box,
+    model_simulation,
+    planes_fingerprint,
+    replay_and_score,
+    score_label,
+    user_planes,
+    validation_inputs,
+)
 from .config import FINETUNE_RUN_CONTROL_FIELDS
 from .engine import StepContext, Trainer, write_state
-from .guard import GuardDecision, guard_decision, selection_score
+from .guard import GuardDecision, guard_decision, run_verdict
 from .losses import efcr_terms, haar_dwt, pixel_loss
-from .optics_domain import (
-    SimulatedScore,
-    bundled_infocus_sources,
-    estimate_noise_sigma,
-    match_camera,
-    mean_wavelength,
-    planes_noise_sigma,
-    simulation_for_optics,
-    start_output_sources,
-)
-from .reblur import ReblurBank, build_reblur_bank, make_negatives, make_reblurred_set
+from .optics_domain import estimate_noise_sigma, planes_noise_sigma
+from .reblur import make_negatives, make_reblurred_set
 from .trainable import select_trainable
 from .updates import TrainUpdate, UpdateKind
 
@@ -53,10 +57,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: The selection score's pairs do not depend on the run's seed: one yardstick for every run.
-SCORE_SEED = 2027
-_STREAM_DATA = 11
 _STREAM_STEP = 12
+
+# Old names of two data helpers (now in ._finetune_data): tests and benchmarks import them here.
+_model_simulation, _reblur_bank = model_simulation, finetune_reblur_bank
 
 
 @dataclass
@@ -94,125 +98,6 @@ class FinetuneResult:
     verdict: str = ""
 
 
-def _planes(images: Sequence[Any] | Any) -> tuple[list[np.ndarray], list[str]]:
-    """User images (arrays or files) as 2-D planes with names."""
-    from .data import read_planes
-
-    if isinstance(images, (np.ndarray, str, os.PathLike)):
-        images = [images]
-    planes, names = [], []
-    for i, item in enumerate(images):
-        if isinstance(item, (str, os.PathLike)):
-            parts = read_planes(item)
-            label = Path(item).name
-        else:
-            arr = np.asarray(item)
-            if arr.ndim < 2:
-                raise ValueError(f"image {i} must be at least 2-D; got shape {arr.shape}")
-            if arr.dtype.kind not in "uif":
-                raise TypeError(f"image {i} has dtype {arr.dtype}; expected a numeric image")
-            parts = list(arr.reshape((-1, *arr.shape[-2:])))
-            label = f"image{i}"
-        for j, p in enumerate(parts):
-            planes.append(np.asarray(p))
-            names.append(label + (f"[{j}]" if len(parts) > 1 else ""))
-    if not planes:
-        raise ValueError("unlabeled_images is empty: give at least one blurry image")
-    return planes, names
-
-
-def _fingerprint(planes: Sequence[np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for p in planes:
-        digest.update(str(p.shape).encode())
-        digest.update(np.ascontiguousarray(p[::7, ::7]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _model_simulation(model: nn.Module, override: str | None) -> Any:
-    """The replay simulation config: override, else the model's metadata, else bbbc006."""
-    from ..simulate import SimulationConfig, get_simulation_preset
-
-    if override is not None:
-        return get_simulation_preset(override)
-    sim = model_info(model).simulation
-    if isinstance(sim, str):
-        try:
-            return get_simulation_preset(sim)
-        except ValueError:
-            logger.warning("model's simulation preset %r is unknown; using 'bbbc006'", sim)
-    elif isinstance(sim, Mapping):
-        names = {f.name for f in dataclasses.fields(SimulationConfig)}
-        fields = {k: v for k, v in sim.items() if k in names}
-        try:
-            if fields:
-                return SimulationConfig.from_dict(fields)
-            if isinstance(sim.get("preset"), str):
-                return get_simulation_preset(sim["preset"])
-        except (TypeError, ValueError) as exc:
-            logger.warning("model's simulation metadata is unusable (%s); using 'bbbc006'", exc)
-    return get_simulation_preset("bbbc006")
-
-
-def _reblur_bank(settings: FinetuneConfig, simulation: Any) -> ReblurBank:
-    n = settings.immersion_index or float(simulation.immersion_index)
-    na = settings.numerical_aperture or float(np.mean(simulation.numerical_aperture_range))
-    if na >= n:
-        raise ValueError(
-            f"numerical_aperture {na} must be below the immersion index {n}; pass "
-            "immersion_index (e.g. 1.515 for oil) with a high-NA hint"
-        )
-    return build_reblur_bank(
-        pixel_size_um=settings.pixel_size_um or float(simulation.pixel_size_um),
-        numerical_aperture=na,
-        wavelength_nm=settings.wavelength_nm or mean_wavelength(simulation),
-        immersion_index=n,
-        defocus_dof=settings.reblur_defocus_dof,
-        max_kernel_size=settings.reblur_kernel_size,
-    )
-
-
-def _holdout(planes: Sequence[np.ndarray], side: int, multiple: int, patch: int
-             ) -> tuple[int, tuple[int, int, int, int], bool]:
-    """Pick the validation crop in the largest plane, leaving room for training patches.
-
-    Tries the centre, then a corner, then smaller crops (down to one model multiple); returns
-    ``exclusive=False`` when no placement leaves a training patch beside it (a single small
-    image), in which case training patches may overlap the crop.
-    """
-    from .sources import _can_avoid
-
-    index = int(np.argmax([p.size for p in planes]))
-    h, w = planes[index].shape
-    others = len(planes) > 1
-    side = max(multiple, (min(side, h, w) // multiple) * multiple)
-    candidates = []
-    s = side
-    while s >= multiple:
-        candidates += [(max(0, (h - s) // 2), max(0, (w - s) // 2), s, s), (0, 0, s, s)]
-        s -= multiple
-    for box in candidates:
-        if others or _can_avoid((h, w), patch, box):
-            return index, box, True
-    return index, candidates[0], False
-
-
-def score_label(selection_score: str, user_optics: bool) -> str:
-    """The selection score's name in the panel's plot, status line and verdicts."""
-    where = "your optics" if user_optics else "the model's training optics"
-    if selection_score == "own-images":
-        return f"simulated PSNR on your images at {where}"
-    return f"simulated PSNR at {where}"
-
-
-def _crop_padded(plane: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    y, x, hh, ww = box
-    crop = plane[y : y + hh, x : x + ww]
-    if crop.shape != (hh, ww):
-        crop = np.pad(crop, ((0, hh - crop.shape[0]), (0, ww - crop.shape[1])), mode="symmetric")
-    return crop
-
-
 class _FinetuneRun:
     """State of one fine-tuning run; :func:`finetune_iter` drives it step by step."""
 
@@ -229,14 +114,7 @@ class _FinetuneRun:
         resume: bool,
     ) -> None:
         from ..engine.normalize import IntensityNormalization, normalize, percentile_range
-        from .data import (
-            BatchBuilder,
-            PairSimulator,
-            RealPairs,
-            SourceImage,
-            UnlabeledPatches,
-            synthetic_infocus,
-        )
+        from .data import UnlabeledPatches
 
         s = self.settings = settings
         self.model = model
@@ -254,100 +132,35 @@ class _FinetuneRun:
                         patch, multiple)
         self.patch = patch
 
-        planes, self.image_names = _planes(unlabeled_images)
-        self.fingerprint = _fingerprint(planes)
-        val_index, box, exclusive = _holdout(planes, s.val_crop_size, multiple, patch)
+        planes, self.image_names = user_planes(unlabeled_images)
+        self.fingerprint = planes_fingerprint(planes)
+        val_index, box, exclusive = holdout_box(planes, s.val_crop_size, multiple, patch)
         if not exclusive:
             logger.warning("only one small image: the validation crop overlaps training patches")
         unlabeled = UnlabeledPatches(planes, patch, holdout={val_index: box} if exclusive else None,
                                      normalization=self.normalization)
         lo, hi = percentile_range(planes[val_index], self.normalization)
-        self.val_crop = normalize(_crop_padded(planes[val_index], box), lo, hi)
+        self.val_crop = normalize(crop_padded(planes[val_index], box), lo, hi)
         self.val_range = (float(lo), float(hi))
         self.val_box = box
         self.val_image = self.image_names[val_index]
 
-        self.simulation = _model_simulation(model, s.simulation)
-        self.bank = _reblur_bank(s, self.simulation).to(self.device)
-        self.replay_simulation = self.simulation
-        if s.uses_user_optics:
-            self.replay_simulation = simulation_for_optics(
-                self.simulation, pixel_size_um=float(s.pixel_size_um),
-                numerical_aperture=float(s.numerical_aperture), wavelength_nm=s.wavelength_nm,
-                immersion_index=s.immersion_index, max_defocus_um=s.max_defocus_um)
+        self.simulation = model_simulation(model, s.simulation)
+        self.bank = finetune_reblur_bank(s, self.simulation).to(self.device)
         self.noise_sigma = planes_noise_sigma(planes, self.normalization)
-        # read the bundled in-focus images once: camera matching and the score both use them
-        score_sources = bundled_infocus_sources(self.replay_simulation)
-        if s.match_camera:
-            self.replay_simulation = match_camera(
-                self.replay_simulation, self.noise_sigma, sources=score_sources,
-                normalization=self.normalization, seed=SCORE_SEED)
-        score_patch = max(multiple, (128 // multiple) * multiple)
-        # The selection score's pairs are fixed here, before any step: from the bundled images,
-        # or from the user's own content (the start model's output on the user's images).
-        if s.selection_score == "own-images":
-            score_sources = start_output_sources(model, planes, self.replay_simulation,
-                                                 device=self.device, names=self.image_names,
-                                                 count=s.score_pairs)
-        self.score = SimulatedScore(self.replay_simulation, sources=score_sources,
-                                    n_pairs=s.score_pairs, patch_size=score_patch,
-                                    seed=SCORE_SEED, normalization=self.normalization,
-                                    key="user" if s.selection_score == "own-images" else "sim")
+        self.replay_simulation, self.score = replay_and_score(
+            model, planes, self.image_names, self.simulation, s,
+            normalization=self.normalization, noise_sigma=self.noise_sigma, device=self.device,
+            multiple=multiple)
         self.score_label = score_label(s.selection_score, s.uses_user_optics)
 
-        # Batch composition.
-        n_replay = n_paired = 0
-        real = None
-        if paired and s.mode != "reblur_only":
-            real = RealPairs(list(paired), patch, normalization=self.normalization)
-            n_paired = max(1, round(s.batch_size * s.paired_fraction))
-        if s.mode != "reblur_only" and s.replay_fraction > 0:
-            n_replay = max(1, round(s.batch_size * s.replay_fraction))
-        n_reblur = max(1, s.batch_size - n_replay - n_paired)
-        if s.mode in ("efcr", "replay"):
-            n_replay = max(n_replay, s.batch_size - n_paired)
-        simulator = None
-        self.replay_description = "none"
-        if n_replay:
-            if replay_images is not None:
-                rplanes, rnames = _planes(replay_images)
-                self.replay_description = f"{len(rplanes)} in-focus images"
-            else:
-                rng = np.random.default_rng([s.seed, 4242])
-                side = max(2 * patch, 256)
-                rplanes = [synthetic_infocus((side, side), rng) for _ in range(4)]
-                rnames = [f"synthetic{i}" for i in range(len(rplanes))]
-                self.replay_description = "procedural in-focus images (no replay images given)"
-            pct = list(self.replay_simulation.source_percentiles)
-            sources = []
-            for name, p in zip(rnames, rplanes):
-                lo_r, hi_r = (float(v) for v in np.percentile(p, pct))
-                if hi_r > lo_r:
-                    sources.append(SourceImage(name=name, plane=p, value_range=(lo_r, hi_r)))
-            simulator = PairSimulator(sources, self.replay_simulation, patch,
-                                      patch_norm_fraction=0.25, normalization=self.normalization)
-        self.n_reblur = n_reblur if s.mode not in ("efcr", "replay") else 0
-        self.builder = BatchBuilder(
-            seed=s.seed, stream=_STREAM_DATA, simulator=simulator, n_simulated=n_replay,
-            real=real, n_real=n_paired, unlabeled=unlabeled,
-            n_unlabeled=n_reblur,
-        )
-        self.composition = {"replay": n_replay, "paired": n_paired, "reblur": self.n_reblur,
-                            "unlabeled": n_reblur}
-
-        # Fixed validation inputs: E and two re-blurred copies with fixed noise.
-        e = torch.from_numpy(np.ascontiguousarray(self.val_crop))[None, None].to(self.device)
-        k = len(self.bank)
-        idx = sorted({min(1, k - 1), min(2, k - 1)})
-        g = torch.Generator().manual_seed(s.seed + 99)
-        reblurred = []
-        for i in idx:
-            r = self.bank.apply(e, [i])
-            if s.reblur_noise:
-                sigma = estimate_noise_sigma(e)
-                r = r + sigma * torch.randn(r.shape, generator=g).to(r.device)
-            reblurred.append(r)
-        self.val_inputs = torch.cat([e, *reblurred])
+        plan = compose_batches(s, patch, unlabeled=unlabeled, paired=paired,
+                               replay_images=replay_images,
+                               replay_simulation=self.replay_simulation,
+                               normalization=self.normalization)
+        self.builder, self.composition = plan.builder, plan.composition
+        self.n_reblur, self.replay_description = plan.n_reblur, plan.replay_description
+        self.val_inputs = validation_inputs(self.val_crop, self.bank, s, self.device)
 
         self.n_trainable = select_trainable(model, s.trainable)
         self.trainer = Trainer(model, s.optim, total_steps=s.steps, device=self.device)
@@ -617,39 +430,12 @@ class _FinetuneRun:
         logger.info("resumed fine-tuning at step %d of %d", self.step, self.settings.steps)
 
     def verdict(self) -> tuple[bool, str]:
-        """Whether the starting weights were kept, and why, in words for the panel and CLI."""
-        name = self.score_label
-        base, best = selection_score(self.baseline), selection_score(self.best)
-        if not self.best.get("step"):
-            seen = [float(h["score"]) for h in self.history
-                    if h.get("kind") == "validation" and h.get("step") and "score" in h]
-            top = f"; the best checkpoint reached {max(seen) - base:+.2f} dB" if seen else ""
-            refused = self._refused_for_a_level()
-            if refused:
-                return True, (f"kept the starting model: the best checkpoint (step "
-                              f"{refused[0]}) gained {refused[1]:+.2f} dB on the {name} "
-                              f"({base:.2f} dB) but lost {-refused[3]:.2f} dB at "
-                              f"{refused[2]} µm defocus (at most "
-                              f"{self.settings.max_level_loss_db:g} dB is allowed)")
-            return True, (f"kept the starting model: no checkpoint beat it by "
-                          f"{self.settings.min_gain_db:g} dB on the {name} "
-                          f"({base:.2f} dB){top}")
-        return False, (f"fine-tuned weights of step {self.best['step']}: {name} "
-                       f"{base:.2f} → {best:.2f} dB ({best - base:+.2f} dB)")
-
-    def _refused_for_a_level(self) -> tuple[int, float, str, float] | None:
-        """The best-scoring checkpoint the guard refused, at its validation, for losing too
-        much on one third of the defocus range: ``(step, mean gain, range, change)``, else
-        ``None`` (also for records of runs saved before the guard recorded its reasons)."""
-        base = selection_score(self.baseline)
-        refused = [h for h in self.history if h.get("kind") == "validation" and h.get("step")
-                   and (h.get("guard") or {}).get("reason") == "level_loss"]
-        if not refused:
-            return None
-        record = max(refused, key=selection_score)
-        guard = record["guard"]
-        return (int(record["step"]), selection_score(record) - base, str(guard["range"]),
-                float(guard["change_db"]))
+        """Whether the starting weights were kept, and why, in words for the panel and CLI
+        (:func:`~napari_mpt_deblur.train.guard.run_verdict`)."""
+        return run_verdict(self.history, baseline=self.baseline, best=self.best,
+                           score_name=self.score_label,
+                           min_gain_db=self.settings.min_gain_db,
+                           max_level_loss_db=self.settings.max_level_loss_db)
 
     def finish(self) -> FinetuneResult:
         self.restore_best()

@@ -35,14 +35,28 @@ from .._dataclass_io import ConfigPart, DictRoundTrip, check_keys
 from ..simulate.mixture import canonical_simulation_spec, parse_simulation
 from ..simulate.optics import OpticsHints
 
-__all__ = ["AMP_MODES", "SCHEDULES", "EfcrConfig", "OpticsHints", "OptimConfig", "RunConfig",
-           "TrainConfig"]
+__all__ = ["AMP_MODES", "FINETUNE_MODES", "PIXEL_LOSSES", "REPLAY_OPTICS", "SCHEDULES",
+           "SELECTION_SCORES", "TRAINABLE_CHOICES", "EfcrConfig", "OpticsHints", "OptimConfig",
+           "RunConfig", "TrainConfig"]
 
 logger = logging.getLogger(__name__)
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SCHEDULES = ("cosine", "constant")
-_PIXEL_LOSSES = ("l1", "mse", "charbonnier", "psnr")
+
+# The choices of a fine-tuning run (FinetuneConfig's mode, replay_optics, selection_score and
+# trainable fields, documented there), defined here because this module does not import torch:
+# ``mpt-deblur finetune`` offers them as its options' choices while building its parser, and
+# train.finetune / train.trainable check against the same tuples (and still export them).
+FINETUNE_MODES = ("full", "reblur_only", "efcr", "replay")
+REPLAY_OPTICS = ("auto", "user", "model")
+#: Where the selection score's pairs get their content (``FinetuneConfig.selection_score``).
+SELECTION_SCORES = ("bundled-images", "own-images")
+#: Which parameters fine-tuning adapts (:func:`.trainable.select_trainable`).
+TRAINABLE_CHOICES = ("all", "late", "norms")
+
+#: The pixel losses of :func:`.losses.pixel_loss` (defined here, torch-free, for the configs).
+PIXEL_LOSSES = ("l1", "mse", "charbonnier", "psnr")
 _ROUTINGS = ("aligned", "compat")
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -350,7 +364,7 @@ class TrainConfig(RunConfig):
 
     def _validate(self) -> None:
         _choice("routing", self.routing, _ROUTINGS)
-        _choice("pixel_loss", self.pixel_loss, _PIXEL_LOSSES)
+        _choice("pixel_loss", self.pixel_loss, PIXEL_LOSSES)
         self._validate_parts()
         parse_simulation(self.simulation, self.simulation_overrides)  # names, weights, fields
         for name in ("patch_size", "batch_size", "steps", "val_every", "ckpt_every", "log_every",

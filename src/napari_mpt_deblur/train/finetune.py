@@ -52,11 +52,17 @@ from ._finetune_run import (  # noqa: F401 - _FinetuneRun, _reblur_bank: tests r
     _FinetuneRun,
     _reblur_bank,
 )
-from .config import OpticsHints, RunConfig
+from .config import (  # the choices live in the torch-free config module (the CLI's parser)
+    FINETUNE_MODES,
+    REPLAY_OPTICS,
+    SELECTION_SCORES,
+    TRAINABLE_CHOICES,
+    OpticsHints,
+    RunConfig,
+)
 from .engine import Every, StepLoop
 from .losses import PIXEL_LOSSES
 from .optics_domain import estimate_noise_sigma
-from .trainable import TRAINABLE_CHOICES
 from .updates import TrainUpdate, UpdateKind
 
 __all__ = [
@@ -71,11 +77,6 @@ __all__ = [
     "list_finetune_presets",
 ]
 
-
-FINETUNE_MODES = ("full", "reblur_only", "efcr", "replay")
-REPLAY_OPTICS = ("auto", "user", "model")
-#: Where the selection score's pairs get their content (``FinetuneConfig.selection_score``).
-SELECTION_SCORES = ("bundled-images", "own-images")
 
 
 @renamed_fields(refractive_index="immersion_index")

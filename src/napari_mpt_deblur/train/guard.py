@@ -10,12 +10,12 @@ of its defocus range; older records hold ``sim_psnr_by_defocus_um``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GuardDecision", "guard_accepts", "guard_decision", "selection_score",
-           "worst_level_change"]
+__all__ = ["GuardDecision", "guard_accepts", "guard_decision", "refused_for_a_level",
+           "run_verdict", "selection_score", "worst_level_change"]
 
 
 def selection_score(record: Mapping[str, Any]) -> float:
@@ -95,3 +95,43 @@ def guard_accepts(scores: Mapping[str, Any], *, baseline: Mapping[str, Any],
     """Whether :func:`guard_decision` accepts the weights."""
     return guard_decision(scores, baseline=baseline, best=best, min_gain_db=min_gain_db,
                           max_level_loss_db=max_level_loss_db).accepted
+
+
+def refused_for_a_level(history: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any]
+                        ) -> tuple[int, float, str, float] | None:
+    """The best-scoring checkpoint the guard refused, at its validation, for losing too
+    much on one third of the defocus range: ``(step, mean gain, range, change)``, else
+    ``None`` (also for records of runs saved before the guard recorded its reasons)."""
+    base = selection_score(baseline)
+    refused = [h for h in history if h.get("kind") == "validation" and h.get("step")
+               and (h.get("guard") or {}).get("reason") == "level_loss"]
+    if not refused:
+        return None
+    record = max(refused, key=selection_score)
+    guard = record["guard"]
+    return (int(record["step"]), selection_score(record) - base, str(guard["range"]),
+            float(guard["change_db"]))
+
+
+def run_verdict(history: Sequence[Mapping[str, Any]], *, baseline: Mapping[str, Any],
+                best: Mapping[str, Any], score_name: str, min_gain_db: float,
+                max_level_loss_db: float) -> tuple[bool, str]:
+    """Whether a run kept its starting weights, and why, in one sentence for the panel and
+    the CLI: the reason is the one the guard recorded in ``history`` at validation time."""
+    base, top_score = selection_score(baseline), selection_score(best)
+    if not best.get("step"):
+        seen = [float(h["score"]) for h in history
+                if h.get("kind") == "validation" and h.get("step") and "score" in h]
+        top = f"; the best checkpoint reached {max(seen) - base:+.2f} dB" if seen else ""
+        refused = refused_for_a_level(history, baseline)
+        if refused:
+            return True, (f"kept the starting model: the best checkpoint (step "
+                          f"{refused[0]}) gained {refused[1]:+.2f} dB on the {score_name} "
+                          f"({base:.2f} dB) but lost {-refused[3]:.2f} dB at "
+                          f"{refused[2]} µm defocus (at most "
+                          f"{max_level_loss_db:g} dB is allowed)")
+        return True, (f"kept the starting model: no checkpoint beat it by "
+                      f"{min_gain_db:g} dB on the {score_name} "
+                      f"({base:.2f} dB){top}")
+    return False, (f"fine-tuned weights of step {best['step']}: {score_name} "
+                   f"{base:.2f} → {top_score:.2f} dB ({top_score - base:+.2f} dB)")

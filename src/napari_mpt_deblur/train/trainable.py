@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["TRAINABLE_CHOICES", "select_trainable"]
+from .config import TRAINABLE_CHOICES  # torch-free there, for the CLI's parser
 
-TRAINABLE_CHOICES = ("all", "late", "norms")
+__all__ = ["TRAINABLE_CHOICES", "select_trainable"]
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.InstanceNorm2d)
 
