@@ -118,3 +118,51 @@ def test_cached_query_order_from_inference_mode_still_trains():
     block.train()
     block(x.requires_grad_()).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("routing", ["compat", "aligned"])
+@pytest.mark.parametrize("rate", [1.0, 0.5])
+def test_fused_projections_equal_the_separate_layers(routing, rate):
+    """One GEMM and one depthwise convolution for all projections = each layer on its own."""
+    attn = _block(routing, heads=2, rate=rate).attn
+    y = torch.randn(2, 32, 48, 16)
+    x = y.permute(0, 3, 1, 2)
+
+    def nhwc(t: torch.Tensor) -> torch.Tensor:
+        return t.permute(0, 2, 3, 1)
+
+    with torch.inference_mode():
+        q0, kv0, q1, kv1 = attn.project(y)
+        assert torch.allclose(q0, nhwc(attn.q_dwconv[0](attn.q[0](x))), atol=1e-5)
+        assert torch.allclose(kv0, nhwc(attn.kv_dwconv[0](attn.kv[0](x))), atol=1e-5)
+        expected_q1 = attn.q[1](y)  # compat: its convolution acts on pseudo-images later
+        if routing == "aligned":
+            expected_q1 = nhwc(attn.q_dwconv[1](expected_q1.permute(0, 3, 1, 2)))
+        assert torch.allclose(q1, expected_q1, atol=1e-5)
+        if rate == 1.0:
+            expected_kv1 = attn.kv_dwconv[1](attn.kv[1](y).permute(0, 3, 1, 2))
+            assert torch.allclose(kv1, nhwc(expected_kv1), atol=1e-5)
+        else:
+            assert kv1 is None  # keys/values come from the pooled map
+
+
+@pytest.mark.parametrize("routing", ["compat", "aligned"])
+def test_fused_forward_equals_the_two_streams_and_trains_the_same(routing):
+    """``forward`` (fused projections) = ``(isca, cswa)``, in value and in every gradient."""
+    attn = _block(routing, heads=2, rate=1.0).attn
+    y, residual = torch.randn(1, 32, 32, 16), torch.randn(1, 32, 32, 16)
+
+    def grads(fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        attn.zero_grad()
+        streams = attn(y, residual) if fused else (attn.isca(y, residual), attn.cswa(y, residual))
+        out = torch.cat(streams, dim=-1)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in attn.named_parameters()}
+
+    fused_out, fused_grads = grads(True)
+    plain_out, plain_grads = grads(False)
+    assert torch.allclose(fused_out, plain_out, atol=1e-5)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-5), name

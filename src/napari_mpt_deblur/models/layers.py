@@ -274,8 +274,44 @@ class DualAttention(nn.Module):
     def forward(
         self, y: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(isca(y), cswa(y))``, each added to ``residual`` when it is given."""
-        return self.isca(y, residual), self.cswa(y, residual)
+        """``(isca(y), cswa(y))``, each added to ``residual`` when it is given.
+
+        Same result as calling the two methods, but the per-pixel projections of ``y`` that both
+        streams need run as one GEMM and their depthwise convolutions as one convolution
+        (:meth:`project`): fewer, wider operations, and under autocast one cast of ``y``.
+        """
+        q0, kv0, q1, kv1 = self.project(y)
+        return self._isca(q0, kv0, residual), self._cswa(y, q1, kv1, residual)
+
+    def project(
+        self, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(q0, kv0, q1, kv1)``: the projections of ``y`` for ISCA (0) and CSWA (1).
+
+        Each is ``_spatial(_pointwise(y, linear), dwconv)`` with its own weights, except that the
+        ``compat`` routing's ``q1`` is returned before its depthwise convolution (which acts on
+        pseudo-images there), and ``kv1`` is ``None`` when keys and values come from the pooled
+        map. The weights are concatenated on every call (so training sees the parameters), one
+        GEMM computes all projections and one depthwise convolution all their convolutions:
+        per output channel the same dot products as separate layers. The results are channel
+        slices (views) of the shared maps.
+        """
+        c = y.shape[-1]
+        pointwise, depthwise = [self.q[0], self.kv[0]], [self.q_dwconv[0], self.kv_dwconv[0]]
+        if self.inv_rate == 1:
+            pointwise.append(self.kv[1])
+            depthwise.append(self.kv_dwconv[1])
+        if self.routing == "aligned":
+            pointwise.append(self.q[1])
+            depthwise.append(self.q_dwconv[1])
+        weight = torch.cat([m.weight.reshape(m.weight.shape[0], -1) for m in pointwise])
+        dw_weight = torch.cat([m.weight for m in depthwise])
+        maps = F.conv2d(F.linear(y, weight).permute(0, 3, 1, 2), dw_weight, padding=1,
+                        groups=dw_weight.shape[0]).permute(0, 2, 3, 1)
+        q0, kv0 = maps[..., :c], maps[..., c : 3 * c]
+        kv1 = maps[..., 3 * c : 5 * c] if self.inv_rate == 1 else None
+        q1 = maps[..., -c:] if self.routing == "aligned" else _pointwise(y, self.q[1])
+        return q0, kv0, q1, kv1
 
     # -- ISCA: transposed (channel) attention over the whole image ---------------------------
     def isca(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -287,9 +323,15 @@ class DualAttention(nn.Module):
         ``project_out`` is folded into it: the output is one ``v @ (W_out A)ᵀ`` GEMM on the
         channels-last map, accumulated onto ``residual``.
         """
-        b, height, width, c = y.shape
-        q = _spatial(_pointwise(y, self.q[0]), self.q_dwconv[0]).reshape(b, height * width, c)
+        q = _spatial(_pointwise(y, self.q[0]), self.q_dwconv[0])
         kv = _spatial(_pointwise(y, self.kv[0]), self.kv_dwconv[0])
+        return self._isca(q, kv, residual)
+
+    def _isca(self, q: torch.Tensor, kv: torch.Tensor, residual: torch.Tensor | None
+              ) -> torch.Tensor:
+        """ISCA from its projected ``q`` ``(B, H, W, C)`` and ``kv`` ``(B, H, W, 2C)`` maps."""
+        b, height, width, c = q.shape
+        q = q.reshape(b, height * width, c)
         kv = kv.reshape(b, height * width, 2 * c)
         k, v = kv[..., :c], kv[..., c:]
         gram = torch.bmm(q.transpose(1, 2), k).float()  # (B, C, C)
@@ -297,10 +339,10 @@ class DualAttention(nn.Module):
         k_norm = torch.linalg.vector_norm(k, dim=1).float().clamp_min(1e-12)
         scale = self.temperature[0].reshape(-1, 1).float().repeat_interleave(c // self.heads, 0)
         logits = gram / (q_norm[:, :, None] * k_norm[:, None, :]) * scale
-        attn = torch.softmax(logits + _head_blocks(c, self.heads, y.device), dim=-1)
+        attn = torch.softmax(logits + _head_blocks(c, self.heads, q.device), dim=-1)
         mix = self.project_out[0].weight.float() @ attn  # (B, C, C): W_out @ blockdiag(attn)
         if residual is not None and residual.dtype == mix.dtype and not torch.is_autocast_enabled(
-            y.device.type
+            q.device.type
         ):
             out = torch.baddbmm(residual.reshape(b, -1, c), v, mix.transpose(1, 2))
             return out.reshape(residual.shape)
@@ -309,6 +351,17 @@ class DualAttention(nn.Module):
 
     # -- CSWA: window attention from full-resolution queries to pooled keys/values -----------
     def cswa(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        q = _pointwise(y, self.q[1])
+        if self.routing == "aligned":
+            q = _spatial(q, self.q_dwconv[1])
+        kv = None
+        if self.inv_rate == 1:
+            kv = _spatial(_pointwise(y, self.kv[1]), self.kv_dwconv[1])
+        return self._cswa(y, q, kv, residual)
+
+    def _cswa(self, y: torch.Tensor, q: torch.Tensor, kv: torch.Tensor | None,
+              residual: torch.Tensor | None) -> torch.Tensor:
+        """CSWA from the projections of :meth:`project` (``kv`` ``None``: pooled keys/values)."""
         b, h, w, c = y.shape
         win, shift, inv = self.window, self.shift, self.inv_rate
         hp, wp = h // inv, w // inv
@@ -316,12 +369,11 @@ class DualAttention(nn.Module):
             raise ValueError(
                 f"CSWA needs the pooled map ({hp}x{wp}) to be a multiple of the window {win}"
             )
-        source = self.downsamp(y) if inv > 1 else y
-        kv = _spatial(_pointwise(source, self.kv[1]), self.kv_dwconv[1])
+        if kv is None:
+            kv = _spatial(_pointwise(self.downsamp(y), self.kv[1]), self.kv_dwconv[1])
         if shift:
             kv = torch.roll(kv, (-shift, -shift), dims=(1, 2))
         kv = _partition(kv, win)  # (B, nWp, N, 2C)
-        q = _pointwise(y, self.q[1])  # (B, H, W, C)
         if self.routing == "compat":
             q, mask = self._compat_queries(q, hp, wp)
         else:
@@ -358,8 +410,7 @@ class DualAttention(nn.Module):
         self, q: torch.Tensor, hp: int, wp: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         win, shift, inv = self.window, self.shift, self.inv_rate
-        b, h, w, c = q.shape
-        q = _spatial(q, self.q_dwconv[1])
+        b, h, w, c = q.shape  # q after its depthwise convolution
         # Roll, partition and grouping in one gather (one pass over q instead of four).
         order, _ = _aligned_order(h, w, win, shift, inv, q.device)
         q = q.reshape(b, h * w, c).index_select(1, order).reshape(b, hp * wp // (win * win), -1, c)

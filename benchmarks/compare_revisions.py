@@ -1,0 +1,96 @@
+"""Time the MPT forward of this checkout against a git revision, alternately in one process.
+
+    python benchmarks/compare_revisions.py --base bf6a109 --preset mpt-tiny --size 1024 --dtype bf16
+    python benchmarks/compare_revisions.py --base bf6a109 --preset mpt-base --routing compat \
+        --size 256
+
+Why: on a shared, noisy machine two runs in separate processes differ by more than the levers we
+measure (a few per cent), so each lever is timed ABAB... in one process: the ``--base`` revision's
+package is extracted with ``git archive`` under another name and imported beside the working
+tree's, both models get the same weights (the checkpoint keys must not change) and input, one
+warm-up each, then ``--repeats`` alternating forwards under ``inference_mode``, the engine's
+allocator policy and, with ``--dtype bf16``, CPU autocast as ``deblur`` runs it. Prints the
+medians and the best times, the speed-up (before / after) and the max abs difference of the
+two outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _machine import machine_line, median
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "napari_mpt_deblur"
+
+
+def import_revision(revision: str, into: Path):
+    """The package as it was at ``revision``, imported as ``napari_mpt_deblur_base``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, f"src/{PACKAGE}"],
+        check=True, capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / "src" / PACKAGE).rename(into / "src" / f"{PACKAGE}_base")
+    sys.path.insert(0, str(into / "src"))
+    return importlib.import_module(f"{PACKAGE}_base")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="git revision to compare against")
+    parser.add_argument("--preset", default="mpt-tiny")
+    parser.add_argument("--routing", default="aligned", choices=["aligned", "compat"])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import torch
+
+    import napari_mpt_deblur as current
+    from napari_mpt_deblur.engine._allocator import retain_freed_memory
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        base = import_revision(args.base, Path(tmp))
+        torch.manual_seed(0)
+        after = current.create_model(args.preset, routing=args.routing).eval()
+        before = base.create_model(args.preset, routing=args.routing).eval()
+        before.load_state_dict(after.state_dict(), strict=True)
+    x = torch.rand(1, 1, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    sides = {"before": before, "after": after}
+    times: dict[str, list[float]] = {name: [] for name in sides}
+
+    def forward(model: torch.nn.Module) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            return model(x)
+
+    with retain_freed_memory(), torch.inference_mode():
+        warm = {name: forward(model) for name, model in sides.items()}
+        diff = (warm["before"] - warm["after"]).abs().max().item()
+        del warm
+        for _ in range(args.repeats):
+            for name, model in sides.items():
+                start = time.perf_counter()
+                forward(model)
+                times[name].append(time.perf_counter() - start)
+    b, a = median(times["before"]), median(times["after"])
+    print(machine_line("cpu", args.threads))
+    best_b, best_a = min(times["before"]), min(times["after"])
+    print(f"{args.preset} ({args.routing}) {args.size}² {args.dtype}: before ({args.base}) "
+          f"{b:.3f} s -> after {a:.3f} s = {b / a:.3f}x (medians; best {best_b:.3f} -> "
+          f"{best_a:.3f} = {best_b / best_a:.3f}x), max abs diff {diff:.1e}")
+    print("before:", " ".join(f"{t:.3f}" for t in times["before"]))
+    print("after: ", " ".join(f"{t:.3f}" for t in times["after"]))
+
+
+if __name__ == "__main__":
+    main()
