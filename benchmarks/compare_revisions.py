@@ -1,8 +1,7 @@
 """Time the MPT forward of this checkout against a git revision, alternately in one process.
 
-    python benchmarks/compare_revisions.py --base bf6a109 --preset mpt-tiny --size 1024 --dtype bf16
-    python benchmarks/compare_revisions.py --base bf6a109 --preset mpt-base --routing compat \
-        --size 256
+    python benchmarks/compare_revisions.py --base HEAD~1 --preset mpt-tiny --size 1024 --dtype bf16
+    python benchmarks/compare_revisions.py --base HEAD~1 --preset mpt-base --routing compat
 
 Why: on a shared, noisy machine two runs in separate processes differ by more than the levers we
 measure (a few per cent), so each lever is timed ABAB... in one process: the ``--base`` revision's
