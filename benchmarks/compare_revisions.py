@@ -29,21 +29,24 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "napari_mpt_deblur"
 
 
-def import_revision(revision: str, into: Path):
-    """The package as it was at ``revision``, imported as ``napari_mpt_deblur_base``."""
+def import_revision(revision: str, into: Path, suffix: str):
+    """The package as it was at ``revision``, imported as ``napari_mpt_deblur_<suffix>``."""
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", revision, f"src/{PACKAGE}"],
         check=True, capture_output=True,
     ).stdout
+    into.mkdir()
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    (into / "src" / PACKAGE).rename(into / "src" / f"{PACKAGE}_base")
+    (into / "src" / PACKAGE).rename(into / "src" / f"{PACKAGE}_{suffix}")
     sys.path.insert(0, str(into / "src"))
-    return importlib.import_module(f"{PACKAGE}_base")
+    return importlib.import_module(f"{PACKAGE}_{suffix}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="git revision to compare against")
+    parser.add_argument("--after", default=None,
+                        help="git revision to time as 'after' (default: the working tree)")
     parser.add_argument("--preset", default="mpt-tiny")
     parser.add_argument("--routing", default="aligned", choices=["aligned", "compat"])
     parser.add_argument("--size", type=int, default=512)
@@ -59,7 +62,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        base = import_revision(args.base, Path(tmp))
+        base = import_revision(args.base, Path(tmp) / "base", "base")
+        if args.after:
+            current = import_revision(args.after, Path(tmp) / "after", "after")
         torch.manual_seed(0)
         after = current.create_model(args.preset, routing=args.routing).eval()
         before = base.create_model(args.preset, routing=args.routing).eval()
@@ -85,8 +90,9 @@ def main() -> None:
     print(machine_line("cpu", args.threads))
     best_b, best_a = min(times["before"]), min(times["after"])
     print(f"{args.preset} ({args.routing}) {args.size}² {args.dtype}: before ({args.base}) "
-          f"{b:.3f} s -> after {a:.3f} s = {b / a:.3f}x (medians; best {best_b:.3f} -> "
-          f"{best_a:.3f} = {best_b / best_a:.3f}x), max abs diff {diff:.1e}")
+          f"{b:.3f} s -> after ({args.after or 'working tree'}) {a:.3f} s = {b / a:.3f}x "
+          f"(medians; best {best_b:.3f} -> {best_a:.3f} = {best_b / best_a:.3f}x), "
+          f"max abs diff {diff:.1e}")
     print("before:", " ".join(f"{t:.3f}" for t in times["before"]))
     print("after: ", " ".join(f"{t:.3f}" for t in times["after"]))
 
