@@ -166,3 +166,35 @@ def test_fused_forward_equals_the_two_streams_and_trains_the_same(routing):
     for name, grad in plain_grads.items():
         assert grad.abs().sum() > 0, name
         assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_key_value_gather_is_the_roll_and_partition(shift):
+    from napari_mpt_deblur.models import layers
+
+    x = torch.randn(2, 32, 48, 6)
+    expected = layers._partition(torch.roll(x, (-shift, -shift), dims=(1, 2)), 8)
+    order = layers._window_order(32, 48, 8, shift, x.device)
+    assert torch.equal(layers._gather(x, order).reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize(("shift", "inv_rate"), [(0, 1), (4, 1), (0, 2), (4, 2), (4, 4)])
+def test_compat_query_gathers_are_the_released_layout_changes(shift, inv_rate):
+    """The three gathers of the compat routing against partition / pseudo-images / roll."""
+    from napari_mpt_deblur.models import layers
+
+    h, w, win, b, c = 64, 96, 8, 2, 5
+    groups, hp = inv_rate**2, h // inv_rate
+    x = torch.randn(b, h, w, c)
+    to_pseudo, to_windows, back = layers._compat_order(h, w, win, shift, inv_rate, x.device)
+    pseudo = layers._unpartition(
+        layers._partition(x, win).reshape(b * groups, -1, win * win, c), win, hp)
+    assert torch.equal(layers._gather(x, to_pseudo).reshape(pseudo.shape), pseudo)
+    rolled = torch.roll(pseudo, (-shift, -shift), dims=(1, 2))
+    windows = layers._partition(rolled, win).reshape(b, -1, groups * win * win, c)
+    gathered = layers._gather(pseudo.reshape(b, -1, c), to_windows).reshape(windows.shape)
+    assert torch.equal(gathered, windows)
+    # The way back: windows (any content) to raster order, then the roll undone.
+    expected = torch.roll(layers._unpartition(windows.reshape(b, -1, win * win, c), win, h),
+                          (shift, shift), dims=(1, 2))
+    assert torch.equal(layers._gather(windows, back).reshape(x.shape), expected)

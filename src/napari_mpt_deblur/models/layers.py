@@ -216,6 +216,53 @@ def _aligned_order(
         return order, torch.argsort(order)
 
 
+@functools.lru_cache(maxsize=64)
+def _window_order(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Raster sources of ``_partition(torch.roll(x, (-shift, -shift)))`` flattened: one gather.
+
+    Used for the keys/values of both routings (two passes over the map, the roll and the
+    partition, become one). Built outside inference mode, like :func:`_aligned_order`.
+    """
+    with torch.inference_mode(False):
+        grid = torch.arange(h * w, device=device).reshape(1, h, w, 1)
+        if shift:
+            grid = torch.roll(grid, (-shift, -shift), dims=(1, 2))
+        return _partition(grid, window).reshape(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _compat_order(
+    h: int, w: int, window: int, shift: int, inv_rate: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``compat`` routing's three layout changes of the queries, each as one gather.
+
+    ``to_pseudo``: raster windows laid out again as ``g`` pseudo-images of the pooled size
+    (partition, regroup, unpartition); ``to_windows``: those pseudo-images rolled, partitioned
+    and grouped ``g`` windows per pooled key window; ``back``: the attention output to raster
+    order with the roll undone (unpartition, roll). Built outside inference mode.
+    """
+    groups, hp, wp = inv_rate**2, h // inv_rate, w // inv_rate
+    with torch.inference_mode(False):
+        grid = torch.arange(h * w, device=device).reshape(1, h, w, 1)
+        pseudo = _unpartition(_partition(grid, window).reshape(groups, -1, window * window, 1),
+                              window, hp)
+        to_pseudo = pseudo.reshape(-1)
+        grid = torch.arange(h * w, device=device).reshape(groups, hp, wp, 1)
+        if shift:
+            grid = torch.roll(grid, (-shift, -shift), dims=(1, 2))
+        to_windows = _partition(grid, window).reshape(-1)
+        grid = torch.arange(h * w, device=device).reshape(1, -1, window * window, 1)
+        grid = _unpartition(grid, window, h)
+        if shift:
+            grid = torch.roll(grid, (shift, shift), dims=(1, 2))
+        return to_pseudo, to_windows, grid.reshape(-1)
+
+
+def _gather(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, ..., C)`` with its positions (all but the first and last axes) in ``order``."""
+    return x.reshape(x.shape[0], -1, x.shape[-1]).index_select(1, order)
+
+
 class DualAttention(nn.Module):
     """The two attention streams of a pyramid block: ISCA (index 0) and CSWA (index 1).
 
@@ -371,36 +418,31 @@ class DualAttention(nn.Module):
             )
         if kv is None:
             kv = _spatial(_pointwise(self.downsamp(y), self.kv[1]), self.kv_dwconv[1])
-        if shift:
-            kv = torch.roll(kv, (-shift, -shift), dims=(1, 2))
-        kv = _partition(kv, win)  # (B, nWp, N, 2C)
+        # Roll and partition in one gather: (B, nWp, N, 2C).
+        kv = _gather(kv, _window_order(hp, wp, win, shift, kv.device)).reshape(
+            b, -1, win * win, 2 * c)
         if self.routing == "compat":
             q, mask = self._compat_queries(q, hp, wp)
+            back = _compat_order(h, w, win, shift, inv, q.device)[2]
         else:
             q, mask = self._aligned_queries(q, hp, wp)
+            back = _aligned_order(h, w, win, shift, inv, q.device)[1]
         out = self._attend(q, kv, mask)  # (B, nWp, g*N, C)
-        if self.routing == "compat":
-            out = _unpartition(out.reshape(b, -1, win * win, c), win, h)
-            roll = shift
-        else:  # one gather undoes the grouping, the partition and the roll
-            _, inverse = _aligned_order(h, w, win, shift, inv, out.device)
-            out = out.reshape(b, h * w, c).index_select(1, inverse).reshape(b, h, w, c)
-            roll = 0
-        if roll:  # project_out is per pixel, so the roll may come first
-            out = torch.roll(out, (roll, roll), dims=(1, 2))
+        # One gather undoes the grouping, the partition and the roll (project_out is per pixel).
+        out = _gather(out, back).reshape(b, h, w, c)
         return _pointwise_add(out, self.project_out[1], residual)
 
     def _compat_queries(
         self, q: torch.Tensor, hp: int, wp: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, _, _, c = q.shape
+        b, h, w, c = q.shape
         win, shift, groups = self.window, self.shift, self.inv_rate**2
-        # Raster windows, laid out again as g pseudo-images of the pooled size.
-        pseudo = _unpartition(_partition(q, win).reshape(b * groups, -1, win * win, c), win, hp)
+        to_pseudo, to_windows, _ = _compat_order(h, w, win, shift, self.inv_rate, q.device)
+        # Raster windows laid out again as g pseudo-images of the pooled size (one gather), their
+        # convolution, then roll, partition and grouping (one gather).
+        pseudo = _gather(q, to_pseudo).reshape(b * groups, hp, wp, c)
         pseudo = _spatial(pseudo, self.q_dwconv[1])
-        if shift:
-            pseudo = torch.roll(pseudo, (-shift, -shift), dims=(1, 2))
-        q = _partition(pseudo, win).reshape(b, -1, groups * win * win, c)
+        q = _gather(pseudo.reshape(b, -1, c), to_windows).reshape(b, -1, groups * win * win, c)
         mask = None
         if shift:
             mask = _compat_shift_mask(hp, wp, win, shift, groups, q.device)
@@ -413,7 +455,7 @@ class DualAttention(nn.Module):
         b, h, w, c = q.shape  # q after its depthwise convolution
         # Roll, partition and grouping in one gather (one pass over q instead of four).
         order, _ = _aligned_order(h, w, win, shift, inv, q.device)
-        q = q.reshape(b, h * w, c).index_select(1, order).reshape(b, hp * wp // (win * win), -1, c)
+        q = _gather(q, order).reshape(b, hp * wp // (win * win), -1, c)
         mask = None
         if shift:
             mask = _aligned_shift_mask(hp, wp, win, shift, inv, q.device)
