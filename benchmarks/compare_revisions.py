@@ -30,7 +30,7 @@ PACKAGE = "napari_mpt_deblur"
 
 
 def import_revision(revision: str, into: Path, suffix: str):
-    """The package as it was at ``revision``, imported as ``napari_mpt_deblur_<suffix>``."""
+    """The model registry of the package as it was at ``revision`` (as ``..._<suffix>``)."""
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", revision, f"src/{PACKAGE}"],
         check=True, capture_output=True,
@@ -39,7 +39,9 @@ def import_revision(revision: str, into: Path, suffix: str):
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     (into / "src" / PACKAGE).rename(into / "src" / f"{PACKAGE}_{suffix}")
     sys.path.insert(0, str(into / "src"))
-    return importlib.import_module(f"{PACKAGE}_{suffix}")
+    # The package's lazy top-level names import by absolute name, i.e. the current checkout;
+    # the registry's own imports are relative, so it builds the revision's models.
+    return importlib.import_module(f"{PACKAGE}_{suffix}.models._registry")
 
 
 def main() -> None:
@@ -57,8 +59,8 @@ def main() -> None:
 
     import torch
 
-    import napari_mpt_deblur as current
     from napari_mpt_deblur.engine._allocator import retain_freed_memory
+    from napari_mpt_deblur.models import _registry as current
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
