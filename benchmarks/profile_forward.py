@@ -18,8 +18,9 @@ import time
 from _machine import machine_line
 
 _PARTS = (
-    ("layers", "DualAttention", "isca", "ISCA (channel attention)"),
-    ("layers", "DualAttention", "cswa", "CSWA (window attention, all of it)"),
+    ("layers", "DualAttention", "project", "q/k/v projections of both streams (GEMM + dwconv)"),
+    ("layers", "DualAttention", "_isca", "ISCA (channel attention, after the projections)"),
+    ("layers", "DualAttention", "_cswa", "CSWA (window attention, after the projections)"),
     ("layers", "DualAttention", "_attend", "CSWA: normalise, bias, SDPA"),
     ("layers", "FEFN", "forward", "FEFN (feed-forward)"),
     ("layers", "LayerNorm2d", "forward", "LayerNorm"),

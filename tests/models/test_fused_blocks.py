@@ -132,7 +132,8 @@ def test_fused_projections_equal_the_separate_layers(routing, rate):
         return t.permute(0, 2, 3, 1)
 
     with torch.inference_mode():
-        q0, kv0, q1, kv1 = attn.project(y)
+        qkv0, q1, kv1 = attn.project(y)
+        q0, kv0 = qkv0[..., :16], qkv0[..., 16:]
         assert torch.allclose(q0, nhwc(attn.q_dwconv[0](attn.q[0](x))), atol=1e-5)
         assert torch.allclose(kv0, nhwc(attn.kv_dwconv[0](attn.kv[0](x))), atol=1e-5)
         expected_q1 = attn.q[1](y)  # compat: its convolution acts on pseudo-images later
@@ -198,3 +199,20 @@ def test_compat_query_gathers_are_the_released_layout_changes(shift, inv_rate):
     expected = torch.roll(layers._unpartition(windows.reshape(b, -1, win * win, c), win, h),
                           (shift, shift), dims=(1, 2))
     assert torch.equal(layers._gather(windows, back).reshape(x.shape), expected)
+
+
+def test_isca_gram_reads_strided_channel_slices_and_batches():
+    """ISCA from a channel slice of a wider map (as ``project`` hands it over), batch of 3."""
+    attn = _block("aligned", heads=2).attn
+    y = torch.randn(3, 16, 24, 16)
+    with torch.inference_mode():
+        expected = _textbook_isca(attn, y)
+        q = attn.q_dwconv[0](attn.q[0](y.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        kv = attn.kv_dwconv[0](attn.kv[0](y.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        wide = torch.cat([torch.randn_like(q), q, kv, torch.randn_like(q)], dim=-1)
+        qkv = wide[..., 16:64]  # strided: row stride 80 channels
+        assert not qkv.is_contiguous()
+        assert torch.allclose(attn._isca(qkv, None), expected, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = attn._isca(qkv.bfloat16(), None).float()
+        assert (half - expected).abs().max().item() < 0.05 * expected.abs().max().item()

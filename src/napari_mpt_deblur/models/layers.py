@@ -327,13 +327,13 @@ class DualAttention(nn.Module):
         streams need run as one GEMM and their depthwise convolutions as one convolution
         (:meth:`project`): fewer, wider operations, and under autocast one cast of ``y``.
         """
-        q0, kv0, q1, kv1 = self.project(y)
-        return self._isca(q0, kv0, residual), self._cswa(y, q1, kv1, residual)
+        qkv0, q1, kv1 = self.project(y)
+        return self._isca(qkv0, residual), self._cswa(y, q1, kv1, residual)
 
     def project(
         self, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(q0, kv0, q1, kv1)``: the projections of ``y`` for ISCA (0) and CSWA (1).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(qkv0, q1, kv1)``: the projections of ``y`` for ISCA (0: ``[q | k | v]``) and CSWA (1).
 
         Each is ``_spatial(_pointwise(y, linear), dwconv)`` with its own weights, except that the
         ``compat`` routing's ``q1`` is returned before its depthwise convolution (which acts on
@@ -355,10 +355,9 @@ class DualAttention(nn.Module):
         dw_weight = torch.cat([m.weight for m in depthwise])
         maps = F.conv2d(F.linear(y, weight).permute(0, 3, 1, 2), dw_weight, padding=1,
                         groups=dw_weight.shape[0]).permute(0, 2, 3, 1)
-        q0, kv0 = maps[..., :c], maps[..., c : 3 * c]
         kv1 = maps[..., 3 * c : 5 * c] if self.inv_rate == 1 else None
         q1 = maps[..., -c:] if self.routing == "aligned" else _pointwise(y, self.q[1])
-        return q0, kv0, q1, kv1
+        return maps[..., : 3 * c], q1, kv1
 
     # -- ISCA: transposed (channel) attention over the whole image ---------------------------
     def isca(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -372,28 +371,35 @@ class DualAttention(nn.Module):
         """
         q = _spatial(_pointwise(y, self.q[0]), self.q_dwconv[0])
         kv = _spatial(_pointwise(y, self.kv[0]), self.kv_dwconv[0])
-        return self._isca(q, kv, residual)
+        return self._isca(torch.cat([q, kv], dim=-1), residual)
 
-    def _isca(self, q: torch.Tensor, kv: torch.Tensor, residual: torch.Tensor | None
-              ) -> torch.Tensor:
-        """ISCA from its projected ``q`` ``(B, H, W, C)`` and ``kv`` ``(B, H, W, 2C)`` maps."""
-        b, height, width, c = q.shape
-        q = q.reshape(b, height * width, c)
-        kv = kv.reshape(b, height * width, 2 * c)
-        k, v = kv[..., :c], kv[..., c:]
-        gram = torch.bmm(q.transpose(1, 2), k).float()  # (B, C, C)
-        q_norm = torch.linalg.vector_norm(q, dim=1).float().clamp_min(1e-12)  # F.normalize's eps
-        k_norm = torch.linalg.vector_norm(k, dim=1).float().clamp_min(1e-12)
+    def _isca(self, qkv: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """ISCA from its projected ``[q | k | v]`` map ``(B, H, W, 3C)`` (may be a channel slice).
+
+        One Gram matrix of ``[q | k]`` over the pixels gives ``qᵀk`` and, on its diagonal, both
+        norms. It runs as one ``mm`` per image, which reads strided channel slices as they are:
+        a vector norm over the pixel axis of such a slice is several times slower than the GEMM,
+        and ``bmm`` copies the slice first under bf16.
+        """
+        b, height, width, c = qkv.shape
+        c //= 3
+        qkv = qkv.reshape(b, height * width, 3 * c)
+        qk, v = qkv[..., : 2 * c], qkv[..., 2 * c :]
+        grams = _image_matmul(qk.transpose(1, 2), qk).float()  # (B, 2C, 2C)
+        gram = grams[:, :c, c:]  # qᵀk
+        # |q_i|, |k_j| clamped at F.normalize's eps (1e-12) like the textbook normalisation.
+        norms = grams.diagonal(dim1=1, dim2=2).clamp_min(1e-24).sqrt()
+        q_norm, k_norm = norms[:, :c], norms[:, c:]
         scale = self.temperature[0].reshape(-1, 1).float().repeat_interleave(c // self.heads, 0)
         logits = gram / (q_norm[:, :, None] * k_norm[:, None, :]) * scale
-        attn = torch.softmax(logits + _head_blocks(c, self.heads, q.device), dim=-1)
+        attn = torch.softmax(logits + _head_blocks(c, self.heads, qkv.device), dim=-1)
         mix = self.project_out[0].weight.float() @ attn  # (B, C, C): W_out @ blockdiag(attn)
         if residual is not None and residual.dtype == mix.dtype and not torch.is_autocast_enabled(
-            q.device.type
+            qkv.device.type
         ):
             out = torch.baddbmm(residual.reshape(b, -1, c), v, mix.transpose(1, 2))
             return out.reshape(residual.shape)
-        out = torch.bmm(v, mix.transpose(1, 2).to(v.dtype)).reshape(b, height, width, c)
+        out = _image_matmul(v, mix.transpose(1, 2).to(v.dtype)).reshape(b, height, width, c)
         return out if residual is None else residual + out
 
     # -- CSWA: window attention from full-resolution queries to pooled keys/values -----------
@@ -481,6 +487,14 @@ class DualAttention(nn.Module):
             bias = bias.to(q.dtype)
         out = window_attention(q, k, v, bias)
         return rearrange(out, "(b w) h n d -> b w n (h d)", b=b)
+
+
+def _image_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a, b)`` as one ``mm`` per image: ``mm`` takes strided channel slices as they
+    are, where ``bmm`` copies them first under bf16 on the CPU."""
+    if a.shape[0] == 1:
+        return (a[0] @ b[0]).unsqueeze(0)
+    return torch.stack([x @ y for x, y in zip(a, b)])
 
 
 @functools.lru_cache(maxsize=32)
