@@ -18,9 +18,9 @@ import time
 from _machine import machine_line
 
 _PARTS = (
-    ("layers", "DualAttention", "project", "q/k/v projections of both streams (GEMM + dwconv)"),
-    ("layers", "DualAttention", "_isca", "ISCA (channel attention, after the projections)"),
-    ("layers", "DualAttention", "_cswa", "CSWA (window attention, after the projections)"),
+    ("layers", "DualAttention", "isca", "ISCA (channel attention, all of it)"),
+    ("layers", "DualAttention", "isca_qkv", "ISCA: q/k/v projection (one GEMM + one dwconv)"),
+    ("layers", "DualAttention", "cswa", "CSWA (window attention, all of it)"),
     ("layers", "DualAttention", "_attend", "CSWA: normalise, bias, SDPA"),
     ("layers", "FEFN", "forward", "FEFN (feed-forward)"),
     ("layers", "LayerNorm2d", "forward", "LayerNorm"),

@@ -121,52 +121,38 @@ def test_cached_query_order_from_inference_mode_still_trains():
 
 
 @pytest.mark.parametrize("routing", ["compat", "aligned"])
-@pytest.mark.parametrize("rate", [1.0, 0.5])
-def test_fused_projections_equal_the_separate_layers(routing, rate):
-    """One GEMM and one depthwise convolution for all projections = each layer on its own."""
-    attn = _block(routing, heads=2, rate=rate).attn
+def test_isca_projection_is_the_two_layers_in_one_gemm_and_one_conv(routing):
+    attn = _block(routing, heads=2).attn
     y = torch.randn(2, 32, 48, 16)
     x = y.permute(0, 3, 1, 2)
-
-    def nhwc(t: torch.Tensor) -> torch.Tensor:
-        return t.permute(0, 2, 3, 1)
-
     with torch.inference_mode():
-        qkv0, q1, kv1 = attn.project(y)
-        q0, kv0 = qkv0[..., :16], qkv0[..., 16:]
-        assert torch.allclose(q0, nhwc(attn.q_dwconv[0](attn.q[0](x))), atol=1e-5)
-        assert torch.allclose(kv0, nhwc(attn.kv_dwconv[0](attn.kv[0](x))), atol=1e-5)
-        expected_q1 = attn.q[1](y)  # compat: its convolution acts on pseudo-images later
-        if routing == "aligned":
-            expected_q1 = nhwc(attn.q_dwconv[1](expected_q1.permute(0, 3, 1, 2)))
-        assert torch.allclose(q1, expected_q1, atol=1e-5)
-        if rate == 1.0:
-            expected_kv1 = attn.kv_dwconv[1](attn.kv[1](y).permute(0, 3, 1, 2))
-            assert torch.allclose(kv1, nhwc(expected_kv1), atol=1e-5)
-        else:
-            assert kv1 is None  # keys/values come from the pooled map
+        q = attn.q_dwconv[0](attn.q[0](x))
+        kv = attn.kv_dwconv[0](attn.kv[0](x))
+        expected = torch.cat([q, kv], dim=1).permute(0, 2, 3, 1)
+        assert torch.allclose(attn.isca_qkv(y), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("routing", ["compat", "aligned"])
-def test_fused_forward_equals_the_two_streams_and_trains_the_same(routing):
-    """``forward`` (fused projections) = ``(isca, cswa)``, in value and in every gradient."""
-    attn = _block(routing, heads=2, rate=1.0).attn
-    y, residual = torch.randn(1, 32, 32, 16), torch.randn(1, 32, 32, 16)
+def test_isca_trains_like_the_textbook_formula():
+    """The concatenated weights and the Gram matrix pass every gradient the textbook passes."""
+    attn = _block("aligned", heads=2).attn
+    y = torch.randn(2, 16, 24, 16, requires_grad=True)
 
-    def grads(fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def grads(formula) -> dict[str, torch.Tensor]:
         attn.zero_grad()
-        streams = attn(y, residual) if fused else (attn.isca(y, residual), attn.cswa(y, residual))
-        out = torch.cat(streams, dim=-1)
+        y.grad = None
+        out = formula(y)
         (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in attn.named_parameters()}
+        found = {n: p.grad.clone() for n, p in attn.named_parameters() if p.grad is not None}
+        return {**found, "input": y.grad.clone()}
 
-    fused_out, fused_grads = grads(True)
-    plain_out, plain_grads = grads(False)
-    assert torch.allclose(fused_out, plain_out, atol=1e-5)
-    assert fused_grads.keys() == plain_grads.keys()
-    for name, grad in plain_grads.items():
+    ours = grads(attn.isca)
+    textbook = grads(lambda t: _textbook_isca(attn, t))
+    assert ours.keys() == textbook.keys()
+    assert {"q.0.weight", "kv.0.weight", "q_dwconv.0.weight", "kv_dwconv.0.weight",
+            "temperature.0", "project_out.0.weight", "input"} <= ours.keys()
+    for name, grad in textbook.items():
         assert grad.abs().sum() > 0, name
-        assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-5), name
+        assert torch.allclose(ours[name], grad, rtol=1e-4, atol=1e-5), name
 
 
 @pytest.mark.parametrize("shift", [0, 4])
@@ -202,15 +188,14 @@ def test_compat_query_gathers_are_the_released_layout_changes(shift, inv_rate):
 
 
 def test_isca_gram_reads_strided_channel_slices_and_batches():
-    """ISCA from a channel slice of a wider map (as ``project`` hands it over), batch of 3."""
+    """ISCA reads its q, k and v as strided channel slices; a batch of 3 runs image by image."""
     attn = _block("aligned", heads=2).attn
     y = torch.randn(3, 16, 24, 16)
     with torch.inference_mode():
         expected = _textbook_isca(attn, y)
-        q = attn.q_dwconv[0](attn.q[0](y.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        kv = attn.kv_dwconv[0](attn.kv[0](y.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        wide = torch.cat([torch.randn_like(q), q, kv, torch.randn_like(q)], dim=-1)
-        qkv = wide[..., 16:64]  # strided: row stride 80 channels
+        qkv = attn.isca_qkv(y)
+        wide = torch.cat([torch.randn_like(qkv), qkv, torch.randn_like(qkv)], dim=-1)
+        qkv = wide[..., 48:96]  # strided: row stride 144 channels
         assert not qkv.is_contiguous()
         assert torch.allclose(attn._isca(qkv, None), expected, atol=1e-5)
         with torch.autocast("cpu", dtype=torch.bfloat16):

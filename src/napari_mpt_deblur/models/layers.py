@@ -321,43 +321,8 @@ class DualAttention(nn.Module):
     def forward(
         self, y: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(isca(y), cswa(y))``, each added to ``residual`` when it is given.
-
-        Same result as calling the two methods, but the per-pixel projections of ``y`` that both
-        streams need run as one GEMM and their depthwise convolutions as one convolution
-        (:meth:`project`): fewer, wider operations, and under autocast one cast of ``y``.
-        """
-        qkv0, q1, kv1 = self.project(y)
-        return self._isca(qkv0, residual), self._cswa(y, q1, kv1, residual)
-
-    def project(
-        self, y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(qkv0, q1, kv1)``: the projections of ``y`` for ISCA (0: ``[q | k | v]``) and CSWA (1).
-
-        Each is ``_spatial(_pointwise(y, linear), dwconv)`` with its own weights, except that the
-        ``compat`` routing's ``q1`` is returned before its depthwise convolution (which acts on
-        pseudo-images there), and ``kv1`` is ``None`` when keys and values come from the pooled
-        map. The weights are concatenated on every call (so training sees the parameters), one
-        GEMM computes all projections and one depthwise convolution all their convolutions:
-        per output channel the same dot products as separate layers. The results are channel
-        slices (views) of the shared maps.
-        """
-        c = y.shape[-1]
-        pointwise, depthwise = [self.q[0], self.kv[0]], [self.q_dwconv[0], self.kv_dwconv[0]]
-        if self.inv_rate == 1:
-            pointwise.append(self.kv[1])
-            depthwise.append(self.kv_dwconv[1])
-        if self.routing == "aligned":
-            pointwise.append(self.q[1])
-            depthwise.append(self.q_dwconv[1])
-        weight = torch.cat([m.weight.reshape(m.weight.shape[0], -1) for m in pointwise])
-        dw_weight = torch.cat([m.weight for m in depthwise])
-        maps = F.conv2d(F.linear(y, weight).permute(0, 3, 1, 2), dw_weight, padding=1,
-                        groups=dw_weight.shape[0]).permute(0, 2, 3, 1)
-        kv1 = maps[..., 3 * c : 5 * c] if self.inv_rate == 1 else None
-        q1 = maps[..., -c:] if self.routing == "aligned" else _pointwise(y, self.q[1])
-        return maps[..., : 3 * c], q1, kv1
+        """``(isca(y), cswa(y))``, each added to ``residual`` when it is given."""
+        return self.isca(y, residual), self.cswa(y, residual)
 
     # -- ISCA: transposed (channel) attention over the whole image ---------------------------
     def isca(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -369,17 +334,28 @@ class DualAttention(nn.Module):
         ``project_out`` is folded into it: the output is one ``v @ (W_out A)ᵀ`` GEMM on the
         channels-last map, accumulated onto ``residual``.
         """
-        q = _spatial(_pointwise(y, self.q[0]), self.q_dwconv[0])
-        kv = _spatial(_pointwise(y, self.kv[0]), self.kv_dwconv[0])
-        return self._isca(torch.cat([q, kv], dim=-1), residual)
+        return self._isca(self.isca_qkv(y), residual)
+
+    def isca_qkv(self, y: torch.Tensor) -> torch.Tensor:
+        """ISCA's projected ``[q | k | v]`` map ``(B, H, W, 3C)``, from one GEMM and one conv.
+
+        ``q = DW_q(W_q y)`` and ``kv = DW_kv(W_kv y)`` with the weights concatenated on every
+        call (so training sees the parameters): per output channel the same dot products as the
+        two layers, in one wider GEMM and one depthwise convolution, and ``[q | k]`` lies in
+        adjacent channels for the Gram matrix of :meth:`_isca`.
+        """
+        weight = torch.cat([self.q[0].weight, self.kv[0].weight]).flatten(1)
+        dw_weight = torch.cat([self.q_dwconv[0].weight, self.kv_dwconv[0].weight])
+        qkv = F.linear(y, weight).permute(0, 3, 1, 2)
+        return F.conv2d(qkv, dw_weight, padding=1, groups=dw_weight.shape[0]).permute(0, 2, 3, 1)
 
     def _isca(self, qkv: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
-        """ISCA from its projected ``[q | k | v]`` map ``(B, H, W, 3C)`` (may be a channel slice).
+        """ISCA from its projected ``[q | k | v]`` map ``(B, H, W, 3C)``.
 
         One Gram matrix of ``[q | k]`` over the pixels gives ``qᵀk`` and, on its diagonal, both
-        norms. It runs as one ``mm`` per image, which reads strided channel slices as they are:
-        a vector norm over the pixel axis of such a slice is several times slower than the GEMM,
-        and ``bmm`` copies the slice first under bf16.
+        norms. It runs as one ``mm`` per image, which reads the strided channel slices ``[q | k]``
+        and ``v`` as they are: a vector norm over the pixel axis of such a slice is several times
+        slower than the GEMM, and ``bmm`` copies the slice first under bf16.
         """
         b, height, width, c = qkv.shape
         c //= 3
@@ -404,17 +380,6 @@ class DualAttention(nn.Module):
 
     # -- CSWA: window attention from full-resolution queries to pooled keys/values -----------
     def cswa(self, y: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        q = _pointwise(y, self.q[1])
-        if self.routing == "aligned":
-            q = _spatial(q, self.q_dwconv[1])
-        kv = None
-        if self.inv_rate == 1:
-            kv = _spatial(_pointwise(y, self.kv[1]), self.kv_dwconv[1])
-        return self._cswa(y, q, kv, residual)
-
-    def _cswa(self, y: torch.Tensor, q: torch.Tensor, kv: torch.Tensor | None,
-              residual: torch.Tensor | None) -> torch.Tensor:
-        """CSWA from the projections of :meth:`project` (``kv`` ``None``: pooled keys/values)."""
         b, h, w, c = y.shape
         win, shift, inv = self.window, self.shift, self.inv_rate
         hp, wp = h // inv, w // inv
@@ -422,11 +387,12 @@ class DualAttention(nn.Module):
             raise ValueError(
                 f"CSWA needs the pooled map ({hp}x{wp}) to be a multiple of the window {win}"
             )
-        if kv is None:
-            kv = _spatial(_pointwise(self.downsamp(y), self.kv[1]), self.kv_dwconv[1])
+        source = self.downsamp(y) if inv > 1 else y
+        kv = _spatial(_pointwise(source, self.kv[1]), self.kv_dwconv[1])
         # Roll and partition in one gather: (B, nWp, N, 2C).
         kv = _gather(kv, _window_order(hp, wp, win, shift, kv.device)).reshape(
             b, -1, win * win, 2 * c)
+        q = _pointwise(y, self.q[1])  # (B, H, W, C)
         if self.routing == "compat":
             q, mask = self._compat_queries(q, hp, wp)
             back = _compat_order(h, w, win, shift, inv, q.device)[2]
@@ -458,7 +424,8 @@ class DualAttention(nn.Module):
         self, q: torch.Tensor, hp: int, wp: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         win, shift, inv = self.window, self.shift, self.inv_rate
-        b, h, w, c = q.shape  # q after its depthwise convolution
+        b, h, w, c = q.shape
+        q = _spatial(q, self.q_dwconv[1])
         # Roll, partition and grouping in one gather (one pass over q instead of four).
         order, _ = _aligned_order(h, w, win, shift, inv, q.device)
         q = _gather(q, order).reshape(b, hp * wp // (win * win), -1, c)
