@@ -352,19 +352,19 @@ class DualAttention(nn.Module):
     def _isca(self, qkv: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
         """ISCA from its projected ``[q | k | v]`` map ``(B, H, W, 3C)``.
 
-        One Gram matrix of ``[q | k]`` over the pixels gives ``qᵀk`` and, on its diagonal, both
-        norms. It runs as one ``mm`` per image, which reads the strided channel slices ``[q | k]``
-        and ``v`` as they are: a vector norm over the pixel axis of such a slice is several times
-        slower than the GEMM, and ``bmm`` copies the slice first under bf16.
+        ``qᵀk`` runs as one ``mm`` per image, which reads the strided channel slices ``q``, ``k``
+        and ``v`` as they are (``bmm`` copies them first under bf16), and the norms come from
+        the squared ``[q | k]`` summed over the pixels: a vector norm over the pixel axis of a
+        strided slice is several times slower than both.
         """
         b, height, width, c = qkv.shape
         c //= 3
         qkv = qkv.reshape(b, height * width, 3 * c)
-        qk, v = qkv[..., : 2 * c], qkv[..., 2 * c :]
-        grams = _image_matmul(qk.transpose(1, 2), qk).float()  # (B, 2C, 2C)
-        gram = grams[:, :c, c:]  # qᵀk
+        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
+        gram = _image_matmul(q.transpose(1, 2), k).float()  # (B, C, C)
+        squares = qkv[..., : 2 * c].square().sum(1, dtype=torch.float32)  # (B, 2C)
         # |q_i|, |k_j| clamped at F.normalize's eps (1e-12) like the textbook normalisation.
-        norms = grams.diagonal(dim1=1, dim2=2).clamp_min(1e-24).sqrt()
+        norms = squares.clamp_min(1e-24).sqrt()
         q_norm, k_norm = norms[:, :c], norms[:, c:]
         scale = self.temperature[0].reshape(-1, 1).float().repeat_interleave(c // self.heads, 0)
         logits = gram / (q_norm[:, :, None] * k_norm[:, None, :]) * scale
