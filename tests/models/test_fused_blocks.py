@@ -133,7 +133,7 @@ def test_isca_projection_is_the_two_layers_in_one_gemm_and_one_conv(routing):
 
 
 def test_isca_trains_like_the_textbook_formula():
-    """The concatenated weights and the Gram matrix pass every gradient the textbook passes."""
+    """The concatenated weights and the squared-sum norms pass every gradient the textbook does."""
     attn = _block("aligned", heads=2).attn
     y = torch.randn(2, 16, 24, 16, requires_grad=True)
 
@@ -187,7 +187,7 @@ def test_compat_query_gathers_are_the_released_layout_changes(shift, inv_rate):
     assert torch.equal(layers._gather(windows, back).reshape(x.shape), expected)
 
 
-def test_isca_gram_reads_strided_channel_slices_and_batches():
+def test_isca_reads_strided_channel_slices_and_batches():
     """ISCA reads its q, k and v as strided channel slices; a batch of 3 runs image by image."""
     attn = _block("aligned", heads=2).attn
     y = torch.randn(3, 16, 24, 16)
