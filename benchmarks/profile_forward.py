@@ -18,7 +18,8 @@ import time
 from _machine import machine_line
 
 _PARTS = (
-    ("layers", "DualAttention", "isca", "ISCA (channel attention)"),
+    ("layers", "DualAttention", "isca", "ISCA (channel attention, all of it)"),
+    ("layers", "DualAttention", "isca_qkv", "ISCA: q/k/v projection (one GEMM + one dwconv)"),
     ("layers", "DualAttention", "cswa", "CSWA (window attention, all of it)"),
     ("layers", "DualAttention", "_attend", "CSWA: normalise, bias, SDPA"),
     ("layers", "FEFN", "forward", "FEFN (feed-forward)"),

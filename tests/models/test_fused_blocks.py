@@ -118,3 +118,86 @@ def test_cached_query_order_from_inference_mode_still_trains():
     block.train()
     block(x.requires_grad_()).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("routing", ["compat", "aligned"])
+def test_isca_projection_is_the_two_layers_in_one_gemm_and_one_conv(routing):
+    attn = _block(routing, heads=2).attn
+    y = torch.randn(2, 32, 48, 16)
+    x = y.permute(0, 3, 1, 2)
+    with torch.inference_mode():
+        q = attn.q_dwconv[0](attn.q[0](x))
+        kv = attn.kv_dwconv[0](attn.kv[0](x))
+        expected = torch.cat([q, kv], dim=1).permute(0, 2, 3, 1)
+        assert torch.allclose(attn.isca_qkv(y), expected, atol=1e-5)
+
+
+def test_isca_trains_like_the_textbook_formula():
+    """The concatenated weights and the squared-sum norms pass every gradient the textbook does."""
+    attn = _block("aligned", heads=2).attn
+    y = torch.randn(2, 16, 24, 16, requires_grad=True)
+
+    def grads(formula) -> dict[str, torch.Tensor]:
+        attn.zero_grad()
+        y.grad = None
+        out = formula(y)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        found = {n: p.grad.clone() for n, p in attn.named_parameters() if p.grad is not None}
+        return {**found, "input": y.grad.clone()}
+
+    ours = grads(attn.isca)
+    textbook = grads(lambda t: _textbook_isca(attn, t))
+    assert ours.keys() == textbook.keys()
+    assert {"q.0.weight", "kv.0.weight", "q_dwconv.0.weight", "kv_dwconv.0.weight",
+            "temperature.0", "project_out.0.weight", "input"} <= ours.keys()
+    for name, grad in textbook.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(ours[name], grad, rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("shift", [0, 4])
+def test_key_value_gather_is_the_roll_and_partition(shift):
+    from napari_mpt_deblur.models import layers
+
+    x = torch.randn(2, 32, 48, 6)
+    expected = layers._partition(torch.roll(x, (-shift, -shift), dims=(1, 2)), 8)
+    order = layers._window_order(32, 48, 8, shift, x.device)
+    assert torch.equal(layers._gather(x, order).reshape(expected.shape), expected)
+
+
+@pytest.mark.parametrize(("shift", "inv_rate"), [(0, 1), (4, 1), (0, 2), (4, 2), (4, 4)])
+def test_compat_query_gathers_are_the_released_layout_changes(shift, inv_rate):
+    """The three gathers of the compat routing against partition / pseudo-images / roll."""
+    from napari_mpt_deblur.models import layers
+
+    h, w, win, b, c = 64, 96, 8, 2, 5
+    groups, hp = inv_rate**2, h // inv_rate
+    x = torch.randn(b, h, w, c)
+    to_pseudo, to_windows, back = layers._compat_order(h, w, win, shift, inv_rate, x.device)
+    pseudo = layers._unpartition(
+        layers._partition(x, win).reshape(b * groups, -1, win * win, c), win, hp)
+    assert torch.equal(layers._gather(x, to_pseudo).reshape(pseudo.shape), pseudo)
+    rolled = torch.roll(pseudo, (-shift, -shift), dims=(1, 2))
+    windows = layers._partition(rolled, win).reshape(b, -1, groups * win * win, c)
+    gathered = layers._gather(pseudo.reshape(b, -1, c), to_windows).reshape(windows.shape)
+    assert torch.equal(gathered, windows)
+    # The way back: windows (any content) to raster order, then the roll undone.
+    expected = torch.roll(layers._unpartition(windows.reshape(b, -1, win * win, c), win, h),
+                          (shift, shift), dims=(1, 2))
+    assert torch.equal(layers._gather(windows, back).reshape(x.shape), expected)
+
+
+def test_isca_reads_strided_channel_slices_and_batches():
+    """ISCA reads its q, k and v as strided channel slices; a batch of 3 runs image by image."""
+    attn = _block("aligned", heads=2).attn
+    y = torch.randn(3, 16, 24, 16)
+    with torch.inference_mode():
+        expected = _textbook_isca(attn, y)
+        qkv = attn.isca_qkv(y)
+        wide = torch.cat([torch.randn_like(qkv), qkv, torch.randn_like(qkv)], dim=-1)
+        qkv = wide[..., 48:96]  # strided: row stride 144 channels
+        assert not qkv.is_contiguous()
+        assert torch.allclose(attn._isca(qkv, None), expected, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = attn._isca(qkv.bfloat16(), None).float()
+        assert (half - expected).abs().max().item() < 0.05 * expected.abs().max().item()

@@ -216,6 +216,53 @@ def _aligned_order(
         return order, torch.argsort(order)
 
 
+@functools.lru_cache(maxsize=64)
+def _window_order(h: int, w: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    """Raster sources of ``_partition(torch.roll(x, (-shift, -shift)))`` flattened: one gather.
+
+    Used for the keys/values of both routings (two passes over the map, the roll and the
+    partition, become one). Built outside inference mode, like :func:`_aligned_order`.
+    """
+    with torch.inference_mode(False):
+        grid = torch.arange(h * w, device=device).reshape(1, h, w, 1)
+        if shift:
+            grid = torch.roll(grid, (-shift, -shift), dims=(1, 2))
+        return _partition(grid, window).reshape(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _compat_order(
+    h: int, w: int, window: int, shift: int, inv_rate: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``compat`` routing's three layout changes of the queries, each as one gather.
+
+    ``to_pseudo``: raster windows laid out again as ``g`` pseudo-images of the pooled size
+    (partition, regroup, unpartition); ``to_windows``: those pseudo-images rolled, partitioned
+    and grouped ``g`` windows per pooled key window; ``back``: the attention output to raster
+    order with the roll undone (unpartition, roll). Built outside inference mode.
+    """
+    groups, hp, wp = inv_rate**2, h // inv_rate, w // inv_rate
+    with torch.inference_mode(False):
+        grid = torch.arange(h * w, device=device).reshape(1, h, w, 1)
+        pseudo = _unpartition(_partition(grid, window).reshape(groups, -1, window * window, 1),
+                              window, hp)
+        to_pseudo = pseudo.reshape(-1)
+        grid = torch.arange(h * w, device=device).reshape(groups, hp, wp, 1)
+        if shift:
+            grid = torch.roll(grid, (-shift, -shift), dims=(1, 2))
+        to_windows = _partition(grid, window).reshape(-1)
+        grid = torch.arange(h * w, device=device).reshape(1, -1, window * window, 1)
+        grid = _unpartition(grid, window, h)
+        if shift:
+            grid = torch.roll(grid, (shift, shift), dims=(1, 2))
+        return to_pseudo, to_windows, grid.reshape(-1)
+
+
+def _gather(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(B, ..., C)`` with its positions (all but the first and last axes) in ``order``."""
+    return x.reshape(x.shape[0], -1, x.shape[-1]).index_select(1, order)
+
+
 class DualAttention(nn.Module):
     """The two attention streams of a pyramid block: ISCA (index 0) and CSWA (index 1).
 
@@ -287,24 +334,48 @@ class DualAttention(nn.Module):
         ``project_out`` is folded into it: the output is one ``v @ (W_out A)ᵀ`` GEMM on the
         channels-last map, accumulated onto ``residual``.
         """
-        b, height, width, c = y.shape
-        q = _spatial(_pointwise(y, self.q[0]), self.q_dwconv[0]).reshape(b, height * width, c)
-        kv = _spatial(_pointwise(y, self.kv[0]), self.kv_dwconv[0])
-        kv = kv.reshape(b, height * width, 2 * c)
-        k, v = kv[..., :c], kv[..., c:]
-        gram = torch.bmm(q.transpose(1, 2), k).float()  # (B, C, C)
-        q_norm = torch.linalg.vector_norm(q, dim=1).float().clamp_min(1e-12)  # F.normalize's eps
-        k_norm = torch.linalg.vector_norm(k, dim=1).float().clamp_min(1e-12)
+        return self._isca(self.isca_qkv(y), residual)
+
+    def isca_qkv(self, y: torch.Tensor) -> torch.Tensor:
+        """ISCA's projected ``[q | k | v]`` map ``(B, H, W, 3C)``, from one GEMM and one conv.
+
+        ``q = DW_q(W_q y)`` and ``kv = DW_kv(W_kv y)`` with the weights concatenated on every
+        call (so training sees the parameters): per output channel the same dot products as the
+        two layers, in one wider GEMM and one depthwise convolution, and ``[q | k]`` lies in
+        adjacent channels for the Gram matrix of :meth:`_isca`.
+        """
+        weight = torch.cat([self.q[0].weight, self.kv[0].weight]).flatten(1)
+        dw_weight = torch.cat([self.q_dwconv[0].weight, self.kv_dwconv[0].weight])
+        qkv = F.linear(y, weight).permute(0, 3, 1, 2)
+        return F.conv2d(qkv, dw_weight, padding=1, groups=dw_weight.shape[0]).permute(0, 2, 3, 1)
+
+    def _isca(self, qkv: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """ISCA from its projected ``[q | k | v]`` map ``(B, H, W, 3C)``.
+
+        ``qᵀk`` runs as one ``mm`` per image, which reads the strided channel slices ``q``, ``k``
+        and ``v`` as they are (``bmm`` copies them first under bf16), and the norms come from
+        the squared ``[q | k]`` summed over the pixels: a vector norm over the pixel axis of a
+        strided slice is several times slower than both.
+        """
+        b, height, width, c = qkv.shape
+        c //= 3
+        qkv = qkv.reshape(b, height * width, 3 * c)
+        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
+        gram = _image_matmul(q.transpose(1, 2), k).float()  # (B, C, C)
+        squares = qkv[..., : 2 * c].square().sum(1, dtype=torch.float32)  # (B, 2C)
+        # |q_i|, |k_j| clamped at F.normalize's eps (1e-12) like the textbook normalisation.
+        norms = squares.clamp_min(1e-24).sqrt()
+        q_norm, k_norm = norms[:, :c], norms[:, c:]
         scale = self.temperature[0].reshape(-1, 1).float().repeat_interleave(c // self.heads, 0)
         logits = gram / (q_norm[:, :, None] * k_norm[:, None, :]) * scale
-        attn = torch.softmax(logits + _head_blocks(c, self.heads, y.device), dim=-1)
+        attn = torch.softmax(logits + _head_blocks(c, self.heads, qkv.device), dim=-1)
         mix = self.project_out[0].weight.float() @ attn  # (B, C, C): W_out @ blockdiag(attn)
         if residual is not None and residual.dtype == mix.dtype and not torch.is_autocast_enabled(
-            y.device.type
+            qkv.device.type
         ):
             out = torch.baddbmm(residual.reshape(b, -1, c), v, mix.transpose(1, 2))
             return out.reshape(residual.shape)
-        out = torch.bmm(v, mix.transpose(1, 2).to(v.dtype)).reshape(b, height, width, c)
+        out = _image_matmul(v, mix.transpose(1, 2).to(v.dtype)).reshape(b, height, width, c)
         return out if residual is None else residual + out
 
     # -- CSWA: window attention from full-resolution queries to pooled keys/values -----------
@@ -318,37 +389,32 @@ class DualAttention(nn.Module):
             )
         source = self.downsamp(y) if inv > 1 else y
         kv = _spatial(_pointwise(source, self.kv[1]), self.kv_dwconv[1])
-        if shift:
-            kv = torch.roll(kv, (-shift, -shift), dims=(1, 2))
-        kv = _partition(kv, win)  # (B, nWp, N, 2C)
+        # Roll and partition in one gather: (B, nWp, N, 2C).
+        kv = _gather(kv, _window_order(hp, wp, win, shift, kv.device)).reshape(
+            b, -1, win * win, 2 * c)
         q = _pointwise(y, self.q[1])  # (B, H, W, C)
         if self.routing == "compat":
             q, mask = self._compat_queries(q, hp, wp)
+            back = _compat_order(h, w, win, shift, inv, q.device)[2]
         else:
             q, mask = self._aligned_queries(q, hp, wp)
+            back = _aligned_order(h, w, win, shift, inv, q.device)[1]
         out = self._attend(q, kv, mask)  # (B, nWp, g*N, C)
-        if self.routing == "compat":
-            out = _unpartition(out.reshape(b, -1, win * win, c), win, h)
-            roll = shift
-        else:  # one gather undoes the grouping, the partition and the roll
-            _, inverse = _aligned_order(h, w, win, shift, inv, out.device)
-            out = out.reshape(b, h * w, c).index_select(1, inverse).reshape(b, h, w, c)
-            roll = 0
-        if roll:  # project_out is per pixel, so the roll may come first
-            out = torch.roll(out, (roll, roll), dims=(1, 2))
+        # One gather undoes the grouping, the partition and the roll (project_out is per pixel).
+        out = _gather(out, back).reshape(b, h, w, c)
         return _pointwise_add(out, self.project_out[1], residual)
 
     def _compat_queries(
         self, q: torch.Tensor, hp: int, wp: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, _, _, c = q.shape
+        b, h, w, c = q.shape
         win, shift, groups = self.window, self.shift, self.inv_rate**2
-        # Raster windows, laid out again as g pseudo-images of the pooled size.
-        pseudo = _unpartition(_partition(q, win).reshape(b * groups, -1, win * win, c), win, hp)
+        to_pseudo, to_windows, _ = _compat_order(h, w, win, shift, self.inv_rate, q.device)
+        # Raster windows laid out again as g pseudo-images of the pooled size (one gather), their
+        # convolution, then roll, partition and grouping (one gather).
+        pseudo = _gather(q, to_pseudo).reshape(b * groups, hp, wp, c)
         pseudo = _spatial(pseudo, self.q_dwconv[1])
-        if shift:
-            pseudo = torch.roll(pseudo, (-shift, -shift), dims=(1, 2))
-        q = _partition(pseudo, win).reshape(b, -1, groups * win * win, c)
+        q = _gather(pseudo.reshape(b, -1, c), to_windows).reshape(b, -1, groups * win * win, c)
         mask = None
         if shift:
             mask = _compat_shift_mask(hp, wp, win, shift, groups, q.device)
@@ -362,7 +428,7 @@ class DualAttention(nn.Module):
         q = _spatial(q, self.q_dwconv[1])
         # Roll, partition and grouping in one gather (one pass over q instead of four).
         order, _ = _aligned_order(h, w, win, shift, inv, q.device)
-        q = q.reshape(b, h * w, c).index_select(1, order).reshape(b, hp * wp // (win * win), -1, c)
+        q = _gather(q, order).reshape(b, hp * wp // (win * win), -1, c)
         mask = None
         if shift:
             mask = _aligned_shift_mask(hp, wp, win, shift, inv, q.device)
@@ -388,6 +454,14 @@ class DualAttention(nn.Module):
             bias = bias.to(q.dtype)
         out = window_attention(q, k, v, bias)
         return rearrange(out, "(b w) h n d -> b w n (h d)", b=b)
+
+
+def _image_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.bmm(a, b)`` as one ``mm`` per image: ``mm`` takes strided channel slices as they
+    are, where ``bmm`` copies them first under bf16 on the CPU."""
+    if a.shape[0] == 1:
+        return (a[0] @ b[0]).unsqueeze(0)
+    return torch.stack([x @ y for x, y in zip(a, b)])
 
 
 @functools.lru_cache(maxsize=32)
