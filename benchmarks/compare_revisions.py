@@ -2,6 +2,7 @@
 
     python benchmarks/compare_revisions.py --base HEAD~1 --preset mpt-tiny --size 1024 --dtype bf16
     python benchmarks/compare_revisions.py --base HEAD~1 --preset mpt-base --routing compat
+    python benchmarks/compare_revisions.py --base HEAD~1 --train --dtype bf16   # a training step
 
 Why: on a shared, noisy machine two runs in separate processes differ by more than the levers we
 measure (a few per cent), so each lever is timed ABAB... in one process: the ``--base`` revision's
@@ -10,8 +11,11 @@ tree's, both models get the same weights (the checkpoint keys must not change) a
 warm-up each, then ``--repeats`` alternating forwards under ``inference_mode``, the engine's
 allocator policy and, with ``--dtype bf16``, CPU autocast as ``deblur`` runs it. Prints the
 medians and the best times, the speed-up (before / after) and the max abs difference of the
-two outputs. With ``--threads 1`` it also prints the process's CPU time per forward, which a
-busy machine inflates far less than the wall time (a descheduled forward does not count).
+two outputs. ``--train`` times a training step instead (``--batch`` patches of ``--size``,
+default 4 × 128² as the recipes, forward and backward of an L1 loss, no optimiser, no
+``torch.compile``): a lever can speed inference and slow training. With ``--threads 1`` it
+also prints the process's CPU time per forward, which a busy machine inflates far less than
+the wall time (a descheduled forward does not count).
 """
 
 from __future__ import annotations
@@ -56,7 +60,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train", action="store_true",
+                        help="time a training step (forward + backward) instead of inference")
+    parser.add_argument("--batch", type=int, default=4, help="patches per step with --train")
     args = parser.parse_args()
+    if args.train and args.size == 512:
+        args.size = 128  # the recipes' patch
 
     import torch
 
@@ -69,19 +78,26 @@ def main() -> None:
         if args.after:
             current = import_revision(args.after, Path(tmp) / "after", "after")
         torch.manual_seed(0)
-        after = current.create_model(args.preset, routing=args.routing).eval()
-        before = base.create_model(args.preset, routing=args.routing).eval()
+        after = current.create_model(args.preset, routing=args.routing).train(args.train)
+        before = base.create_model(args.preset, routing=args.routing).train(args.train)
         before.load_state_dict(after.state_dict(), strict=True)
-    x = torch.rand(1, 1, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    n = args.batch if args.train else 1
+    x = torch.rand(n, 1, args.size, args.size, generator=torch.Generator().manual_seed(1))
     sides = {"before": before, "after": after}
     times: dict[str, list[float]] = {name: [] for name in sides}
     cpu: dict[str, list[float]] = {name: [] for name in sides}
 
     def forward(model: torch.nn.Module) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
-            return model(x)
+            out = model(x)
+        if args.train:
+            model.zero_grad(set_to_none=True)
+            (out.float() - x).abs().mean().backward()
+            out = out.detach()
+        return out
 
-    with retain_freed_memory(), torch.inference_mode():
+    mode = torch.enable_grad() if args.train else torch.inference_mode()
+    with retain_freed_memory(), mode:
         warm = {name: forward(model) for name, model in sides.items()}
         diff = (warm["before"] - warm["after"]).abs().max().item()
         del warm
@@ -94,7 +110,8 @@ def main() -> None:
     b, a = median(times["before"]), median(times["after"])
     print(machine_line("cpu", args.threads))
     best_b, best_a = min(times["before"]), min(times["after"])
-    print(f"{args.preset} ({args.routing}) {args.size}² {args.dtype}: before ({args.base}) "
+    what = f"training step {n}×{args.size}²" if args.train else f"{args.size}²"
+    print(f"{args.preset} ({args.routing}) {what} {args.dtype}: before ({args.base}) "
           f"{b:.3f} s -> after ({args.after or 'working tree'}) {a:.3f} s = {b / a:.3f}x "
           f"(medians; best {best_b:.3f} -> {best_a:.3f} = {best_b / best_a:.3f}x), "
           f"max abs diff {diff:.1e}")

@@ -34,7 +34,8 @@ def test_compare_revisions_builds_the_base_revisions_own_models():
         assert type(block).__module__ == "napari_mpt_deblur_base_test.models.layers"
 
 
-def test_compare_revisions_command_reports_both_clocks():
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training-step"])
+def test_compare_revisions_command_reports_both_clocks(train):
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True
                       ).returncode:
         pytest.skip("not a git checkout")
@@ -43,13 +44,15 @@ def test_compare_revisions_command_reports_both_clocks():
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     result = subprocess.run(
         [sys.executable, "benchmarks/compare_revisions.py", "--base", "HEAD", "--after", "HEAD",
-         "--preset", "mpt-test", "--size", "128", "--repeats", "2"],
+         "--preset", "mpt-test", "--size", "128", "--repeats", "2"]
+        + (["--train", "--batch", "2"] if train else []),
         capture_output=True, text=True, env=env, timeout=300, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     diff = re.search(r"max abs diff ([0-9.e+-]+)", result.stdout)
     assert diff and float(diff.group(1)) == 0.0  # one revision against itself: same function
     assert "CPU time of the process" in result.stdout
+    assert ("training step 2×128²" in result.stdout) == train
 
 
 def test_fair_pair_on_cpu_time_times_both_sides():
