@@ -97,10 +97,11 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         arch="mpt",
         preset="mpt-tiny",
         file="mpt-tiny.safetensors",
-        sha256="0e294cd915fbd678d20ffe4714bf432b1b1c1d5a8ea52cf135dcde6998feb187",
-        description="default: 20x widefield defocus 0-16 µm, leaves in-focus images alone",
+        sha256="76cff14f763c0a8b8f5240230d296284f4a7b0d91af5552b2a032f8304ece59a",
+        description="default: 20x widefield defocus 0-16 µm and high-NA oil 0-2 µm; trained "
+        "on 17 kinds of specimen",
         normalization=_PERCENTILE,
-        lineage=("c9b753e:src/napari_mpt_deblur/weights/mpt-tiny.safetensors (stage 11)",
+        lineage=("f47a06c:src/napari_mpt_deblur/weights/mpt-tiny.safetensors (stage 12)",
                  "configs/recipes/mpt-tiny.yaml"),
     ),
     PretrainedEntry(
