@@ -56,7 +56,8 @@ def main() -> None:
                         help="git revision to time as 'after' (default: the working tree)")
     parser.add_argument("--preset", default="mpt-tiny")
     parser.add_argument("--routing", default="aligned", choices=["aligned", "compat"])
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side (default: 512; 128 with --train, the recipes' patch)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
@@ -64,8 +65,8 @@ def main() -> None:
                         help="time a training step (forward + backward) instead of inference")
     parser.add_argument("--batch", type=int, default=4, help="patches per step with --train")
     args = parser.parse_args()
-    if args.train and args.size == 512:
-        args.size = 128  # the recipes' patch
+    if args.size is None:
+        args.size = 128 if args.train else 512
 
     import torch
 

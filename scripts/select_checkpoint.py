@@ -161,10 +161,7 @@ def _pairs(cfg: EvalConfig, sets: list[str]) -> list[tuple[str, float, np.ndarra
     pairs = []
     for name in sets:
         folder, wavelength = VAL_SETS[name]
-        files = _files(folder)
-        if not files:
-            raise SystemExit(f"no validation images in {folder} (run prepare_extra_data.py?)")
-        for path in files:
+        for path in _files(folder):  # available_sets() has checked that there are some
             source = read_plane(path)
             lo, hi = (float(v) for v in np.percentile(source, list(cfg.source_percentiles)))
             for level in cfg.levels_um:

@@ -209,16 +209,9 @@ class SimulationConfig(DictRoundTrip):
         if not 0 <= lo <= hi:
             raise ValueError(f"haze_layers_range must be 0 <= low <= high; got {(lo, hi)}")
         set_("haze_layers_range", (lo, hi))
-        if not 0 <= self.near_focus_probability <= 1:
-            raise ValueError(
-                f"near_focus_probability must be in [0, 1]; got {self.near_focus_probability}"
-            )
-        if not 0 <= self.soft_content_probability <= 1:
-            raise ValueError(
-                f"soft_content_probability must be in [0, 1]; got {self.soft_content_probability}"
-            )
-        if not 0 <= self.haze_probability <= 1:
-            raise ValueError(f"haze_probability must be in [0, 1]; got {self.haze_probability}")
+        for name in ("near_focus_probability", "soft_content_probability", "haze_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
         if self.defocus_sides not in _DEFOCUS_SIDES:
             raise ValueError(
                 f"defocus_sides must be one of {', '.join(map(repr, _DEFOCUS_SIDES))}; "
