@@ -297,6 +297,33 @@ def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, m
     assert "mean of 8 rotated/mirrored views" in to_markdown(result)
 
 
+def test_model_record_reads_the_model_contract():
+    """results.json describes a column through ModelInfo, whatever form the network's info has:
+    a ModelInfo, an old plain dict, or none (a user's own module: its class name)."""
+    import torch
+
+    from napari_mpt_deblur.evaluation.scoring import _model_info
+    from napari_mpt_deblur.models.info import ModelInfo, attach_info
+
+    class OwnNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    typed, old, bare = OwnNet(), OwnNet(), OwnNet()
+    attach_info(typed, ModelInfo(name="net", arch="own", sha256="ab" * 32,
+                                 training={"steps": 3}, description="not recorded"))
+    old.info = {"name": "net", "arch": "own", "sha256": "ab" * 32, "training": {"steps": 3}}
+    assert _model_info(typed) == _model_info(old) == {
+        "name": "net", "arch": "own", "routing": None, "sha256": "ab" * 32,
+        "training": {"steps": 3}, "parameters": 10}
+    assert _model_info(bare, views=8) == {"name": "OwnNet", "arch": "ownnet", "routing": None,
+                                           "ensemble": 8, "parameters": 10}
+
+
 def test_data_folders_are_parameters_with_clear_errors(tmp_path):
     """The package has no default data location; a missing or unset one is named clearly."""
     assert EvalConfig().eval_dir is None and EvalConfig().val_dir is None

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import __version__
 from ..metrics import psnr, ssim
+from ..models.info import model_info
 from .baselines import (
     RLTuning,
     _default_tuning_cells,
@@ -246,7 +247,11 @@ def evaluate(
 
 
 def _model_info(model: Any, views: int = 1) -> dict[str, Any]:
-    info = dict(getattr(model, "info", {}) or {})
+    """What ``results.json`` records of a model column: read through the model contract
+    (:func:`~napari_mpt_deblur.models.info.model_info`), so a network with a
+    :class:`~napari_mpt_deblur.models.info.ModelInfo`, an old ``dict`` info or none at all is
+    described the same way as the engine and the widgets describe it."""
+    info = model_info(model).to_dict()
     keep = ("name", "source", "sha256", "arch", "routing", "training", "simulation", "metrics")
     out = {k: info[k] for k in keep if k in info}
     if views > 1:
