@@ -187,11 +187,13 @@ def load_models(names: list[str], device: str) -> dict[str, Any]:
 
 
 def describe_models(models: dict[str, Any]) -> list[str]:
+    from napari_mpt_deblur.models.info import model_info
+
     lines = []
     for label, model in models.items():
-        info = getattr(model, "info", None) or {}
-        sha = str(info.get("sha256") or "")[:12]
-        source = info.get("source") or label
+        info = model_info(model)
+        sha = (info.sha256 or "")[:12]
+        source = info.source or label
         lines.append(f"- model `{label}`: {source}" + (f" (sha256 {sha}…)" if sha else ""))
     return lines or ["- models: none (blurred vs in-focus only)"]
 
@@ -311,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None and args.out.exists() and not args.overwrite:
         raise SystemExit(f"{args.out} exists; pass --overwrite to replace it")
     if args.models is None:
-        from napari_mpt_deblur.models.checkpoint import default_model_name
+        from napari_mpt_deblur.models.pretrained import default_model_name
 
         args.models = [default_model_name()]
     models = load_models(args.models, args.device)

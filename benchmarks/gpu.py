@@ -154,12 +154,14 @@ def precision_rows(plan: Plan) -> list[dict[str, Any]]:
     """bf16 and fp16 against fp32, for the shipped and the published model."""
     import torch
 
+    from napari_mpt_deblur.models.info import model_info
+
     x = torch.from_numpy(_sample_input(plan.precision_crop))[None, None].to(plan.device)
     rows = []
     for label, name, published in (("shipped", plan.shipped, False),
                                    ("published", plan.published, True)):
         model = _model(name, plan.device, published)
-        model_name = str(getattr(model, "info", {}).get("name", name)) if not published else name
+        model_name = (model_info(model).name or name) if not published else name
         ref, fp32_s = _timed_forward(model, x, None, plan)
         for dtype_name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
             out, seconds = _timed_forward(model, x, dtype, plan)

@@ -21,12 +21,9 @@ from pathlib import Path
 
 import torch
 
-from napari_mpt_deblur.models.checkpoint import (
-    file_sha256,
-    load_model,
-    read_header,
-    save_checkpoint,
-)
+from napari_mpt_deblur.models.checkpoint import file_sha256, read_header, save_checkpoint
+from napari_mpt_deblur.models.info import attach_info, model_info
+from napari_mpt_deblur.models.resolve import load_model
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "napari_mpt_deblur" / "weights"
 
@@ -52,9 +49,12 @@ def main() -> None:
         description=args.description or previous.get("description")
         or f"{header.get('arch', 'mpt')} trained by napari-mpt-deblur",
         license="Apache-2.0 (weights trained by the napari-mpt-deblur developers)",
-        source_checkpoint_sha256=model.info["sha256"],
+        source_checkpoint_sha256=model_info(model).sha256,
     )
-    model.info = {"arch": header.get("arch", "mpt"), "normalization": header.get("normalization")}
+    # Only what the header above does not say: the run's name, lineage and load-time fields
+    # must not reach the shipped file through the model's info.
+    attach_info(model, {"arch": header.get("arch", "mpt"),
+                        "normalization": header.get("normalization")})
     path = save_checkpoint(target, model, metadata=extra)
     print(path, f"{path.stat().st_size / 1e6:.1f} MB")
 
@@ -75,7 +75,7 @@ def _from_state(path: Path):
         metrics = header.setdefault("metrics", {})
         metrics.update(scores)  # its "step" too: last.safetensors' may be a later one
     # the exported file's hash names what was shipped: the state's weights, not last's
-    model.info["sha256"] = file_sha256(path)
+    attach_info(model, sha256=file_sha256(path))
     return model, header
 
 

@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from napari_mpt_deblur.models.checkpoint import bundled_models, file_sha256, read_header
+from napari_mpt_deblur.models.checkpoint import file_sha256, read_header
+from napari_mpt_deblur.models.pretrained import bundled_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -77,6 +77,7 @@ from napari_mpt_deblur.evaluation import (
     split_views,
 )
 from napari_mpt_deblur.metrics import psnr
+from napari_mpt_deblur.models.info import attach_info, model_info
 from napari_mpt_deblur.models.pretrained import canonical_name
 from napari_mpt_deblur.simulate import make_pair
 from napari_mpt_deblur.train import TrainConfig
@@ -123,14 +124,13 @@ def _load(spec: str):
                 raise FileNotFoundError(cfg.model)
             model = load_model(canonical_name(cfg.model), device="cpu")
         except FileNotFoundError:
-            model = build_model(cfg).eval()
-            model.info = {}
+            model = build_model(cfg).eval()  # its constructor attached a bare ModelInfo
         model.load_state_dict(state["model"])
         model.eval()
-        model.info["name"] = f"{path.parent.name}/state@{state['step']}"
+        attach_info(model, name=f"{path.parent.name}/state@{state['step']}")
         return model
     model = load_model(canonical_name(spec), device="cpu")
-    model.info["name"] = spec if not path.exists() else f"{path.parent.name}/{path.stem}"
+    attach_info(model, name=spec if not path.exists() else f"{path.parent.name}/{path.stem}")
     return model
 
 
@@ -197,7 +197,7 @@ def main() -> None:
     for candidate in args.candidates:
         spec, views = split_views(candidate)
         model = _load(spec)
-        name = model.info["name"] + (f" ×{views}" if views > 1 else "")
+        name = model_info(model).name + (f" ×{views}" if views > 1 else "")
         rows[name] = _scores(pairs, lambda b, m=model, v=views: deblur(
             b.astype(np.float32), m, axes="YX", device="cpu", ensemble=v))
         print(f"scored {name}", flush=True)
