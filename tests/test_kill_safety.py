@@ -291,7 +291,7 @@ _FINETUNE = textwrap.dedent(
     """
     import sys
     from napari_mpt_deblur._io import expand_inputs
-    from napari_mpt_deblur.models.checkpoint import load_model
+    from napari_mpt_deblur.models.resolve import load_model
     from napari_mpt_deblur.train.finetune import finetune, get_finetune_preset
 
     checkpoint, images, out = sys.argv[1:4]

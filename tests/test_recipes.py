@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_mpt_deblur.models.checkpoint import bundled_models, read_header
+from napari_mpt_deblur.models.checkpoint import read_header
+from napari_mpt_deblur.models.pretrained import bundled_models
 from napari_mpt_deblur.train.config import RUN_CONTROL_FIELDS, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

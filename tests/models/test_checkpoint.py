@@ -11,11 +11,11 @@ import torch
 from napari_mpt_deblur import load_model
 from napari_mpt_deblur.models.checkpoint import (
     CheckpointError,
-    bundled_models,
     load_checkpoint,
     read_header,
     save_checkpoint,
 )
+from napari_mpt_deblur.models.pretrained import bundled_models
 
 
 def test_round_trip_keeps_weights_and_header(tiny_model, tmp_path):
@@ -144,3 +144,30 @@ def test_bundled_models_load_and_run():
         with torch.inference_mode():
             out = model(torch.rand(1, model.config.in_channels, 128, 128))
         assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("name", "home"), [
+    ("load_model", "resolve"), ("bundled_models", "pretrained"),
+    ("default_model_name", "pretrained"), ("infer_mpt_config", "mpt"),
+    ("strip_prefixes", "mpt"), ("AUTHOR_PREFIXES", "mpt"),
+])
+def test_names_that_moved_out_of_checkpoint_still_import_with_a_deprecation_warning(name, home):
+    import importlib
+
+    from napari_mpt_deblur.models import checkpoint
+
+    with pytest.warns(DeprecationWarning, match=f"import it from napari_mpt_deblur.models.{home}"
+                      ) as caught:
+        moved = getattr(checkpoint, name)
+    assert caught[0].filename == __file__  # the importer's line
+    assert moved is getattr(importlib.import_module(f"napari_mpt_deblur.models.{home}"), name)
+
+
+def test_the_old_default_model_constant_warns_and_names_the_key():
+    from napari_mpt_deblur.models import checkpoint
+    from napari_mpt_deblur.models.pretrained import default_model_name
+
+    with pytest.warns(DeprecationWarning, match="DEFAULT_PRETRAINED"):
+        assert checkpoint.DEFAULT_MODEL == default_model_name() == "mpt-tiny"
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        checkpoint.not_a_name  # noqa: B018

@@ -146,7 +146,8 @@ def test_keep_every_must_be_a_multiple_of_ckpt_every(keep_every):
 
 
 def test_fit_checkpoint_loads_with_load_model(tiny_data_root, tmp_path):
-    from napari_mpt_deblur.models.checkpoint import load_model, read_header
+    from napari_mpt_deblur.models.checkpoint import read_header
+    from napari_mpt_deblur.models.resolve import load_model
 
     torch.manual_seed(0)
     cfg = _config(tiny_data_root, tmp_path / "mpt", patch_size=128, batch_size=1, steps=2,

@@ -130,7 +130,8 @@ def test_checkpoint_suffixes():
 
 
 def test_bundled_entries_say_what_their_weights_are_for():
-    from napari_mpt_deblur.models.checkpoint import bundled_models, read_header
+    from napari_mpt_deblur.models.checkpoint import read_header
+    from napari_mpt_deblur.models.pretrained import bundled_models
 
     catalog = ModelCatalog()
     for name, path in bundled_models().items():

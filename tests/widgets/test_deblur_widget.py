@@ -391,7 +391,7 @@ def test_layers_filter_menu_command(make_napari_viewer, plugin_registered, share
 
 
 def _bundled() -> list[str]:
-    from napari_mpt_deblur.models.checkpoint import bundled_models
+    from napari_mpt_deblur.models.pretrained import bundled_models
 
     return sorted(bundled_models())
 
@@ -416,7 +416,8 @@ def test_every_bundled_model_is_listed_and_sharpens_the_sample(make_napari_viewe
     widget = open_widget(viewer)
     assert name in widget._model.choices
     widget._model.value = name
-    from napari_mpt_deblur.models.checkpoint import bundled_models, read_header
+    from napari_mpt_deblur.models.checkpoint import read_header
+    from napari_mpt_deblur.models.pretrained import bundled_models
 
     purpose = read_header(bundled_models()[name]).get("description")
     assert purpose and purpose in widget._model.tooltip  # the picker says what it is for

@@ -255,7 +255,7 @@ def start_finetune(viewer, qtbot, entry_name, *, steps, preview_every=0):
 def test_finetune_closing_the_viewer_stops_the_run(
     make_napari_viewer, qtbot, plugin_registered, shared_catalog
 ):
-    from napari_mpt_deblur.models.checkpoint import load_model
+    from napari_mpt_deblur.models.resolve import load_model
     from napari_mpt_deblur.train._common import load_state_file
 
     catalog, entry = shared_catalog

@@ -86,7 +86,7 @@ def split_views(value: str) -> tuple[str, int]:
 
 def model_columns(values: list[str] | None) -> dict[str, Any]:
     """Column name -> model spec; ``NAME@x8`` adds a column with 8-view test-time augmentation."""
-    from ..models.checkpoint import bundled_models
+    from ..models.pretrained import bundled_models
 
     bundled = bundled_models()
     if values is None:

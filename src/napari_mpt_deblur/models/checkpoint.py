@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from importlib import import_module
 from pathlib import Path
@@ -52,7 +53,8 @@ TORCH_SUFFIXES = (".pth", ".pt", ".pytorch", ".ckpt", ".bin")
 # shipped weights is not those weights; not the load-time source/sha256).
 _SAVED_INFO = ("name", "training", "simulation", "metrics", "finetune", "description", "lineage")
 
-# Names that moved; still importable from here (see __getattr__).
+# Names that moved when this module became architecture-free (issue #30): still importable
+# from here, with a DeprecationWarning naming their home (see __getattr__).
 _MOVED = {
     "load_model": "resolve",
     "bundled_models": "pretrained",
@@ -66,9 +68,15 @@ _MOVED = {
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
-        module = import_module(f"{__package__}.{_MOVED[name]}")
+        home = f"{__package__}.{_MOVED[name]}"
+        module = import_module(home)
         if name == "DEFAULT_MODEL":
+            warnings.warn(f"{__name__}.DEFAULT_MODEL is deprecated; use {home}.DEFAULT_PRETRAINED "
+                          f"(the key) or {home}.default_model_name() (the old name)",
+                          DeprecationWarning, stacklevel=2)
             return module.default_model_name()
+        warnings.warn(f"{__name__}.{name} has moved; import it from {home}",
+                      DeprecationWarning, stacklevel=2)
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
