@@ -148,6 +148,19 @@ def test_old_depth_of_field_names_keep_their_order_and_warn_and_callers_use_the_
     assert oil.defocus_um_range[1] < 12.0
 
 
+def test_wavelength_in_um_is_one_property_and_not_a_config_field():
+    cfg = OpticsConfig(wavelength_nm=520.0, numerical_aperture=0.5, pixel_size_um=0.65)
+    assert cfg.wavelength_um == pytest.approx(0.52)
+    assert "wavelength_um" not in cfg.to_dict()  # configs, checkpoints and caches unchanged
+    # the pupil radius NA/λ in the PSF's fine grid is in that unit: doubling λ halves the
+    # sub-samples a pixel needs before the pupil aliases
+    from napari_mpt_deblur.simulate.optics import _min_oversample
+
+    longer = OpticsConfig(wavelength_nm=1040.0, numerical_aperture=0.5, pixel_size_um=0.65)
+    assert _min_oversample(cfg) == pytest.approx(2.0 * 0.65 * 0.5 / 0.52)
+    assert _min_oversample(longer) == pytest.approx(_min_oversample(cfg) / 2)
+
+
 def test_peak_falls_monotonically_with_defocus():
     peaks = [
         defocus_psf(OpticsConfig(numerical_aperture=0.5, defocus_um=z)).max()

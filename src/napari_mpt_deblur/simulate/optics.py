@@ -134,6 +134,11 @@ class OpticsConfig(DictRoundTrip):
         return self.immersion_index if self.sample_index is None else float(self.sample_index)
 
     @property
+    def wavelength_um(self) -> float:
+        """The emission wavelength in µm, the unit of every other length of the PSF model."""
+        return self.wavelength_nm * 1e-3
+
+    @property
     def has_index_mismatch(self) -> bool:
         """True when the depth term changes the PSF (it is then not symmetric in ±z)."""
         return self.depth_um > 0 and self.effective_sample_index != self.immersion_index
@@ -228,7 +233,7 @@ def depth_of_field_um(*, numerical_aperture: float, wavelength_nm: float,
 
 def _min_oversample(cfg: OpticsConfig) -> float:
     """Sub-samples per pixel below which the pupil (radius NA/λ) aliases on the fine grid."""
-    return 2.0 * cfg.pixel_size_um * cfg.numerical_aperture / (cfg.wavelength_nm * 1e-3)
+    return 2.0 * cfg.pixel_size_um * cfg.numerical_aperture / cfg.wavelength_um
 
 
 def _auto_oversample(cfg: OpticsConfig) -> int:
@@ -245,7 +250,7 @@ def _auto_oversample(cfg: OpticsConfig) -> int:
 
 
 def _auto_size(cfg: OpticsConfig, *, warn: bool = True) -> int:
-    wavelength_um = cfg.wavelength_nm * 1e-3
+    wavelength_um = cfg.wavelength_um
     radius_um = 1.1 * geometric_blur_radius_um(cfg)
     if cfg.has_index_mismatch:
         # Crude bound on the extra spread of the depth aberration (it is removed to first order).
@@ -294,7 +299,7 @@ def _compute_psf(cfg: OpticsConfig) -> np.ndarray:
     import scipy.fft
 
     s, size = int(cfg.oversample or 1), int(cfg.size_px or 1)  # both set by _resolved
-    wavelength_um = cfg.wavelength_nm * 1e-3
+    wavelength_um = cfg.wavelength_um
     dx = cfg.pixel_size_um / s
     n_fine = size * s
     k_max = cfg.numerical_aperture / wavelength_um
