@@ -112,3 +112,49 @@ def test_the_engine_and_the_catalog_share_the_cache(checkpoints, reads, rng):
     catalog.add_checkpoint(checkpoints[0], name="m0")
     net = catalog.load("m0", device="cpu")
     assert net is resolve_model(checkpoints[0], device="cpu") and len(reads) == 1
+
+
+def test_a_header_less_file_is_described_by_the_architecture_that_read_it(tmp_path):
+    """resolve_model names no architecture itself: an authors' file of any registered family
+    that can infer its config from tensors gets that family's ``arch`` in its ModelInfo."""
+    from dataclasses import asdict, dataclass
+
+    from napari_mpt_deblur.models import _registry
+    from napari_mpt_deblur.models.checkpoint import CheckpointError
+
+    @dataclass(frozen=True)
+    class ToyConfig:
+        in_channels: int = 1
+        out_channels: int = 1
+
+        def to_dict(self) -> dict:
+            return asdict(self)
+
+        @classmethod
+        def from_dict(cls, data: dict) -> ToyConfig:
+            return cls(**data)
+
+    class Toy(torch.nn.Module):
+        def __init__(self, config: ToyConfig) -> None:
+            super().__init__()
+            self.config = config
+            self.toy = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.toy(x)
+
+    def infer(state_dict: dict, routing: str | None) -> ToyConfig:
+        if set(state_dict) != {"toy.weight", "toy.bias"}:
+            raise CheckpointError("not a toy")
+        return ToyConfig()
+
+    path = tmp_path / "authors_toy.pth"
+    torch.save(Toy(ToyConfig()).state_dict(), path)
+    _registry.register_architecture(_registry.Architecture(
+        name="toy", config_class=ToyConfig, build=Toy, infer_config=infer))
+    try:
+        net = resolve_model(path, device="cpu", cache=False)
+    finally:
+        del _registry._ARCHITECTURES["toy"]
+    assert isinstance(net, Toy)
+    assert net.info.arch == "toy" and net.info.authors_checkpoint and net.info.name == path.stem

@@ -35,6 +35,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._registry import architecture_of
 from .checkpoint import (
     CheckpointError,
     config_from_header,
@@ -248,7 +249,8 @@ def _load(entry: PretrainedEntry | None, path: Path, device: torch.device, *,
         source=str(path),
         sha256=sha256,
         routing=getattr(net.config, "routing", None),
-        arch=(header or {}).get("arch") or (entry.arch if entry else "mpt"),
+        # the family that built the network (a header-less file: whichever inferred it)
+        arch=(header or {}).get("arch") or architecture_of(net.config).name,
         authors_checkpoint=header is None,
     )
     if entry is not None:
