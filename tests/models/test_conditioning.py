@@ -110,6 +110,8 @@ def test_conditioned_copy_of_the_bundled_weights_gives_the_same_output(bundled_p
     plain, conditioned = bundled_pair
     assert optics_conditioned(conditioned) and conditioned.info.optics_conditioned
     assert conditioned.info.lineage[-1] == "mpt_tiny.defocus (+ optics conditioning)"
+    assert conditioned.info.key is None and conditioned.info.sha256 is None
+    assert plain.info.key == "mpt_tiny.defocus"  # the start model is left as it was
     x = _x()
     optics = torch.tensor([optics_vector(0.645, 0.5, 520.0, 1.0), optics_vector(0.1, 1.4)])
     with torch.inference_mode():

@@ -325,7 +325,8 @@ def add_optics_conditioning(net: MPT) -> MPT:
     The way to start a conditioned model from trained weights (``mpt-deblur train --init``
     with a recipe that turns ``optics_conditioning`` on): every weight is copied, and the
     new :class:`~.conditioning.OpticsFiLM` starts at exactly zero scale and shift. The info
-    is kept, with the new config and the start model added to the lineage.
+    is kept, with the new config and the start model added to the lineage (its pretrained key
+    and file hash no longer describe these weights and are dropped).
     """
     if not isinstance(net, MPT):
         raise TypeError(f"optics conditioning exists for MPT models; got {type(net).__name__}")
@@ -339,8 +340,9 @@ def add_optics_conditioning(net: MPT) -> MPT:
                            f"{unexpected}")  # pragma: no cover - same class, same layout
     info = model_info(net)
     start = info.key or info.source or info.name
+    # no longer the shipped file's weights: the key and hash go, the lineage says where from
     attach_info(conditioned, info.replace(
-        config=conditioned.config.to_dict(),
+        config=conditioned.config.to_dict(), key=None, sha256=None,
         lineage=(*info.lineage, f"{start} (+ optics conditioning)") if start else info.lineage,
     ))
     return conditioned.train(net.training)
