@@ -262,8 +262,9 @@ class DeblurWidget(Container):
         """Refill the optics from a newly chosen layer; enable them for a conditioned model;
         show the sampling notice."""
         layer = self._layer.value
-        if not same_layer(layer, self._optics_layer) and (layer, self._optics_layer) != (
-                None, None):
+        changed = (layer is not None or self._optics_layer is not None) and not same_layer(
+            layer, self._optics_layer)
+        if changed:
             self._optics_layer = layer
             self._optics.fill(layer, clear=True)
         model = self._model_optics()
