@@ -441,3 +441,97 @@ def test_first_ctrl_c_stops_cleanly_and_the_second_aborts(caplog):
             signal.raise_signal(signal.SIGINT)
             pytest.fail("a second Ctrl-C must abort")
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
+
+
+# ------------------------------------------------------------------------------ optics options
+
+
+@pytest.fixture
+def conditioned_checkpoint(tmp_path):
+    import torch
+
+    from napari_mpt_deblur import create_model
+    from napari_mpt_deblur.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model("mpt-test", routing="aligned", optics_conditioning=True)
+    return save_checkpoint(tmp_path / "conditioned.safetensors", net,
+                           metadata={"name": "conditioned-test"})
+
+
+def _spy_optics(monkeypatch) -> list:
+    from napari_mpt_deblur.engine import predict
+
+    seen = []
+    real = predict.deblur
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("optics"), kwargs.get("report")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "deblur", spy)  # the command imports it when it runs
+    return seen
+
+
+def test_deblur_optics_default_to_the_file_and_options_override_them(
+    tiff_520x696, conditioned_checkpoint, tmp_path, monkeypatch, caplog
+):
+    seen = _spy_optics(monkeypatch)
+    src, _ = tiff_520x696
+    base = ["deblur", str(src), "--model", str(conditioned_checkpoint), "--device", "cpu",
+            "--no-progress", "--tile", "256"]
+    with caplog.at_level("INFO", logger="napari_mpt_deblur._commands.deblur"):
+        assert cli.main([*base, "-o", str(tmp_path / "a"), "--na", "0.5"]) == 0
+    optics, report = seen[-1]
+    assert optics == {"pixel_size_um": pytest.approx(0.645), "numerical_aperture": 0.5}
+    assert report.optics_used
+    assert "pixel 0.645 µm, NA 0.5 (used by the model)" in caplog.text
+    assert "(optics-conditioned)" in caplog.text
+
+    assert cli.main([*base, "-o", str(tmp_path / "b"), "--pixel-size", "0.1", "--na", "1.4",
+                     "--wavelength", "600", "--immersion", "1.515"]) == 0
+    optics, report = seen[-1]
+    assert optics == {"pixel_size_um": 0.1, "numerical_aperture": 1.4, "wavelength_nm": 600.0,
+                      "immersion_index": 1.515}
+    assert report.optics_used
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="napari_mpt_deblur._commands.deblur"):
+        assert cli.main([*base, "-o", str(tmp_path / "c")]) == 0  # the file knows no NA
+    optics, report = seen[-1]
+    assert optics == {"pixel_size_um": pytest.approx(0.645)} and not report.optics_used
+    assert "the model ran blind" in caplog.text
+
+
+def test_deblur_optics_are_ignored_by_a_blind_model_and_bad_ones_refused(
+    tiff_520x696, tiny_checkpoint, tmp_path, monkeypatch, caplog
+):
+    seen = _spy_optics(monkeypatch)
+    src, _ = tiff_520x696
+    base = ["deblur", str(src), "--model", str(tiny_checkpoint), "--device", "cpu",
+            "--no-progress"]
+    with caplog.at_level("INFO", logger="napari_mpt_deblur._commands.deblur"):
+        assert cli.main([*base, "-o", str(tmp_path / "a"), "--na", "0.5"]) == 0
+    assert not seen[-1][1].optics_used
+    assert "not used: the model is blind to optics" in caplog.text
+    count = len(seen)
+    assert cli.main([*base, "-o", str(tmp_path / "b"), "--na", "-1"]) == 1
+    assert len(seen) == count and not (tmp_path / "b").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("command", ["deblur", "finetune"])
+def test_deblur_and_finetune_share_one_definition_of_the_optics_options(command):
+    parser = cli.build_parser()
+    base = [command, "in.tif", "-o", "out"]
+    spellings = [
+        ["--pixel-size-um", "0.1", "--na", "1.4", "--wavelength-nm", "600",
+         "--immersion-index", "1.515"],
+        ["--pixel-size", "0.1", "--numerical-aperture", "1.4", "--wavelength", "600",
+         "--immersion", "1.515"],
+    ]
+    for options in spellings:
+        args = parser.parse_args([*base, *options])
+        assert (args.pixel_size_um, args.numerical_aperture, args.wavelength_nm,
+                args.immersion_index) == (0.1, 1.4, 600.0, 1.515)
+    with pytest.warns(DeprecationWarning, match="--refractive-index is deprecated"):
+        assert parser.parse_args([*base, "--refractive-index", "1.33"]).immersion_index == 1.33

@@ -138,3 +138,34 @@ def test_bundled_entries_say_what_their_weights_are_for():
         description = (read_header(path) or {}).get("description")
         assert catalog.get(name).kind == "bundled"
         assert catalog.get(name).description == (description or f"shipped weights: {path.name}")
+
+
+def test_model_optics_come_from_the_header_without_loading(catalog, tiny_checkpoint, tmp_path):
+    from napari_mpt_deblur import create_model
+    from napari_mpt_deblur.models.catalog import ModelOptics
+    from napari_mpt_deblur.models.checkpoint import save_checkpoint
+
+    bundled = ModelCatalog()
+    assert bundled.optics("mpt-tiny") == ModelOptics(False, (0.645, 0.1))  # 20x + oil share
+    assert bundled.optics("mpt-tiny-wide") == ModelOptics(False, (0.645,))
+    blind = catalog.add_checkpoint(tiny_checkpoint)
+    assert catalog.optics(blind.name) == ModelOptics()  # no simulation recorded
+    conditioned = create_model("mpt-test", optics_conditioning=True)
+    path = save_checkpoint(tmp_path / "c.safetensors", conditioned,
+                           metadata={"simulation": {"pixel_size_um": 0.1}})
+    assert catalog.optics(catalog.add_checkpoint(path).name) == ModelOptics(True, (0.1,))
+    memory = catalog.add_model(conditioned, "in memory")
+    assert catalog.optics(memory.name).conditioned
+    path.unlink()  # a header that cannot be read knows nothing (loading will say why)
+    assert catalog.optics("c") == ModelOptics()
+
+
+def test_sampling_notice_only_beyond_one_and_a_half_times_every_training_sampling():
+    pytest.importorskip("magicgui")
+    from napari_mpt_deblur._widgets._optics import sampling_notice
+
+    assert sampling_notice(0.3, (0.645, 0.1)).startswith("These pixels (0.3 µm)")
+    assert sampling_notice(0.645 * 1.5, (0.645,)) == ""
+    assert sampling_notice(0.645 * 1.6, (0.645,)) != ""
+    assert sampling_notice(0.645 / 1.6, (0.645,)) != ""
+    assert sampling_notice(None, (0.645,)) == sampling_notice(0.3, ()) == ""

@@ -22,12 +22,19 @@ class DeprecatedFlag(argparse.Action):
     Give it as the second option string (``parser.add_argument("--new", "--old",
     action=DeprecatedFlag)``): the first is the name to use and is stored silently; the other
     still works, with a ``DeprecationWarning`` shown on the terminal (the command-line user is
-    the one who must change).
+    the one who must change). ``deprecated=("--old",)`` names the old spellings when other
+    option strings are current aliases (``"--new", "--short", "--old"``).
     """
+
+    def __init__(self, *args: Any, deprecated: tuple[str, ...] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deprecated = (tuple(self.option_strings[1:]) if deprecated is None
+                           else tuple(deprecated))
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        if option_string is not None and option_string != self.option_strings[0]:
+        if option_string is not None and option_string in self.deprecated:
             with warnings.catch_warnings():
                 warnings.simplefilter("always", DeprecationWarning)
                 warnings.warn(f"{option_string} is deprecated; use {self.option_strings[0]}",
@@ -58,3 +65,33 @@ def stop_on_interrupt(log: logging.Logger, keeping: str) -> Iterator[threading.E
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+#: ``argparse`` destinations of :func:`add_optics_arguments`, as ``OpticsHints`` names them.
+OPTICS_DESTS = ("pixel_size_um", "numerical_aperture", "wavelength_nm", "immersion_index")
+
+
+def add_optics_arguments(parser: argparse.ArgumentParser, *, default_help: str) -> None:
+    """The microscope options, one definition for every subcommand that takes them
+    (``finetune``: its re-blur and replay optics; ``deblur``: an optics-conditioned model's
+    input). Each is stored under its ``OpticsHints`` name (:data:`OPTICS_DESTS`), ``None``
+    when not given; ``default_help`` says what the command uses then."""
+    group = parser.add_argument_group(f"optics (default: {default_help})")
+    group.add_argument("--pixel-size-um", "--pixel-size", dest="pixel_size_um", type=float,
+                       default=None, metavar="UM", help="pixel size in the sample plane, µm")
+    group.add_argument("--na", "--numerical-aperture", dest="numerical_aperture", type=float,
+                       default=None, help="objective numerical aperture")
+    group.add_argument("--wavelength-nm", "--wavelength", dest="wavelength_nm", type=float,
+                       default=None, metavar="NM", help="emission wavelength in nm")
+    group.add_argument("--immersion-index", "--immersion", "--refractive-index",
+                       dest="immersion_index", type=float, default=None, metavar="N",
+                       action=DeprecatedFlag, deprecated=("--refractive-index",),
+                       help="refractive index of the immersion medium (1.0 dry, 1.33 water, "
+                       "1.515 oil); --refractive-index is its old name")
+
+
+def optics_arguments(args: argparse.Namespace) -> dict[str, float]:
+    """The optics options the user gave (:func:`add_optics_arguments`), by ``OpticsHints``
+    name; options not given are left out."""
+    return {name: getattr(args, name) for name in OPTICS_DESTS
+            if getattr(args, name, None) is not None}

@@ -2,6 +2,11 @@
 
 Outputs are written atomically, so after a killed batch every visible output is complete; the
 same command with ``--skip-existing`` then resumes it, doing only the files still missing.
+
+The microscope (``--pixel-size-um``, ``--na``, ``--wavelength-nm``, ``--immersion-index``, the
+options ``mpt-deblur finetune`` has) defaults, per file, to what the file records
+(:func:`~napari_mpt_deblur.optics_metadata.optics_from_metadata`); an optics-conditioned model
+gets it, and each file's log line says which optics were known and whether they were used.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from ..engine import ENSEMBLE_SIZES
-from . import DEVICE_HELP
+from . import DEVICE_HELP, add_optics_arguments, optics_arguments
 
 NAME = "deblur"
 HELP = "deblur image files (TIFF/OME-TIFF/PNG), folders or glob patterns"
@@ -64,6 +69,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="leave inputs whose output exists alone (resumes a killed or interrupted batch)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_optics_arguments(parser, default_help="what each file's metadata records; used by "
+                         "optics-conditioned models, ignored by the others")
+
+
+def file_optics(meta: dict, source: Path, given: dict[str, float]) -> dict[str, float]:
+    """The optics of one file: the options given, else what its metadata records."""
+    from ..optics_metadata import optics_from_metadata
+
+    return {**optics_from_metadata(meta, source_path=source), **given}
+
+
+def describe_optics(optics: dict[str, float], used: bool, conditioned: bool) -> str:
+    """One phrase for the log: the optics known for a file and what the model did with them."""
+    units = {"pixel_size_um": ("pixel", "µm"), "numerical_aperture": ("NA", ""),
+             "wavelength_nm": ("emission", "nm"), "immersion_index": ("n", "")}
+    known = ", ".join(f"{units[k][0]} {v:.4g}{(' ' + units[k][1]) if units[k][1] else ''}"
+                      for k, v in optics.items())
+    if not conditioned:
+        what = "not used: the model is blind to optics"
+    elif used:
+        what = "used by the model"
+    else:
+        what = "not used: pixel size and NA are needed; the model ran blind"
+    return f"optics {known or 'unknown'} ({what})"
 
 
 def output_path(src: Path, out_dir: Path, suffix: str) -> Path:
@@ -83,12 +112,15 @@ def run(args: argparse.Namespace) -> int:
     from .._device import get_device
     from .._io import expand_inputs, read_image, remove_stale_temp_files, write_image
     from ..engine.predict import DeblurReport, deblur, parse_memory
+    from ..models.conditioning import as_optics_hints
     from ..models.info import model_info
     from ..models.pretrained import canonical_name
     from ..models.resolve import resolve_model
 
     log = logging.getLogger(__name__)
     parse_memory(args.max_memory)  # a bad size is a usage error before any work starts
+    given = optics_arguments(args)
+    as_optics_hints(given)  # bad optics are a usage error before any work starts
     files = list(expand_inputs(args.inputs))
     if not files:
         raise FileNotFoundError("no input images found (supported: .tif, .tiff, .png, .jpg)")
@@ -118,11 +150,14 @@ def run(args: argparse.Namespace) -> int:
         files, targets = [src for src, _ in todo], [dst for _, dst in todo]
     device = get_device(args.device)  # resolved once for the whole batch
     model = resolve_model(canonical_name(args.model) if args.model else None, device)
-    log.info("model %s on %s", model_info(model).name, device)
+    info = model_info(model)
+    log.info("model %s on %s%s", info.name, device,
+             " (optics-conditioned)" if info.optics_conditioned else "")
     failures = 0
     for src, dst in zip(files, targets):
         try:
             image, meta = read_image(src)
+            optics = file_optics(meta, src, given)
             axes = args.axes or meta.get("axes")
             bar = tqdm(desc=src.name, unit="tile", disable=args.no_progress or None, leave=False)
 
@@ -143,11 +178,14 @@ def run(args: argparse.Namespace) -> int:
                 amp=False if args.float32 else "auto",
                 progress=progress,
                 report=report,
+                optics=optics or None,
             )
             bar.close()
             write_image(dst, result, meta, overwrite=args.overwrite)
             log.info("%s -> %s (%.1f s, %s, %d tiles)", src, dst, report.seconds,
                      report.precision, report.n_tiles)
+            log.info("%s: %s", src.name,
+                     describe_optics(optics, report.optics_used, info.optics_conditioned))
         except (ValueError, TypeError, MemoryError) as exc:
             failures += 1
             log.error("%s: %s", src, exc)

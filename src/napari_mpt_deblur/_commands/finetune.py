@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 
 from ..train.config import FINETUNE_MODES, REPLAY_OPTICS, SELECTION_SCORES, TRAINABLE_CHOICES
-from . import DEVICE_HELP, DeprecatedFlag, stop_on_interrupt
+from . import DEVICE_HELP, add_optics_arguments, stop_on_interrupt
 
 NAME = "finetune"
 HELP = "fine-tune a model on your own unlabeled blurry images (EFCR + re-blur + replay)"
@@ -39,17 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop cleanly before S seconds")
     parser.add_argument("--mode", choices=FINETUNE_MODES, default=None,
                         help="full (default), reblur_only, efcr or replay (for ablations)")
-    parser.add_argument("--pixel-size-um", type=float, default=None,
-                        help="pixel size in the sample plane (default: from the image metadata, "
-                        "else the model's simulation optics)")
-    parser.add_argument("--na", "--numerical-aperture", dest="numerical_aperture", type=float,
-                        default=None, help="objective numerical aperture")
-    parser.add_argument("--wavelength-nm", type=float, default=None,
-                        help="emission wavelength in nm")
-    parser.add_argument("--immersion-index", "--refractive-index", dest="immersion_index",
-                        type=float, default=None, action=DeprecatedFlag,
-                        help="refractive index of the immersion medium (1.0 dry, 1.33 water, "
-                        "1.515 oil); --refractive-index is its old name")
+    add_optics_arguments(parser, default_help="the pixel size from the image metadata, else "
+                         "the model's simulation optics")
     parser.add_argument("--max-defocus-um", type=float, default=None, metavar="UM",
                         help="deepest defocus in your images (default: the model's training "
                         "range carried over to your optics)")

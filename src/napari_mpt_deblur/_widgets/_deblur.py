@@ -8,6 +8,12 @@ widgets are ``self._name`` attributes so tests (and scripts) can set them direct
 A run is cancelled when its input layer is removed (its result would belong to nothing in the
 viewer) and when the viewer closes; either way nothing is added. Removing any other layer does
 not disturb it.
+
+The Optics group (pixel size, NA, emission wavelength, immersion index: the fine-tune panel's
+fields, :mod:`._optics`) is filled from the chosen layer's metadata and scale. An
+optics-conditioned model gets it with every tile; for a blind model, every bundled one so far,
+the fields are shown disabled. Whatever the model, a notice suggests fine-tuning when the layer's
+pixel size is far from the sampling the model was trained at.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
-from ..models.catalog import ModelCatalog, get_catalog
+from ..models.catalog import ModelCatalog, ModelOptics, get_catalog
 from ._compare import CompareWidget
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
 from ._jobs import Job
@@ -37,6 +43,7 @@ from ._layers import (
     select_plane,
     stack_axes,
 )
+from ._optics import OpticsFields, sampling_notice
 from ._pickers import LOAD_CHECKPOINT, ModelPicker, device_picker
 from ._worker import (
     ActivityProgress,
@@ -70,6 +77,11 @@ TILE_CHOICES = (
 SCOPE_CHOICES = (("whole stack", "stack"), ("current slice (preview)", "slice"))
 #: Test-time augmentation (engine ``ensemble``): views averaged per tile.
 QUALITY_CHOICES = (("standard", 1), ("high: 8 orientations averaged (8× slower)", 8))
+OPTICS_USED_TOOLTIP = ("The model is optics-conditioned: it is told these optics with every "
+                       "tile. Filled from the layer's metadata; 'unknown' fields are not given "
+                       "(without pixel size and NA it runs on its default)")
+OPTICS_BLIND_TOOLTIP = ("{model} is blind to optics: it sees pixels only and would ignore "
+                        "these values. Optics-conditioned models use them")
 
 
 @dataclass
@@ -115,6 +127,12 @@ class DeblurWidget(Container):
         self._tile = ComboBox(label="Tile size", choices=TILE_CHOICES, value="auto")
         self._scope = ComboBox(label="Stack", choices=SCOPE_CHOICES, value="stack")
         self._quality = ComboBox(label="Quality", choices=QUALITY_CHOICES, value=1)
+        self._optics = OpticsFields(unknown_text="unknown")
+        self._optics_title = Label(value="<b>Optics</b> of your microscope")
+        self._optics_note = Label(label="Note", value="")
+        wrap_label(self._optics_note)
+        self._optics_note.visible = False
+        self._optics_layer: Any = None  # the layer the optics fields were filled from
         self._run = PushButton(text="Deblur")
         self._progress = ProgressBar(label="Progress", value=0, min=0, max=1, visible=False)
         self._status = Label(label="Status", value="Ready.")
@@ -129,6 +147,7 @@ class DeblurWidget(Container):
         )
         self._form = scrolling_form(self, [
             self._layer, self._model, self._device, self._tile, self._scope, self._quality,
+            self._optics_title, *self._optics.widgets.values(), self._optics_note,
             field_row(self._run), self._progress, self._status, self._compare,
         ])
         finish_panel(self, self._form)
@@ -137,6 +156,7 @@ class DeblurWidget(Container):
         self._update_state()
 
         self._layer.changed.connect(self._update_state)
+        self._optics.pixel_size.changed.connect(self._update_optics)
         self._run.changed.connect(self._on_run_clicked)
         layers = viewer.layers
         layers.selection.events.active.connect(self._on_active_layer)
@@ -228,7 +248,44 @@ class DeblurWidget(Container):
         for widget in (self._layer, self._model, self._device, self._tile, self._scope,
                        self._quality):
             widget.enabled = not self.running
+        self._update_optics()
         self._compare.update_enabled()
+
+    def _model_optics(self) -> ModelOptics:
+        """What the chosen model knows of optics (from its header; nothing while none is)."""
+        name = self._model.value
+        if not self._models.ready or name not in self._catalog:
+            return ModelOptics()
+        return self._catalog.optics(name)
+
+    def _update_optics(self, *_: Any) -> None:
+        """Refill the optics from a newly chosen layer; enable them for a conditioned model;
+        show the sampling notice."""
+        layer = self._layer.value
+        changed = (layer is not None or self._optics_layer is not None) and not same_layer(
+            layer, self._optics_layer)
+        if changed:
+            self._optics_layer = layer
+            self._optics.fill(layer, clear=True)
+        model = self._model_optics()
+        self._optics.set_enabled(
+            model.conditioned and not self.running,
+            OPTICS_USED_TOOLTIP if model.conditioned
+            else OPTICS_BLIND_TOOLTIP.format(model=self._model.value or "The model"))
+        notice = sampling_notice(self._optics.values()["pixel_size_um"], model.pixel_sizes_um)
+        self._optics_note.value = notice
+        self._optics_note.visible = bool(notice)
+
+    def optics(self) -> dict[str, float] | None:
+        """The optics a run gives the model: the known fields for an optics-conditioned model,
+        ``None`` for a blind one (``ValueError`` for impossible values, e.g. NA above n)."""
+        if not self._model_optics().conditioned:
+            return None
+        from ..simulate.optics import OpticsHints
+
+        known = {k: v for k, v in self._optics.values().items() if v is not None}
+        OpticsHints(**known)  # validated here, where the user can correct it
+        return known or None
 
     def _set_status(self, text: str) -> None:
         self._status.value = text
@@ -269,8 +326,14 @@ class DeblurWidget(Container):
             plane = select_plane(layer, tuple(self._viewer.dims.point))
             image = layer.data[plane.slices(layer.data.ndim)]
         tile = None if self._tile.value == "auto" else int(self._tile.value)
+        try:
+            optics = self.optics()
+        except ValueError as exc:
+            show_warning(f"Optics: {exc}")
+            return
         request = DeblurRequest(image=image, axes=axes, model=model, device=self._device.value,
-                                tile=tile, label=layer.name, ensemble=int(self._quality.value))
+                                tile=tile, label=layer.name, ensemble=int(self._quality.value),
+                                optics=optics)
         what = layer.name
         if plane is not None:
             what += " (" + ", ".join(f"{k}={v}" for k, v in plane.describe().items()) + ")"

@@ -4,8 +4,8 @@
 scripts set them directly), their tooltips and the two plots, and turns the fields into engine
 settings (:meth:`FinetuneForm.settings`), optical hints and their origin, and the preview crop.
 The behaviour (events, runs, saving) is :class:`~._finetune.FinetuneWidget`, which subclasses
-it. The model and device pickers are the ones the deblur panel uses (:mod:`._pickers`); the
-optical hints prefilled from a layer come from :mod:`napari_mpt_deblur.optics_metadata`.
+it. The model and device pickers are the ones the deblur panel uses (:mod:`._pickers`), and so
+are the optics fields, prefilled from a layer's metadata (:mod:`._optics`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ..optics_metadata import optics_from_metadata
 from ._finetune_job import PreviewCrop
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
-from ._layers import layer_source_path
+from ._optics import OpticsFields
 from ._pickers import ModelPicker, device_picker
 
 if TYPE_CHECKING:
@@ -90,20 +89,14 @@ class FinetuneForm(Container):
         self._paired_sharp = ComboBox(label="Paired: sharp", choices=self._image_choices,
                                       nullable=True, value=None)
         self._paired_folder = FileEdit(label="Paired folder", mode="d", nullable=True)
-        # ---- optics (0 = the start model's simulation optics)
-        self._pixel_size = FloatSpinBox(label="Pixel size (µm)", min=0.0, max=100.0,
-                                        step=0.005, value=0.0)
-        self._na = FloatSpinBox(label="NA", min=0.0, max=1.7, step=0.05, value=0.0)
-        self._wavelength = FloatSpinBox(label="Wavelength (nm)", min=0.0, max=2000.0,
-                                        step=10.0, value=0.0)
-        self._index = FloatSpinBox(label="Immersion index", min=0.0, max=2.0, step=0.01,
-                                   value=0.0)
+        # ---- optics (0 = the start model's simulation optics), the fields the Deblur dock has
+        self._optics = OpticsFields(unknown_text="from model")
+        self._pixel_size, self._na, self._wavelength, self._index = (
+            self._optics.pixel_size, self._optics.na, self._optics.wavelength, self._optics.index)
         self._max_defocus = FloatSpinBox(label="Max defocus (µm)", min=0.0, max=1000.0,
                                          step=0.5, value=0.0)
-        for widget, decimals in ((self._pixel_size, 4), (self._na, 3), (self._wavelength, 0),
-                                 (self._index, 3), (self._max_defocus, 2)):
-            widget.native.setDecimals(decimals)
-            widget.native.setSpecialValueText("from model")
+        self._max_defocus.native.setDecimals(2)
+        self._max_defocus.native.setSpecialValueText("from model")
         # ---- settings
         presets = list_finetune_presets()
         self._preset = ComboBox(label="Preset", choices=presets,
@@ -272,21 +265,7 @@ class FinetuneForm(Container):
         layers = list(self._images.value or [])
         if not layers:
             return
-        layer = layers[0]
-        try:
-            hints = optics_from_metadata(layer.metadata, scale=tuple(layer.scale),
-                                      units=tuple(layer.units),
-                                      source_path=layer_source_path(layer))
-        except Exception:  # odd metadata must not break the panel
-            logger.debug("could not read optics from %s", layer.name, exc_info=True)
-            return
-        widgets = {"pixel_size_um": self._pixel_size, "numerical_aperture": self._na,
-                   "wavelength_nm": self._wavelength, "immersion_index": self._index}
-        for name, value in hints.items():
-            widget = widgets[name]
-            if widget.min < value <= widget.max:
-                widget.value = value
-                self._prefilled[name] = float(widget.value)
+        self._prefilled.update(self._optics.fill(layers[0]))
 
     def _apply_preset(self, name: Any = None) -> None:
         preset = self._get_preset(str(name or self._preset.value))

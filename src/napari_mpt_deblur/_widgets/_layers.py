@@ -322,6 +322,8 @@ def make_provenance(
         "clipped_low": int(report.get("clipped_low", 0)),
         "clipped_high": int(report.get("clipped_high", 0)),
         "retries": list(report.get("retries", [])),
+        "optics": report.get("optics"),  # what the model was offered, and whether it used it
+        "optics_used": bool(report.get("optics_used", False)),
         "plugin_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -90,6 +90,9 @@ class DeblurRequest:
         Short description for progress bars (usually the input layer's name).
     ensemble : int
         Test-time views averaged per tile (1, 2, 4 or 8; see :func:`~napari_mpt_deblur.deblur`).
+    optics : dict or None
+        The microscope (``OpticsHints`` field names; missing: unknown) for an
+        optics-conditioned model; ``None``: not given (see :func:`~napari_mpt_deblur.deblur`).
     """
 
     image: Any
@@ -99,6 +102,7 @@ class DeblurRequest:
     tile: int | None = None
     label: str = ""
     ensemble: int = 1
+    optics: dict[str, float] | None = None
 
 
 class Stage(enum.Enum):
@@ -256,6 +260,7 @@ def deblur_steps(
             result = deblur(
                 image, model, axes=request.axes, device=device, tile=request.tile,
                 ensemble=request.ensemble, cancel=cancelled, report=report,
+                optics=request.optics,
                 progress=lambda done, total: updates.put(("progress", done, total)),
             )
         except BaseException as exc:  # handed to the generator, which re-raises it

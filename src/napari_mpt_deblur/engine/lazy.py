@@ -41,6 +41,7 @@ def deblur_dask(
     depth: int = 64,
     max_memory: int | str | None = None,
     ensemble: int = 1,
+    optics: Any = None,
 ) -> Any:
     """Return a lazy dask array: the deblurred ``image``, computed chunk by chunk on demand.
 
@@ -57,14 +58,18 @@ def deblur_dask(
         Memory limit for each chunk's job, as for :func:`napari_mpt_deblur.deblur`.
     ensemble : {1, 2, 4, 8}
         Test-time views averaged per tile, as for :func:`napari_mpt_deblur.deblur`.
+    optics : OpticsHints or mapping, optional
+        The microscope, as for :func:`napari_mpt_deblur.deblur`: given to every chunk.
     """
     import dask.array as da
 
     from .._axes import infer_axes, validate_axes
+    from ..models.conditioning import as_optics_hints
     from .normalize import IntensityNormalization, percentile_range
     from .predict import check_ensemble, deblur
 
     ensemble = check_ensemble(ensemble)
+    hints = as_optics_hints(optics)  # checked once, before any chunk runs
     arr = da.from_zarr(image) if type(image).__module__.startswith("zarr.") else image
     if arr.dtype.kind not in "uif":
         raise TypeError(f"image has dtype {arr.dtype}; supported are integers and floats")
@@ -92,6 +97,7 @@ def deblur_dask(
             intensity_range=(lo, hi),
             max_memory=max_memory,
             ensemble=ensemble,
+            optics=hints,
         )
 
     return da.map_overlap(

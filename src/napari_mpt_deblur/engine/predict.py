@@ -8,6 +8,7 @@ smoothly blended tiles otherwise, and maps the result back to the input's range 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import re
@@ -21,15 +22,19 @@ import numpy as np
 
 from .._axes import infer_axes, validate_axes
 from .._validation import check_image_array
-from ..models.info import in_channels, model_info, size_multiple
+from ..models.info import in_channels, model_info, optics_conditioned, size_multiple
 from . import ENSEMBLE_SIZES  # the test-time augmentation sizes (defined torch-free there)
 from ._allocator import retain_freed_memory
 from .normalize import IntensityNormalization, denormalize, normalize, percentile_range
 from .tiling import Tile, blend_window, pad_to_multiple, tile_grid
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import torch
     from torch import nn
+
+    from ..simulate.optics import OpticsHints
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +62,12 @@ class Cancelled(RuntimeError):
 
 @dataclass
 class DeblurReport:
-    """What a :func:`deblur` call did (for provenance in napari layer metadata and logs)."""
+    """What a :func:`deblur` call did (for provenance in napari layer metadata and logs).
+
+    ``optics`` is the microscope the caller described (``OpticsHints`` fields, ``None`` when
+    none was given); ``optics_used`` says whether the model was told about it: only an
+    optics-conditioned model is, and only when pixel size and NA are known.
+    """
 
     model: str = ""
     device: str = ""
@@ -71,6 +81,8 @@ class DeblurReport:
     retries: list[str] = field(default_factory=list)
     ensemble: int = 1
     precision: str = "float32"
+    optics: dict[str, float | None] | None = None
+    optics_used: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -191,6 +203,7 @@ def deblur(
     report: DeblurReport | None = None,
     max_memory: int | str | None = None,
     ensemble: int = 1,
+    optics: OpticsHints | Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Remove defocus blur from an image, a stack or a multi-channel image.
 
@@ -237,6 +250,13 @@ def deblur(
         mirror, and the rotations by 90°, 180°, 270° with their mirrors) and the results,
         turned back, are averaged. ``8`` costs 8x the time for about +0.3 dB PSNR
         (docs/engine.md); memory use does not grow. Default ``1``: off.
+    optics : OpticsHints or mapping, optional
+        The microscope: ``pixel_size_um``, ``numerical_aperture``, ``wavelength_nm``,
+        ``immersion_index`` (each may be missing or ``None``: unknown). An optics-conditioned
+        model (``model.info.optics_conditioned``) gets their
+        :func:`~napari_mpt_deblur.models.conditioning.optics_vector` with every tile and plane;
+        other models ignore them. ``None``: unknown (a conditioned model runs blind).
+        ``report.optics_used`` says whether they were used.
 
     Returns
     -------
@@ -254,15 +274,17 @@ def deblur(
     Cancelled
         ``cancel`` was set.
     """
+    from ..models.conditioning import BLIND_OPTICS, as_optics_hints, hints_vector
     from .lazy import is_lazy_array
 
     memory_limit = parse_memory(max_memory)
     ensemble = check_ensemble(ensemble)
+    hints = as_optics_hints(optics)
     if is_lazy_array(image):
         from .lazy import deblur_dask
 
         return deblur_dask(image, model, axes=axes, device=device, tile=tile, overlap=overlap,
-                           max_memory=memory_limit, ensemble=ensemble)
+                           max_memory=memory_limit, ensemble=ensemble, optics=hints)
 
     from .._device import get_device
 
@@ -307,6 +329,14 @@ def deblur(
     rep.precision = (
         "float32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.") + " autocast"
     )
+    rep.optics = None if hints is None else dataclasses.asdict(hints)
+    vector = None
+    if optics_conditioned(net):
+        vector = hints_vector(hints)  # the blind vector when the optics are unknown
+        rep.optics_used = vector != BLIND_OPTICS
+    elif hints is not None:
+        logger.info("the model %s is not optics-conditioned; the optics given are ignored",
+                    rep.model)
 
     work = _work_dtype(array.dtype)
     out = np.empty(planes.shape, dtype=work)
@@ -329,6 +359,7 @@ def deblur(
                         amp_dtype,
                         work,
                         ensemble,
+                        vector,
                         progress_state=(done, total, planes.shape[0]),
                         progress=progress,
                         cancel=cancel,
@@ -437,8 +468,8 @@ def check_ensemble(ensemble: Any) -> int:
 
 
 def _run_plane(
-    net, plane, norm, fixed_range, tile, overlap, device, amp_dtype, work, ensemble=1, *,
-    progress_state, progress, cancel,
+    net, plane, norm, fixed_range, tile, overlap, device, amp_dtype, work, ensemble=1,
+    optics=None, *, progress_state, progress, cancel,
 ):
     """Deblur one ``(C, H, W)`` plane; returns ``(float32 result, n_tiles)``."""
     done, total, n_planes = progress_state
@@ -464,7 +495,7 @@ def _run_plane(
         if _is_cancelled(cancel):
             raise Cancelled("deblurring was cancelled; no output was produced")
         patch = padded[(slice(None), *t.slices)]
-        result = _forward_views(net, patch, device, amp_dtype, ensemble, cancel)
+        result = _forward_views(net, patch, device, amp_dtype, ensemble, cancel, optics)
         win = (
             blend_window(t, ph, pw, overlap)
             if len(tiles) > 1
@@ -481,36 +512,41 @@ def _run_plane(
     return out, len(tiles)
 
 
-def _forward_views(net, patch: np.ndarray, device, amp_dtype, ensemble: int, cancel
-                   ) -> np.ndarray:
-    """The model's output for ``patch``, averaged over ``ensemble`` orientations."""
+def _forward_views(net, patch: np.ndarray, device, amp_dtype, ensemble: int, cancel,
+                   optics=None) -> np.ndarray:
+    """The model's output for ``patch``, averaged over ``ensemble`` orientations (the optics,
+    a property of the microscope, are the same for every view)."""
     if ensemble == 1:
-        return _forward(net, patch, device, amp_dtype)
+        return _forward(net, patch, device, amp_dtype, optics)
     total = None
     for turns, mirror in _VIEWS[:ensemble]:
         if _is_cancelled(cancel):
             raise Cancelled("deblurring was cancelled; no output was produced")
         view = np.rot90(patch, turns, axes=(-2, -1))
         view = view[..., ::-1] if mirror else view
-        out = _forward(net, view, device, amp_dtype)
+        out = _forward(net, view, device, amp_dtype, optics)
         out = out[..., ::-1] if mirror else out
         out = np.rot90(out, -turns, axes=(-2, -1))
         total = out.copy() if total is None else total + out
     return total / ensemble
 
 
-def _forward(net, patch: np.ndarray, device, amp_dtype) -> np.ndarray:
+def _forward(net, patch: np.ndarray, device, amp_dtype, optics=None) -> np.ndarray:
     """One forward; ``amp_dtype`` is resolved once per call of :func:`deblur` (``_amp_dtype``),
-    so every tile runs, and the report names, the same precision."""
+    so every tile runs, and the report names, the same precision. ``optics`` (an optics
+    vector) is passed only to an optics-conditioned model, so any other network is called as
+    before."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(patch))[None].to(device, non_blocking=True)
+    kwargs = {} if optics is None else {
+        "optics": torch.tensor([optics], dtype=torch.float32, device=device)}
     with torch.inference_mode():
         if amp_dtype is not None:
             with torch.autocast(device.type, dtype=amp_dtype):
-                y = net(x)
+                y = net(x, **kwargs)
         else:
-            y = net(x)
+            y = net(x, **kwargs)
     return y[0].float().cpu().numpy()
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MethodType
@@ -33,6 +33,7 @@ __all__ = [
     "CatalogEntry",
     "CatalogEvent",
     "ModelCatalog",
+    "ModelOptics",
     "add_checkpoint",
     "get_catalog",
     "is_checkpoint_path",
@@ -82,6 +83,40 @@ class CatalogEntry:
         """JSON-friendly form (layer metadata, logs); the in-memory model is left out."""
         return {"name": self.name, "kind": self.kind, "source": self.source,
                 "description": self.description}
+
+
+@dataclass(frozen=True)
+class ModelOptics:
+    """What a model knows of optics, read from its header (no weights are loaded).
+
+    Attributes
+    ----------
+    conditioned : bool
+        The network takes the microscope's optics (``MPTConfig.optics_conditioning``).
+    pixel_sizes_um : tuple of float
+        The pixel sizes it was trained at, one per simulated microscope (a simulation
+        mixture's members); empty when the header does not say.
+    """
+
+    conditioned: bool = False
+    pixel_sizes_um: tuple[float, ...] = ()
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any] | None) -> ModelOptics:
+        """The optics record of a checkpoint header (``None`` or odd records: nothing known)."""
+        header = header or {}
+        config = header.get("config") if isinstance(header.get("config"), Mapping) else {}
+        simulation = header.get("simulation")
+        sizes: list[float] = []
+        if isinstance(simulation, Mapping):
+            members = simulation.get("mixture")
+            configs = ([m.get("config") for m in members if isinstance(m, Mapping)]
+                       if isinstance(members, list) else [simulation])
+            for member in configs:
+                size = member.get("pixel_size_um") if isinstance(member, Mapping) else None
+                if isinstance(size, (int, float)) and size > 0 and float(size) not in sizes:
+                    sizes.append(float(size))
+        return cls(bool(config.get("optics_conditioning", False)), tuple(sizes))
 
 
 @dataclass(frozen=True)
@@ -275,6 +310,25 @@ class ModelCatalog:
         entry = self.get(name)
         source = entry.model if entry.kind == "memory" else entry.source
         return resolve_model(source, device, copy=copy, name=entry.name)
+
+    def optics(self, name: str) -> ModelOptics:
+        """Whether entry ``name`` takes optics and what sampling it was trained at, from its
+        header (cheap: no weights are read; an unreadable header knows nothing)."""
+        entry = self.get(name)
+        try:
+            if entry.kind == "memory":
+                from .info import model_info
+
+                return ModelOptics.from_header(model_info(entry.model).to_header())
+            from .checkpoint import read_header
+            from .pretrained import get_pretrained
+
+            path = (get_pretrained(entry.source).path if entry.kind == "bundled"
+                    else Path(str(entry.source)))
+            return ModelOptics.from_header(read_header(path))
+        except Exception:  # a header that cannot be read says nothing; loading will tell
+            logger.debug("could not read the optics of %r", name, exc_info=True)
+            return ModelOptics()
 
     # ------------------------------------------------------------------ callbacks
     def connect(self, callback: Callable[[CatalogEvent], Any]) -> Callable[[CatalogEvent], Any]:

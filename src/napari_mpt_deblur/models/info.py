@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["DeblurModel", "IntensityNormalization", "ModelInfo", "attach_info", "in_channels",
-           "model_info", "size_multiple"]
+           "model_info", "optics_conditioned", "size_multiple"]
 
 #: What the engine assumes for a network that does not say (a user's own ``nn.Module``).
 DEFAULT_SIZE_MULTIPLE = 128
@@ -117,6 +117,12 @@ class ModelInfo(MutableMapping):
     sha256: str | None = None
     authors_checkpoint: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def optics_conditioned(self) -> bool:
+        """Whether the network takes the microscope's optics (``forward(x, optics)``), read
+        from its config (``optics_conditioning``); such a model also works without them."""
+        return bool(self.config.get("optics_conditioning", False))
 
     # ------------------------------------------------------------------ header round trip
     @classmethod
@@ -214,7 +220,10 @@ class DeblurModel(Protocol):
     ``size_multiple``, to ``(N, out_channels, H, W)`` in normalised intensity units.
     :class:`~napari_mpt_deblur.models.mpt.MPT` and
     :class:`~napari_mpt_deblur.models.htcsf.HTCSF` satisfy it; so does any ``nn.Module`` with
-    these attributes.
+    these attributes. A network whose ``info.optics_conditioned`` is true also takes
+    ``optics``, an ``(N, 3)`` tensor of
+    :func:`~napari_mpt_deblur.models.conditioning.optics_vector` (``None``: unknown optics);
+    the engine passes it to no other network.
     """
 
     info: ModelInfo
@@ -271,6 +280,11 @@ def size_multiple(net: Any) -> int:
     """``net.size_multiple``, or the engine's default for a network that does not say."""
     value = getattr(net, "size_multiple", None)
     return int(value) if value else DEFAULT_SIZE_MULTIPLE
+
+
+def optics_conditioned(net: Any) -> bool:
+    """Whether ``net`` takes the optics: its info says so (see :class:`ModelInfo`)."""
+    return model_info(net).optics_conditioned
 
 
 def in_channels(net: Any) -> int:

@@ -14,6 +14,10 @@ Deliberate differences from the released code:
 - ``aligned`` routing fixes the released code's query-to-key pairing (see ``layers.py``).
 - Any image size works through the inference engine (reflect padding to ``size_multiple``), and
   1-channel weights load like 3-channel ones.
+
+An extension that is not in the paper: ``optics_conditioning`` (off by default, so the published
+model, every checkpoint so far and their outputs are unchanged) feeds the microscope's optics to
+the network through FiLM at each U-Net stage (:mod:`.conditioning`).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from torch import nn
 from .._dataclass_io import dataclass_from_dict, dataclass_to_dict
 from ._registry import Architecture, register_architecture, register_presets
 from .checkpoint import CheckpointError
-from .info import ModelInfo, attach_info
+from .info import ModelInfo, attach_info, model_info
 from .layers import ROUTINGS, PyramidBlock
 
-__all__ = ["MPT", "PUBLISHED_POOL_RATES", "MPTConfig", "infer_mpt_config", "strip_prefixes"]
+__all__ = ["MPT", "PUBLISHED_POOL_RATES", "MPTConfig", "add_optics_conditioning",
+           "infer_mpt_config", "strip_prefixes"]
 
 #: CSWA pooling rate per block and level (levels 1-3, latent) of the published model.
 PUBLISHED_POOL_RATES: tuple[tuple[float, ...], ...] = (
@@ -74,6 +79,11 @@ class MPTConfig:
         CSWA window side.
     routing : {"compat", "aligned"}
         CSWA routing: ``compat`` reproduces released checkpoints, ``aligned`` is the paper's.
+    optics_conditioning : bool
+        Modulate each stage's input with the optics (:class:`~.conditioning.OpticsFiLM`):
+        ``forward(x, optics)``. Off (the default) builds exactly the published network, and
+        the field is then left out of :meth:`to_dict`, so unconditioned checkpoint headers are
+        what they were.
     """
 
     dim: int = 40
@@ -85,6 +95,7 @@ class MPTConfig:
     out_channels: int = 1
     window_size: int = 8
     routing: str = "compat"
+    optics_conditioning: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -101,6 +112,9 @@ class MPTConfig:
             raise ValueError("dim, window_size and heads must be positive")
         if not self.ffn_expansion_factor > 0:
             raise ValueError("ffn_expansion_factor must be positive")
+        if not isinstance(self.optics_conditioning, bool):
+            raise ValueError(
+                f"optics_conditioning must be true or false; got {self.optics_conditioning!r}")
 
     @property
     def size_multiple(self) -> int:
@@ -112,7 +126,10 @@ class MPTConfig:
         return multiple
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclass_to_dict(self, exclude=("extra",))
+        # an unconditioned config keeps the header it always had (older readers refuse keys
+        # they do not know)
+        exclude = ("extra",) if self.optics_conditioning else ("extra", "optics_conditioning")
+        return dataclass_to_dict(self, exclude=exclude)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MPTConfig:
@@ -219,6 +236,18 @@ class MPT(nn.Module):
         self.up2_1 = Upsample(dims[1])
         self.decoder_level1 = stage(0)
         self.output = nn.Conv2d(c.dim, c.out_channels, 3, padding=1, bias=False)
+        if c.optics_conditioning:
+            from .conditioning import OpticsFiLM
+
+            # registered last: the published keys keep their order; one (scale, shift) per
+            # stage input: encoder levels 1-3, latent, decoder levels 3-1
+            self.optics_film = OpticsFiLM(
+                (dims[0], dims[1], dims[2], dims[3], dims[2], dims[1], dims[0]))
+
+    @property
+    def optics_conditioned(self) -> bool:
+        """Whether ``forward`` uses its ``optics`` argument."""
+        return self.config.optics_conditioning
 
     @property
     def size_multiple(self) -> int:
@@ -237,7 +266,13 @@ class MPT(nn.Module):
     def out_channels(self) -> int:
         return self.config.out_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, optics: torch.Tensor | None = None) -> torch.Tensor:
+        """Deblur ``x`` ``(N, C, H, W)``.
+
+        ``optics`` ``(N, 3)`` or ``(3,)``: :func:`~.conditioning.optics_vector` of each image,
+        used by an optics-conditioned model (``None``: unknown optics, the blind vector) and
+        ignored by an unconditioned one.
+        """
         multiple = self.size_multiple
         if x.ndim != 4 or x.shape[-2] % multiple or x.shape[-1] % multiple:
             raise ValueError(
@@ -246,20 +281,71 @@ class MPT(nn.Module):
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"model expects {self.in_channels} channels; got {x.shape[1]}")
+        films = self._films(x, optics) if self.config.optics_conditioning else None
+
+        def stage_input(i: int, y: torch.Tensor) -> torch.Tensor:
+            return y if films is None else self.optics_film.modulate(y, films[i])
+
         # Blocks work channels-last; convolutions see channels_last views (no copies).
-        e1 = self.encoder_level1(_nhwc(self.inproj(x)))
-        e2 = self.encoder_level2(_resample(self.down1_2, e1))
-        e3 = self.encoder_level3(_resample(self.down2_3, e2))
-        latent = self.latent(_resample(self.down3_4, e3))
-        d3 = self.decoder_level3(_resample(self.up4_3, latent) + e3)
-        d2 = self.decoder_level2(_resample(self.up3_2, d3) + e2)
-        d1 = self.decoder_level1(_resample(self.up2_1, d2) + e1)
+        e1 = self.encoder_level1(stage_input(0, _nhwc(self.inproj(x))))
+        e2 = self.encoder_level2(stage_input(1, _resample(self.down1_2, e1)))
+        e3 = self.encoder_level3(stage_input(2, _resample(self.down2_3, e2)))
+        latent = self.latent(stage_input(3, _resample(self.down3_4, e3)))
+        d3 = self.decoder_level3(stage_input(4, _resample(self.up4_3, latent) + e3))
+        d2 = self.decoder_level2(stage_input(5, _resample(self.up3_2, d3) + e2))
+        d1 = self.decoder_level1(stage_input(6, _resample(self.up2_1, d2) + e1))
         out = self.output(d1.permute(0, 3, 1, 2))
         if self.out_channels == self.in_channels:
             out = out + x
         elif self.in_channels == 1:
             out = out + x.expand_as(out)
         return out
+
+
+    def _films(self, x: torch.Tensor, optics: torch.Tensor | None
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        from .conditioning import BLIND_OPTICS, OPTICS_VECTOR_SIZE
+
+        n = x.shape[0]
+        if optics is None:
+            optics = x.new_tensor(BLIND_OPTICS, dtype=torch.float32)
+        optics = torch.as_tensor(optics, dtype=torch.float32, device=x.device)
+        if optics.ndim == 1:
+            optics = optics[None]
+        if optics.shape[-1] != OPTICS_VECTOR_SIZE or optics.shape[0] not in (1, n):
+            raise ValueError(
+                f"optics must be ({n}, {OPTICS_VECTOR_SIZE}) or ({OPTICS_VECTOR_SIZE},) "
+                f"(optics_vector per image); got {tuple(optics.shape)}")
+        return self.optics_film(optics.expand(n, OPTICS_VECTOR_SIZE))
+
+
+def add_optics_conditioning(net: MPT) -> MPT:
+    """An optics-conditioned copy of an unconditioned MPT that computes the same output.
+
+    The way to start a conditioned model from trained weights (``mpt-deblur train --init``
+    with a recipe that turns ``optics_conditioning`` on): every weight is copied, and the
+    new :class:`~.conditioning.OpticsFiLM` starts at exactly zero scale and shift. The info
+    is kept, with the new config and the start model added to the lineage (its pretrained key
+    and file hash no longer describe these weights and are dropped).
+    """
+    if not isinstance(net, MPT):
+        raise TypeError(f"optics conditioning exists for MPT models; got {type(net).__name__}")
+    if net.optics_conditioned:
+        return net
+    param = next(net.parameters())
+    conditioned = MPT(net.config.replace(optics_conditioning=True)).to(param.device)
+    missing, unexpected = conditioned.load_state_dict(net.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("optics_film.") for k in missing):
+        raise RuntimeError(f"cannot add optics conditioning: missing {missing}, unexpected "
+                           f"{unexpected}")  # pragma: no cover - same class, same layout
+    info = model_info(net)
+    start = info.key or info.source or info.name
+    # no longer the shipped file's weights: the key and hash go, the lineage says where from
+    attach_info(conditioned, info.replace(
+        config=conditioned.config.to_dict(), key=None, sha256=None,
+        lineage=(*info.lineage, f"{start} (+ optics conditioning)") if start else info.lineage,
+    ))
+    return conditioned.train(net.training)
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:

@@ -142,16 +142,20 @@ def psnr_ssim(pred: np.ndarray, sharp: np.ndarray) -> tuple[float, float]:
 
 @torch.no_grad()
 def predict_batches(model: nn.Module, inputs: torch.Tensor, *, device: torch.device,
-                    amp_dtype: torch.dtype | None, batch_size: int = 4) -> torch.Tensor:
-    """Run ``model`` over ``inputs`` (N, C, H, W) in eval mode; returns float32 on the CPU."""
+                    amp_dtype: torch.dtype | None, batch_size: int = 4,
+                    optics: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``model`` over ``inputs`` (N, C, H, W) in eval mode; returns float32 on the CPU.
+
+    ``optics`` (N, 3), for an optics-conditioned model: each input's optics vector."""
     was_training = model.training
     model.eval()
     outs = []
     try:
         for i in range(0, inputs.shape[0], batch_size):
             x = inputs[i : i + batch_size].to(device)
+            kwargs = {} if optics is None else {"optics": optics[i : i + batch_size].to(device)}
             with autocast(device, amp_dtype):
-                y = model(x)
+                y = model(x, **kwargs)
             outs.append(y.float().cpu())
     finally:
         model.train(was_training)

@@ -280,6 +280,13 @@ class TrainConfig(RunConfig):
     pixel_loss : {"l1", "mse", "charbonnier", "psnr"}
         Pixel reconstruction loss; "psnr" is minus the mean per-sample PSNR, which weighs
         near-focus samples by their relative error (``losses.psnr_loss``).
+    optics_dropout : float
+        For an optics-conditioned model (``model_overrides: {optics_conditioning: true}``),
+        the probability that a simulated pair's true optics are replaced by the blind vector
+        (:data:`~napari_mpt_deblur.models.conditioning.BLIND_OPTICS`), so the model keeps a
+        sound default for images whose optics are unknown. Real pairs always go blind.
+        Drawn from a stream of its own: the batches are those of an unconditioned run.
+        Unconditioned models ignore it.
     device : str
         Torch device name, or "auto".
     seed : int
@@ -335,6 +342,7 @@ class TrainConfig(RunConfig):
     efcr_weight: float = 5e-4
     efcr_rel_weight: float = 0.1
     pixel_loss: str = "l1"
+    optics_dropout: float = 0.3
     amp: str = "auto"
     compile: bool = False
     device: str = "auto"
@@ -389,8 +397,9 @@ class TrainConfig(RunConfig):
         for name in ("num_workers", "seed"):
             _non_negative_int(name, getattr(self, name))
         _non_negative("reblur_weight", self.reblur_weight)
-        if not 0.0 <= float(self.paired_fraction) <= 1.0:
-            raise ValueError(f"paired_fraction must be in [0, 1]; got {self.paired_fraction!r}")
+        for name in ("paired_fraction", "optics_dropout"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)!r}")
         if self.time_budget_s is not None and not float(self.time_budget_s) > 0:
             raise ValueError(f"time_budget_s must be > 0 or None; got {self.time_budget_s!r}")
         if not self.train_dirs and not self.extra_dirs and not self.paired_dirs:

@@ -87,7 +87,11 @@ class BatchBuilder:
 
     The batch is a dict of float32 tensors: ``blurred`` and ``sharp`` (N, 1, P, P) for the
     pairs (simulated first) and ``unlabeled`` (M, 1, P, P), plus ``defocus_um`` (N,) (NaN for
-    real pairs).
+    real pairs) and ``optics`` (N, 3): the
+    :func:`~napari_mpt_deblur.models.conditioning.optics_vector` of the microscope each pair
+    was simulated with (the blind vector for real pairs), for optics-conditioned models. It is
+    computed from the parameters already drawn, so the draws are those of every earlier
+    version.
     """
 
     def __init__(
@@ -116,23 +120,28 @@ class BatchBuilder:
         self.unlabeled, self.n_unlabeled = unlabeled, int(n_unlabeled)
 
     def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        from ..models.conditioning import optics_batch
+
         rng = step_rng(self.seed, self.stream, step)
-        blurred, sharp, defocus = [], [], []
+        blurred, sharp, defocus, optics = [], [], [], []
         for _ in range(self.n_simulated):
             b, s, params = self.simulator.sample(rng)  # type: ignore[union-attr]
             blurred.append(b)
             sharp.append(s)
             defocus.append(float(params["defocus_um"]))
+            optics.append(params)
         for _ in range(self.n_real):
             b, s = self.real.sample(rng)  # type: ignore[union-attr]
             blurred.append(b)
             sharp.append(s)
             defocus.append(math.nan)
+            optics.append(None)
         batch: dict[str, torch.Tensor] = {"step": torch.tensor(int(step))}
         if blurred:
             batch["blurred"] = torch.from_numpy(np.stack(blurred)[:, None].astype(np.float32))
             batch["sharp"] = torch.from_numpy(np.stack(sharp)[:, None].astype(np.float32))
             batch["defocus_um"] = torch.tensor(defocus, dtype=torch.float32)
+            batch["optics"] = optics_batch(optics)
         if self.n_unlabeled:
             patches = [self.unlabeled.sample(rng) for _ in range(self.n_unlabeled)]  # type: ignore[union-attr]
             batch["unlabeled"] = torch.from_numpy(np.stack(patches)[:, None].astype(np.float32))

@@ -90,10 +90,12 @@ class StepContext:
         """The autocast context of this run (a no-op in float32)."""
         return autocast(self.device, self.amp_dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``net(x)`` under autocast; losses are computed outside, in float32."""
+    def forward(self, x: torch.Tensor, optics: torch.Tensor | None = None) -> torch.Tensor:
+        """``net(x)`` under autocast; losses are computed outside, in float32. ``optics``
+        (``(N, 3)`` optics vectors) is passed on only when given: to an optics-conditioned
+        model."""
         with self.autocast():
-            return self.net(x)
+            return self.net(x) if optics is None else self.net(x, optics=optics)
 
 
 #: A loss function: the total loss and its named parts (logged, not weighted again).

@@ -52,7 +52,7 @@ from torch import nn
 
 from .._device import get_device, seed_everything
 from ..models.htcsf import multiscale_loss
-from ..models.info import model_info, size_multiple
+from ..models.info import model_info, optics_conditioned, size_multiple
 from . import _common
 from ._common import (
     METRIC_CONVENTION,
@@ -184,14 +184,16 @@ def evaluate_pairs(
     defocus_um: Iterable[float] | None = None,
     batch_size: int = 4,
     members: Iterable[str] | None = None,
+    optics: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Mean PSNR/SSIM of ``model`` on normalised pairs (N, 1, H, W), convention in
     ``METRIC_CONVENTION``; with ``defocus_um`` also the PSNR per third of the defocus range,
     with ``members`` (a simulation mixture's member of each pair) also PSNR and SSIM per
-    member."""
+    member. ``optics`` (N, 3): the optics vector of each pair, for an optics-conditioned
+    model."""
     device = device or next(model.parameters()).device
     pred = predict_batches(model, blurred, device=device, amp_dtype=amp_dtype,
-                           batch_size=batch_size)
+                           batch_size=batch_size, optics=optics)
     return _scores(pred.numpy(), sharp.numpy(), defocus_um, members)
 
 
@@ -267,9 +269,31 @@ def _check_resume_compatible(saved: TrainConfig, current: TrainConfig) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+#: Stream of :func:`step_generator` for the optics dropout (1: the loss's re-blur choices).
+_STREAM_OPTICS = 2
+
+
+def _pair_optics(batch: Mapping[str, torch.Tensor], cfg: TrainConfig, step: int
+                 ) -> torch.Tensor:
+    """The optics vectors an optics-conditioned model sees for the batch's pairs: the true
+    ones, each replaced by the blind vector with probability ``cfg.optics_dropout``."""
+    from ..models.conditioning import BLIND_OPTICS
+
+    optics = batch["optics"].clone()
+    gen = step_generator(cfg.seed, _STREAM_OPTICS, step)
+    drop = torch.rand(optics.shape[0], generator=gen) < cfg.optics_dropout
+    optics[drop] = torch.tensor(BLIND_OPTICS, dtype=optics.dtype)
+    return optics
+
+
 def _supervised_loss(ctx: StepContext, batch: Mapping[str, torch.Tensor], cfg: TrainConfig,
-                     bank: ReblurBank | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of one supervised step: pixel (+ multi-scale) + EFCR (+ re-blur on unlabeled)."""
+                     bank: ReblurBank | None, conditioned: bool = False
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one supervised step: pixel (+ multi-scale) + EFCR (+ re-blur on unlabeled).
+
+    An optics-conditioned model (``conditioned``) sees each pair's optics (:func:`_pair_optics`)
+    and runs blind on unlabeled patches, whose optics nobody knows.
+    """
     device = ctx.device
     gen = step_generator(cfg.seed, 1, ctx.step)
     parts: dict[str, torch.Tensor] = {}
@@ -291,7 +315,9 @@ def _supervised_loss(ctx: StepContext, batch: Mapping[str, torch.Tensor], cfg: T
             )
             loss = loss + parts["multiscale"]
         else:
-            restored = ctx.forward(blurred)
+            optics = (_pair_optics(batch, cfg, ctx.step).to(device, non_blocking=True)
+                      if conditioned else None)
+            restored = ctx.forward(blurred, optics)
             parts["pixel"] = pixel_loss(restored, sharp, cfg.pixel_loss)
             loss = loss + parts["pixel"]
     unlabeled = batch.get("unlabeled")
@@ -334,6 +360,11 @@ class _FitRun:
         self.init_source = model_info(model).source
         self.val_defocus = [p.get("defocus_um", math.nan) for p in data.val.params]
         self.val_members = data.val.members  # None unless the simulation is a mixture
+        self.val_optics = None  # the validation pairs' true optics, for a conditioned model
+        if optics_conditioned(model):
+            from ..models.conditioning import optics_batch
+
+            self.val_optics = optics_batch(data.val.params)
         self.last_val: dict[str, Any] = {}  # this invocation's latest validation
         self.last_record: dict[str, Any] = {}  # the latest reported step's record
         self.progress = progress
@@ -376,7 +407,7 @@ class _FitRun:
         history, val = self.history, self.data.val
         scores = evaluate_pairs(self.model, val.blurred, val.sharp, device=self.trainer.device,
                                 amp_dtype=self.trainer.amp_dtype, defocus_um=self.val_defocus,
-                                members=self.val_members)
+                                members=self.val_members, optics=self.val_optics)
         record = {"step": step, **scores}
         self.last_val = scores
         history.validation.append(record)
@@ -501,6 +532,11 @@ def fit(
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg)
+    elif cfg.model_overrides.get("optics_conditioning") and not optics_conditioned(model):
+        from ..models.mpt import add_optics_conditioning
+
+        model = add_optics_conditioning(model)  # same output until the FiLM is trained
+        logger.info("added optics conditioning to the start model, as the config asks")
     model.to(device)
     if not any(p.requires_grad for p in model.parameters()):
         logger.info("all parameters were frozen; unfreezing them for training")
@@ -533,11 +569,13 @@ def fit(
     try:
         from .data import make_loader
 
+        conditioned = optics_conditioned(model)
         loader = make_loader(data.builder, start=start, stop=cfg.steps,
                              num_workers=cfg.num_workers, seed=cfg.seed)
         batches = iter(loader)
         loop = StepLoop(
-            trainer, lambda ctx: _supervised_loss(ctx, next(batches), cfg, data.bank),
+            trainer, lambda ctx: _supervised_loss(ctx, next(batches), cfg, data.bank,
+                                                  conditioned),
             start=start, total=cfg.steps, cancel=cancel, time_budget_s=cfg.time_budget_s,
             max_bad_steps=_MAX_BAD_STEPS,
             every=(Every(cfg.val_every, run.validate, at_last=True),
