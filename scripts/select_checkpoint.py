@@ -77,9 +77,10 @@ from napari_mpt_deblur.evaluation import (
     split_views,
 )
 from napari_mpt_deblur.metrics import psnr
-from napari_mpt_deblur.models.info import attach_info, model_info
+from napari_mpt_deblur.models.info import attach_info, model_info, optics_conditioned
 from napari_mpt_deblur.models.pretrained import canonical_name
 from napari_mpt_deblur.simulate import make_pair
+from napari_mpt_deblur.simulate.optics import OpticsHints
 from napari_mpt_deblur.train import TrainConfig
 from napari_mpt_deblur.train.loop import build_model
 
@@ -158,6 +159,8 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _pairs(cfg: EvalConfig, sets: list[str]) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
+    """(set, level, blurred, sharp) for every image and level, simulated at the regime's optics
+    with the set's emission wavelength (so each set's optics are ``_optics(cfg, set)``)."""
     pairs = []
     for name in sets:
         folder, wavelength = VAL_SETS[name]
@@ -172,10 +175,18 @@ def _pairs(cfg: EvalConfig, sets: list[str]) -> list[tuple[str, float, np.ndarra
     return pairs
 
 
+def _optics(cfg: EvalConfig, name: str) -> OpticsHints:
+    """The microscope of a set's pairs, as a user would type it (an optics-conditioned model
+    gets it; other models ignore it)."""
+    return OpticsHints(pixel_size_um=cfg.pixel_size_um, numerical_aperture=cfg.numerical_aperture,
+                       wavelength_nm=VAL_SETS[name][1], immersion_index=cfg.immersion_index)
+
+
 def _scores(pairs, restore) -> dict[tuple[str, float], float]:
+    """Mean PSNR per (set, level); ``restore(blurred, set_name)`` gives the output."""
     out: dict[tuple[str, float], list[float]] = {}
     for name, level, blurred, sharp in pairs:
-        out.setdefault((name, level), []).append(psnr(restore(blurred), sharp))
+        out.setdefault((name, level), []).append(psnr(restore(blurred, name), sharp))
     return {key: float(np.mean(v)) for key, v in out.items()}
 
 
@@ -185,21 +196,28 @@ def main() -> None:
     parser.add_argument("--regime", default="20x", choices=sorted(TARGET_LEVELS),
                         help="simulated microscope (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--blind", action="store_true",
+                        help="give optics-conditioned models no optics (default: each set's "
+                        "true optics, as a user who knows the microscope would)")
     parser.add_argument("--sets", nargs="+", choices=list(VAL_SETS),
                         metavar="SET", help="validation sets to score (default: all of "
                         + ", ".join(VAL_SETS) + "; optional ones only where prepared)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sets = available_sets(args.sets or list(VAL_SETS), required=args.sets or ())
-    pairs = _pairs(eval_config(args.regime), sets)
-    baseline = _scores(pairs, lambda b: b)
+    cfg = eval_config(args.regime)
+    pairs = _pairs(cfg, sets)
+    optics = {name: None if args.blind else _optics(cfg, name) for name in sets}
+    baseline = _scores(pairs, lambda b, _name: b)
     rows = {"blurred input": baseline}
     for candidate in args.candidates:
         spec, views = split_views(candidate)
         model = _load(spec)
         name = model_info(model).name + (f" ×{views}" if views > 1 else "")
-        rows[name] = _scores(pairs, lambda b, m=model, v=views: deblur(
-            b.astype(np.float32), m, axes="YX", device="cpu", ensemble=v))
+        if args.blind and optics_conditioned(model):
+            name += " (blind)"
+        rows[name] = _scores(pairs, lambda b, s, m=model, v=views: deblur(
+            b.astype(np.float32), m, axes="YX", device="cpu", ensemble=v, optics=optics[s]))
         print(f"scored {name}", flush=True)
     keys = list(baseline)
     header = [f"{name} {lv:g} µm" for name, lv in keys]

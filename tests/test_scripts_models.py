@@ -90,3 +90,15 @@ def test_export_weights_ships_only_the_header_it_writes(tmp_path, run_model, mon
     assert header["training"]["steps"] == 10
     if source == "state":
         assert header["training"]["step"] == 5 and header["metrics"]["psnr"] == 12.5
+
+
+@pytest.mark.parametrize("regime", ["20x", "oil-1.4"])
+def test_select_checkpoint_gives_each_set_the_optics_its_pairs_were_simulated_with(regime):
+    select = _script("select_checkpoint")
+    cfg = select.eval_config(regime)
+    for name in ("actin", "nuclei"):
+        optics = select._optics(cfg, name)
+        params = select.simulation_params(cfg, select.VAL_SETS[name][1], 2.0)
+        for field in ("pixel_size_um", "numerical_aperture", "wavelength_nm", "immersion_index"):
+            assert getattr(optics, field) == params[field]
+    assert select._optics(cfg, "actin").wavelength_nm != select._optics(cfg, "nuclei").wavelength_nm
