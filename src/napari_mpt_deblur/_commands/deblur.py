@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine import ENSEMBLE_SIZES
 from . import DEVICE_HELP
+
+if TYPE_CHECKING:
+    from ..models.info import DeblurModel
 
 NAME = "deblur"
 HELP = "deblur image files (TIFF/OME-TIFF/PNG), folders or glob patterns"
@@ -117,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         files, targets = [src for src, _ in todo], [dst for _, dst in todo]
     device = get_device(args.device)  # resolved once for the whole batch
-    model = resolve_model(canonical_name(args.model) if args.model else None, device)
+    model: DeblurModel = resolve_model(canonical_name(args.model) if args.model else None,
+                                       device)
     log.info("model %s on %s", model_info(model).name, device)
     failures = 0
     for src, dst in zip(files, targets):

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
     from torch import nn
 
+    from ..models.info import DeblurModel
+
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +227,7 @@ class FinetuneOutcome:
     steps_done: int
     best: dict[str, Any]
     baseline: dict[str, Any]
-    model: Any
+    model: DeblurModel
     checkpoint: Path | None
     state_path: Path | None
     settings: Any

@@ -21,7 +21,13 @@ import numpy as np
 
 from .._axes import infer_axes, validate_axes
 from .._validation import check_image_array
-from ..models.info import in_channels, model_info, size_multiple
+from ..models.info import (
+    DeblurModel,
+    in_channels,
+    inference_bytes_per_pixel,
+    model_info,
+    size_multiple,
+)
 from . import ENSEMBLE_SIZES  # the test-time augmentation sizes (defined torch-free there)
 from ._allocator import retain_freed_memory
 from .normalize import IntensityNormalization, denormalize, normalize, percentile_range
@@ -84,7 +90,8 @@ def _is_cancelled(cancel: Any) -> bool:
     return bool(cancel())
 
 
-def _resolve_model(model: Any, device: torch.device) -> nn.Module:
+def _resolve_model(model: DeblurModel | str | None,
+                   device: torch.device) -> nn.Module:
     """A name, path or network -> a network, through the package's one resolver and cache."""
     from ..models.resolve import resolve_model
 
@@ -132,7 +139,7 @@ def _plane_buffer_bytes(height: int, width: int, channels: int) -> int:
 
 
 def estimate_tile(
-    model: nn.Module,
+    model: DeblurModel,
     height: int,
     width: int,
     device: torch.device,
@@ -144,10 +151,7 @@ def estimate_tile(
     model may use per tile on top of what is free; on the CPU it also pays for the plane's own
     buffers, so that the whole job stays within it.
     """
-    per_pixel = getattr(model, "inference_bytes_per_pixel", None)  # optional: a cost hint
-    if per_pixel is None:
-        dim = getattr(getattr(model, "config", None), "dim", 32)
-        per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL * dim
+    per_pixel = inference_bytes_per_pixel(model, _BYTES_PER_PIXEL_PER_CHANNEL)
     budget = _available_bytes(device)
     multiple = size_multiple(model)
     if max_memory is not None:
@@ -178,7 +182,7 @@ def default_overlap(tile: int) -> int:
 
 def deblur(
     image: Any,
-    model: nn.Module | str | None = None,
+    model: DeblurModel | str | None = None,
     *,
     axes: str | None = None,
     device: str | torch.device | None = "auto",
@@ -481,7 +485,7 @@ def _run_plane(
     return out, len(tiles)
 
 
-def _forward_views(net, patch: np.ndarray, device, amp_dtype, ensemble: int, cancel
+def _forward_views(net: DeblurModel, patch: np.ndarray, device, amp_dtype, ensemble: int, cancel
                    ) -> np.ndarray:
     """The model's output for ``patch``, averaged over ``ensemble`` orientations."""
     if ensemble == 1:
@@ -499,7 +503,7 @@ def _forward_views(net, patch: np.ndarray, device, amp_dtype, ensemble: int, can
     return total / ensemble
 
 
-def _forward(net, patch: np.ndarray, device, amp_dtype) -> np.ndarray:
+def _forward(net: DeblurModel, patch: np.ndarray, device, amp_dtype) -> np.ndarray:
     """One forward; ``amp_dtype`` is resolved once per call of :func:`deblur` (``_amp_dtype``),
     so every tile runs, and the report names, the same precision."""
     import torch

@@ -48,7 +48,7 @@ from .checkpoint import (
     load_checkpoint,
     model_from_state_dict,
 )
-from .info import ModelInfo, attach_info, model_info
+from .info import ModelInfo, attach_info, attached_info, model_info
 from .pretrained import (
     DEFAULT_PRETRAINED,
     PretrainedEntry,
@@ -130,7 +130,7 @@ def resolve_model(
     torch_device = _as_device(device)
     if _is_module(source):
         net = _copy.deepcopy(source) if copy else source
-        current = getattr(net, "info", None)  # a ModelInfo, a dict from older code, or none
+        current = attached_info(net)  # a ModelInfo, a dict from older code, or none
         if not isinstance(current, ModelInfo):
             info = model_info(net)
             attach_info(net, info.replace(name=name) if name and not current else info)
