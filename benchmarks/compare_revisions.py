@@ -70,8 +70,8 @@ def main() -> None:
 
     import torch
 
-    from napari_mpt_deblur.engine._allocator import retain_freed_memory
-    from napari_mpt_deblur.models import _registry as current
+    import napari_mpt_deblur as current  # create_model, as the revision's registry has it
+    from napari_mpt_deblur.engine import retain_freed_memory
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

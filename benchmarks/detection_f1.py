@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(lines) + "\n"
     print(report, end="")
     if args.out is not None:
-        from napari_mpt_deblur._io import atomic_write
+        from napari_mpt_deblur.files import atomic_write
 
         atomic_write(
             args.out,

@@ -117,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    from napari_mpt_deblur._io import atomic_write
     from napari_mpt_deblur.evaluation import (
         eval_config,
         evaluate,
@@ -125,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         save_example_figure,
         to_markdown,
     )
+    from napari_mpt_deblur.files import atomic_write
 
     cfg = eval_config(
         args.regime,

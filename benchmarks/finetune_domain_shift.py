@@ -288,11 +288,12 @@ class CandidateScores:
 
         from napari_mpt_deblur.engine.normalize import IntensityNormalization
         from napari_mpt_deblur.models.info import model_info
-        from napari_mpt_deblur.train._finetune_run import SCORE_SEED, _model_simulation
         from napari_mpt_deblur.train.optics_domain import (
+            SCORE_SEED,
             SimulatedScore,
             bundled_infocus_sources,
             match_camera,
+            model_simulation,
             planes_noise_sigma,
             sharpest_crop_sources,
             simulation_for_optics,
@@ -301,7 +302,7 @@ class CandidateScores:
 
         self.device = torch.device(device)
         norm = IntensityNormalization.from_dict(model_info(model).to_dict().get("normalization"))
-        sim = simulation_for_optics(_model_simulation(model, None), **hints)
+        sim = simulation_for_optics(model_simulation(model), **hints)
         sim = match_camera(sim, planes_noise_sigma(unlabeled, norm),
                            sources=bundled_infocus_sources(sim), normalization=norm,
                            seed=SCORE_SEED)
@@ -550,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from napari_mpt_deblur._device import get_device
+    from napari_mpt_deblur import get_device
     from napari_mpt_deblur.models.pretrained import canonical_name
     from napari_mpt_deblur.models.resolve import load_model
     from napari_mpt_deblur.train.finetune import finetune_iter, get_finetune_preset
@@ -674,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device)
     sys.stdout.write(to_markdown(rows, unique, args.levels, info, argv, context))
     if args.json is not None:
-        from napari_mpt_deblur._io import atomic_write
+        from napari_mpt_deblur.files import atomic_write
 
         payload = {"machine": info, "argv": argv, "context": context,
                    "unlabeled": unlabeled_names, "rows": rows, "checkpoints": unique}

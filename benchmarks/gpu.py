@@ -127,7 +127,7 @@ def _sample_input(side: int) -> np.ndarray:
     the accuracy cost of low precision depends on the data, so it is measured on a real image."""
     import numpy as np
 
-    from napari_mpt_deblur._sample_data import load_sample
+    from napari_mpt_deblur import load_sample
     from napari_mpt_deblur.engine.normalize import normalize, percentile_range
 
     image = load_sample().blurred
@@ -279,8 +279,7 @@ def _mirrored(image: np.ndarray, side: int) -> np.ndarray:
 
 def tiled_row(plan: Plan, published: bool) -> dict[str, Any]:
     """``deblur`` of a large uint16 image in fixed tiles, with the engine's default autocast."""
-    from napari_mpt_deblur import deblur
-    from napari_mpt_deblur._sample_data import load_sample
+    from napari_mpt_deblur import deblur, load_sample
     from napari_mpt_deblur.engine.predict import DeblurReport
 
     name = plan.published if published else plan.shipped

@@ -60,7 +60,7 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from napari_mpt_deblur import create_model
-    from napari_mpt_deblur.engine._allocator import retain_freed_memory
+    from napari_mpt_deblur.engine import retain_freed_memory
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ import json, resource, sys, time
 import torch
 sys.path.insert(0, {bench!r})
 from napari_mpt_deblur import create_model
-from napari_mpt_deblur.engine._allocator import retain_freed_memory
+from napari_mpt_deblur.engine import retain_freed_memory
 preset, size, impl, device, threads, repeats, dtype = {args!r}
 torch.set_num_threads(threads)
 torch.manual_seed(0)
@@ -185,7 +185,7 @@ def _allocator_context(setting: str, device: str) -> AbstractContextManager:
     """The same allocator setting for both sides: the engine's policy, or glibc's defaults."""
     import contextlib
 
-    from napari_mpt_deblur.engine._allocator import retain_freed_memory
+    from napari_mpt_deblur.engine import retain_freed_memory
 
     if setting == "engine" and device == "cpu":
         return retain_freed_memory()
@@ -195,7 +195,7 @@ def _allocator_context(setting: str, device: str) -> AbstractContextManager:
 def allocator_label(setting: str, device: str) -> str:
     """What the allocator setting meant in this run, for the table (the policy is a no-op off
     glibc or when malloc is tuned through the environment, and the GPU has its own allocator)."""
-    from napari_mpt_deblur.engine._allocator import tuning_available
+    from napari_mpt_deblur.engine import tuning_available
 
     if not device.startswith("cpu"):
         return "CUDA caching allocator (both)"

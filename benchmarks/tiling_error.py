@@ -20,8 +20,7 @@ import time
 import numpy as np
 import torch
 
-from napari_mpt_deblur import deblur, load_model
-from napari_mpt_deblur._sample_data import load_sample
+from napari_mpt_deblur import deblur, load_model, load_sample
 from napari_mpt_deblur.engine.tiling import pad_to_multiple, tile_grid
 from napari_mpt_deblur.metrics import psnr
 from napari_mpt_deblur.models.pretrained import canonical_name

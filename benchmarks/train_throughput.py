@@ -3,9 +3,12 @@
 
 Each variant runs in a fresh process (so compile caches, thread pools and peak memory are its
 own): it builds the preset, runs ``--warmup`` optimiser steps (which include compilation), then
-times ``--steps`` steps of the same shape as training (AdamW, PSNR loss, gradient clipping) on
-random patches. The loss after the timed steps, from the same seed in every variant, shows
-whether a variant still learns the same thing; the step time is the median.
+times ``--steps`` steps of the same shape as training on random patches, taken by the training
+engine's :class:`~napari_mpt_deblur.train.engine.Trainer` itself (AdamW, PSNR loss, gradient
+clipping, its autocast and ``torch.compile``), so the table times the step training runs. "bf16"
+is the trainer's ``amp: bf16``: on a CPU without native bf16 it trains in float32, and the
+row's ``autocast`` says so. The loss after the timed steps, from the same seed in every
+variant, shows whether a variant still learns the same thing; the step time is the median.
 
     python benchmarks/train_throughput.py
     python benchmarks/train_throughput.py --presets mpt-tiny htcsf --threads 1 2 \\
@@ -26,6 +29,7 @@ CHILD = textwrap.dedent(
     """
     import json, time, torch
     from napari_mpt_deblur import create_model
+    from napari_mpt_deblur.train import OptimConfig, Trainer
     from napari_mpt_deblur.train.losses import pixel_loss
 
     torch.set_num_threads({threads})
@@ -33,27 +37,32 @@ CHILD = textwrap.dedent(
     variant = {variant!r}
     model = create_model({preset!r}, routing="aligned") if {preset!r}.startswith("mpt") \\
         else create_model({preset!r})
-    model.train()
-    bf16 = "bf16" in variant
     memory_format = torch.channels_last if variant == "channels_last" else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    step_model = torch.compile(model) if variant.startswith("compile") else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    # The training step itself: the Trainer every run uses (AdamW, clipping, autocast, compile),
+    # at a constant learning rate so that every timed step does the same work.
+    optim = OptimConfig(lr=1e-4, min_lr=1e-4, warmup_steps=0, schedule="constant",
+                        weight_decay=1e-4, grad_clip=1.0,
+                        amp="bf16" if "bf16" in variant else "off",
+                        compile=variant.startswith("compile"))
+    trainer = Trainer(model, optim, total_steps={warmup} + {steps},
+                      device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(1)
     sharp = torch.rand({batch}, 1, {patch}, {patch}, generator=gen)
     blurred = torch.nn.functional.avg_pool2d(sharp, 5, 1, 2) + 0.01 * torch.randn(
         sharp.shape, generator=gen)
     blurred = blurred.contiguous(memory_format=memory_format)
 
+    def loss_fn(ctx):
+        return pixel_loss(ctx.forward(blurred).float(), sharp, "psnr"), {{}}
+
+    done = 0
+
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = step_model(blurred)
-        loss = pixel_loss(out.float(), sharp, "psnr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return float(loss)
+        global done
+        result = trainer.step(done, loss_fn)
+        done += 1
+        return result.loss
 
     start = time.perf_counter()
     for _ in range({warmup}):
@@ -65,7 +74,9 @@ CHILD = textwrap.dedent(
         loss = step()
         times.append(time.perf_counter() - t)
     times.sort()
-    print(json.dumps({{"median_s": times[len(times) // 2], "warmup_s": warm, "loss": loss}}))
+    amp = str(trainer.amp_dtype).removeprefix("torch.") if trainer.amp_dtype else "float32"
+    print(json.dumps({{"median_s": times[len(times) // 2], "warmup_s": warm, "loss": loss,
+                      "autocast": amp}}))
     """
 )
 

@@ -16,12 +16,9 @@ evaluation results.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import torch
-
-from napari_mpt_deblur.models.checkpoint import file_sha256, read_header, save_checkpoint
+from napari_mpt_deblur.models.checkpoint import read_header, save_checkpoint
 from napari_mpt_deblur.models.info import attach_info, model_info
 from napari_mpt_deblur.models.resolve import load_model
 
@@ -36,11 +33,15 @@ def main() -> None:
                         help="one line shown in the model list (default: that of the bundled "
                              "model being replaced, if any)")
     args = parser.parse_args()
-    if args.checkpoint.suffix == ".pt":
-        model, header = _from_state(args.checkpoint)
-    else:
-        header = read_header(args.checkpoint) or {}
-        model = load_model(args.checkpoint, device="cpu")
+    if args.checkpoint.suffix == ".pt" and not args.checkpoint.with_name(
+            "last.safetensors").is_file():
+        raise SystemExit(f"{args.checkpoint.with_name('last.safetensors')} is missing: it gives "
+                         f"the header (simulation, training config) of {args.checkpoint}")
+    # A checkpoint, or a training state (resolve_model: its weights and step, the header of the
+    # run's last.safetensors, the validation logged at that step, the state file's SHA-256).
+    model = load_model(args.checkpoint, device="cpu")
+    header = (read_header(args.checkpoint) or {}) if args.checkpoint.suffix != ".pt" else \
+        model_info(model).to_header()
     extra = {k: header[k] for k in ("training", "simulation", "metrics", "data") if k in header}
     target = WEIGHTS / f"{args.name}.safetensors"
     previous = (read_header(target) or {}) if target.is_file() else {}
@@ -57,26 +58,6 @@ def main() -> None:
                         "normalization": header.get("normalization")})
     path = save_checkpoint(target, model, metadata=extra)
     print(path, f"{path.stat().st_size / 1e6:.1f} MB")
-
-
-def _from_state(path: Path):
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    sibling = path.with_name("last.safetensors")
-    if not sibling.is_file():
-        raise SystemExit(f"{sibling} is missing: it gives the architecture and header of {path}")
-    header = read_header(sibling) or {}
-    model = load_model(sibling, device="cpu")
-    model.load_state_dict(state["model"])
-    step = int(state["step"])
-    history = json.loads(state["history"])
-    scores = next((v for v in history["validation"] if v["step"] == step), None)
-    header.setdefault("training", {})["step"] = step
-    if scores is not None:
-        metrics = header.setdefault("metrics", {})
-        metrics.update(scores)  # its "step" too: last.safetensors' may be a later one
-    # the exported file's hash names what was shipped: the state's weights, not last's
-    attach_info(model, sha256=file_sha256(path))
-    return model, header
 
 
 if __name__ == "__main__":

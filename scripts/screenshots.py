@@ -42,6 +42,9 @@ NUCLEI_SAMPLE = "defocused_nuclei_actin"
 WINDOW_SIZE = (1500, 900)  # single-dock shots
 FULL_HD = (1920, 1080)  # the Fine-tune and all-docks shots: a common laptop/desktop screen
 TIMEOUT_S = 1800  # longest wait for a deblurring or detection run
+# Where the Deblur panel writes a result's provenance: the layer metadata key the user guide
+# documents (docs/user_guide.md), read here as any user script would.
+PROVENANCE_KEY = "napari_mpt_deblur"
 
 logger = logging.getLogger("screenshots")
 
@@ -233,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_mpt_deblur._widgets._layers import METADATA_KEY
-
     model_name = choose_model(args)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     wait_while(app, lambda: widget.running, "deblurring", progress_shot)
     show_activity(viewer, False)
     result = viewer.layers["defocused sample [deblurred]"]
-    provenance = result.metadata[METADATA_KEY]
+    provenance = result.metadata[PROVENANCE_KEY]
     viewer.layers.selection.active = result
     shot("result", "The result layer, with its provenance in the layer metadata")
 
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "untrained": bool(args.untrained),
         "provenance": provenance,
         "detection": {"input": nuclei.name, "deblurred": deblurred.name,
-                      "provenance": deblurred.metadata.get(METADATA_KEY),
+                      "provenance": deblurred.metadata.get(PROVENANCE_KEY),
                       **outcome.to_dict()},
         "napari": napari.__version__,
         "images": shots,

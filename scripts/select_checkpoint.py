@@ -59,7 +59,6 @@ A candidate written ``NAME@x8`` is scored with 8-view test-time augmentation
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -81,8 +80,6 @@ from napari_mpt_deblur.models.info import attach_info, model_info, optics_condit
 from napari_mpt_deblur.models.pretrained import canonical_name
 from napari_mpt_deblur.simulate import make_pair
 from napari_mpt_deblur.simulate.optics import OpticsHints
-from napari_mpt_deblur.train import TrainConfig
-from napari_mpt_deblur.train.loop import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 VAL_SETS = {  # name: (folder, emission wavelength in nm)
@@ -115,23 +112,13 @@ TARGET_LEVELS = {"20x": (4.0, 8.0), "oil-1.4": (1.0, 2.0)}
 
 
 def _load(spec: str):
+    """The candidate ``spec`` names: pretrained weights, a checkpoint or a training state
+    (``state-NNNNN.pt``, which ``resolve_model`` builds from its own config and names
+    ``<run>/state@<step>``)."""
     path = Path(spec)
-    if path.suffix == ".pt":  # a training state: its weights, architecture from its config
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = TrainConfig.from_dict(json.loads(state["config"]))
-        # The bundled model of the same preset carries the engine metadata (normalisation).
-        try:
-            if cfg.model_overrides:
-                raise FileNotFoundError(cfg.model)
-            model = load_model(canonical_name(cfg.model), device="cpu")
-        except FileNotFoundError:
-            model = build_model(cfg).eval()  # its constructor attached a bare ModelInfo
-        model.load_state_dict(state["model"])
-        model.eval()
-        attach_info(model, name=f"{path.parent.name}/state@{state['step']}")
-        return model
     model = load_model(canonical_name(spec), device="cpu")
-    attach_info(model, name=spec if not path.exists() else f"{path.parent.name}/{path.stem}")
+    if path.suffix != ".pt":
+        attach_info(model, name=spec if not path.exists() else f"{path.parent.name}/{path.stem}")
     return model
 
 

@@ -1,7 +1,9 @@
 """The maintainer scripts that load and ship models go through the model contract.
 
 ``scripts/select_checkpoint.py`` names the columns it scores and ``scripts/export_weights.py``
-writes the file that becomes a bundled model; both used to assign ``model.info`` by hand.
+writes the file that becomes a bundled model; both used to assign ``model.info`` by hand, and
+each built a network from a training state (``state-NNNNN.pt``) itself, which
+``resolve_model`` now does for both: their output must stay what their own loaders gave.
 """
 
 from __future__ import annotations
@@ -102,3 +104,131 @@ def test_select_checkpoint_gives_each_set_the_optics_its_pairs_were_simulated_wi
         for field in ("pixel_size_um", "numerical_aperture", "wavelength_nm", "immersion_index"):
             assert getattr(optics, field) == params[field]
     assert select._optics(cfg, "actin").wavelength_nm != select._optics(cfg, "nuclei").wavelength_nm
+
+
+# ------------------------------------------------------------------ training states
+def _run_folder(tmp_path: Path, model, *, last: bool = True) -> tuple[Path, Path]:
+    """A supervised run's folder as ``fit`` leaves it: ``last.safetensors`` (optional) and a
+    kept ``state-00005.pt`` written by the trainer's own ``write_state``, whose weights differ
+    from last's."""
+    import torch
+
+    from napari_mpt_deblur.engine.normalize import IntensityNormalization
+    from napari_mpt_deblur.train import OptimConfig, TrainConfig, Trainer
+    from napari_mpt_deblur.train.engine import write_state
+
+    run = tmp_path / "stage9"
+    cfg = TrainConfig(model="mpt-test", routing="aligned", steps=10)
+    if last:
+        save_checkpoint(run / "last.safetensors", model, metadata={
+            "name": "stage9", "normalization": IntensityNormalization().to_dict(),
+            "training": {"config": cfg.to_dict(), "step": 10, "data": "pairs"},
+            "simulation": {"name": "bbbc006"}, "metrics": {"psnr": 21.0, "step": 10}})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    trainer = Trainer(model, OptimConfig(), total_steps=10, device=torch.device("cpu"))
+    history = {"validation": [{"step": 5, "psnr": 12.5}, {"step": 10, "psnr": 21.0}]}
+    state = write_state(run / "state-00005.pt", "fit", 5, trainer,
+                        history=json.dumps(history), config=json.dumps(cfg.to_dict()))
+    return run, state
+
+
+def _built_as_before(state_path: Path):
+    """What both scripts built from a state before resolve_model read them: the state's
+    TrainConfig's model with the state's weights."""
+    import torch
+
+    from napari_mpt_deblur.train import TrainConfig
+    from napari_mpt_deblur.train.loop import build_model
+
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    model = build_model(TrainConfig.from_dict(json.loads(state["config"])))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+@pytest.mark.parametrize("last", [True, False], ids=["with-last", "state-only"])
+def test_resolve_model_reads_a_training_state(tmp_path, run_model, last):
+    from napari_mpt_deblur.engine.normalize import IntensityNormalization
+    from napari_mpt_deblur.models.resolve import load_model, resolve_model
+
+    _, state = _run_folder(tmp_path, run_model, last=last)
+    model = resolve_model(state, "cpu")
+    info = model_info(model)
+    expected = _built_as_before(state)
+    assert info.config == expected.config.to_dict() and info.routing == "aligned"
+    for name, tensor in expected.state_dict().items():
+        assert model.state_dict()[name].equal(tensor), name
+    assert info.name == "stage9/state@5" and info.source == str(state)
+    assert info.sha256 == file_sha256(state) and info.arch == "mpt"
+    assert info.normalization == IntensityNormalization().to_dict()
+    assert info.training["step"] == 5 and info.training["config"]["model"] == "mpt-test"
+    assert info.metrics["psnr"] == 12.5 and info.metrics["step"] == 5  # logged at its step
+    assert (info.simulation == {"name": "bbbc006"}) is last  # the run's last.safetensors
+    assert not model.training
+    assert load_model(state, "cpu") is not model  # the uncached road gives the same network
+    assert model_info(load_model(state, "cpu")).name == info.name
+
+
+def test_resolve_model_refuses_what_a_training_state_cannot_give(tmp_path, run_model):
+    import torch
+
+    from napari_mpt_deblur.models.checkpoint import CheckpointError
+    from napari_mpt_deblur.models.resolve import resolve_model
+
+    _, state = _run_folder(tmp_path, run_model)
+    with pytest.raises(ValueError, match="own config"):
+        resolve_model(state, "cpu", routing="compat", cache=False)
+    finetune_state = tmp_path / "ft" / "state.pt"
+    finetune_state.parent.mkdir()
+    torch.save({"kind": "finetune", "step": 3, "model": run_model.state_dict(),
+                "settings": "{}"}, finetune_state)
+    with pytest.raises(CheckpointError, match="'finetune' state"):
+        resolve_model(finetune_state, "cpu", cache=False)
+
+
+def test_select_checkpoint_scores_a_state_as_before(tmp_path, run_model):
+    """Same network, name, normalisation and so the same scores as its own loader gave."""
+    import numpy as np
+
+    from napari_mpt_deblur import deblur
+
+    select = _script("select_checkpoint")
+    _, state = _run_folder(tmp_path, run_model)
+    model = select._load(str(state))
+    assert model_info(model).name == "stage9/state@5"
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32) * 1000
+    before = deblur(image, _built_as_before(state), axes="YX", device="cpu")
+    assert np.array_equal(deblur(image, model, axes="YX", device="cpu"), before)
+
+
+def test_export_weights_ships_a_state_as_before(tmp_path, run_model, monkeypatch):
+    """The shipped file: the state's weights, last's header with the state's step and the
+    validation logged at it, the state file's SHA-256 (what its own loader wrote)."""
+    from safetensors.torch import load_file
+
+    export = _script("export_weights")
+    monkeypatch.setattr(export, "WEIGHTS", tmp_path / "weights")
+    run, state = _run_folder(tmp_path, run_model)
+    last = read_header(run / "last.safetensors")
+    monkeypatch.setattr(sys, "argv", ["export_weights.py", str(state), "--name", "shipped",
+                                      "--description", "for the test"])
+    export.main()
+    shipped = tmp_path / "weights" / "shipped.safetensors"
+    header = read_header(shipped)
+    assert header["training"] == {**last["training"], "step": 5}
+    assert header["metrics"] == {**last["metrics"], "psnr": 12.5, "step": 5}
+    assert header["simulation"] == last["simulation"]
+    assert header["source_checkpoint_sha256"] == file_sha256(state)
+    assert header["normalization"] == last["normalization"] and header["arch"] == "mpt"
+    assert header["config"] == last["config"]
+    expected = _built_as_before(state).state_dict()
+    tensors = load_file(shipped)
+    assert set(tensors) == set(expected)
+    assert all(tensors[k].equal(v) for k, v in expected.items())
+
+    (run / "last.safetensors").unlink()  # the header's source is required, as before
+    monkeypatch.setattr(sys, "argv", ["export_weights.py", str(state), "--name", "other"])
+    with pytest.raises(SystemExit, match=r"last\.safetensors is missing"):
+        export.main()

@@ -16,9 +16,11 @@ __all__ = [
     "__version__",
     "create_model",
     "deblur",
+    "get_device",
     "list_models",
     "list_pretrained",
     "load_model",
+    "load_sample",
     "resolve_model",
 ]
 
@@ -30,9 +32,17 @@ _LAZY = {
     "list_models": "napari_mpt_deblur.models._registry",
     "deblur": "napari_mpt_deblur.engine.predict",
     "Cancelled": "napari_mpt_deblur.engine.predict",
+    # The device choice every entry point makes ("auto": CUDA, then MPS, then CPU); public so
+    # that scripts resolve a ``--device`` exactly as ``deblur`` and the trainers do.
+    "get_device": "napari_mpt_deblur._device",
+    # The bundled actin sample (defocused, in-focus reference, pixel size): the image every
+    # example, benchmark and the napari sample menu start from.
+    "load_sample": "napari_mpt_deblur._sample_data",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._device import get_device
+    from ._sample_data import load_sample
     from .engine.predict import Cancelled, deblur
     from .models._registry import create_model, list_models
     from .models.pretrained import list_pretrained

@@ -130,3 +130,107 @@ def test_the_widget_path_resolves_the_device_once(tiny_checkpoint, rng, monkeypa
                            catalog=catalog)
     assert outcome.report["device"] == "cpu" and calls == [("auto",)]
     clear_model_cache()
+
+
+# ------------------------------------------------------------------ the contract as the type
+SRC = Path(__file__).resolve().parents[2] / "src" / "napari_mpt_deblur"
+
+
+@pytest.mark.parametrize("module, function, parameter", [
+    ("napari_mpt_deblur.engine.predict", "deblur", "model"),
+    ("napari_mpt_deblur.engine.predict", "estimate_tile", "model"),
+    ("napari_mpt_deblur.engine.lazy", "deblur_dask", "model"),
+    ("napari_mpt_deblur.models.catalog", "ModelCatalog.add_model", "model"),
+    ("napari_mpt_deblur.models.catalog", "CatalogEntry", "model"),
+    ("napari_mpt_deblur.evaluation.scoring", "evaluate", "models"),
+    ("napari_mpt_deblur.evaluation.columns", "Ensembled", "model"),
+    ("napari_mpt_deblur.bioimageio.export", "export_bioimageio", "model"),
+    ("napari_mpt_deblur._widgets._finetune_job", "FinetuneOutcome", "model"),
+])
+def test_parameters_that_take_a_network_are_typed_with_the_contract(module, function,
+                                                                    parameter):
+    """The engine, catalog, evaluation, bioimage.io export and the widgets' jobs say in their
+    signatures what they need from a network: :class:`DeblurModel`, not ``nn.Module``/``Any``
+    (the CLI's commands annotate the network they resolve: checked by the source scan below)."""
+    import importlib
+
+    obj = importlib.import_module(module)
+    for part in function.split("."):
+        obj = getattr(obj, part)
+    annotation = obj.__annotations__[parameter]  # a function's parameter or a dataclass field
+    assert "DeblurModel" in str(annotation), annotation
+
+
+@pytest.mark.parametrize("path", ["_commands/deblur.py", "_commands/demo.py",
+                                  "_widgets/_worker.py"])
+def test_the_cli_and_the_deblur_worker_hold_their_network_as_the_contract(path):
+    assert "model: DeblurModel = " in (SRC / path).read_text()
+
+
+def test_contract_attributes_are_read_only_in_the_contract_module():
+    """``getattr(net, ...)``/``getattr(model, ...)`` with a default belongs in ``models/info.py``
+    (its accessors give the engine's defaults once); anywhere else it is a second, ad-hoc
+    reading of the contract."""
+    import re
+
+    pattern = re.compile(r"getattr\((net|model), ")
+    found = [f"{path.relative_to(SRC)}:{i}" for path in sorted(SRC.rglob("*.py"))
+             if path.name != "info.py" or path.parent.name != "models"
+             for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, found
+
+
+def test_the_optional_attributes_read_through_the_accessors():
+    from napari_mpt_deblur.models.info import (
+        DEFAULT_WIDTH,
+        attached_info,
+        inference_bytes_per_pixel,
+        preset_name,
+    )
+
+    net = create_model("mpt-test")
+    assert preset_name(net) == "mpt-test"
+    assert inference_bytes_per_pixel(net, 1000) == net.inference_bytes_per_pixel  # its own hint
+    assert attached_info(net) is net.info
+
+    class Config:
+        dim = 48
+
+    foreign = torch.nn.Conv2d(1, 1, 3, padding=1)
+    assert preset_name(foreign) is None and attached_info(foreign) is None
+    assert inference_bytes_per_pixel(foreign, 10) == 10 * DEFAULT_WIDTH
+    foreign.config = Config()
+    assert inference_bytes_per_pixel(foreign, 10) == 480  # the engine's estimate from the width
+    foreign.info = {"name": "old dict"}
+    assert attached_info(foreign) == {"name": "old dict"}
+
+
+def test_a_loaded_network_has_no_preset_and_evaluation_records_one_only_when_built(
+        tmp_path):
+    from napari_mpt_deblur.evaluation.scoring import _model_info
+    from napari_mpt_deblur.models.info import preset_name
+
+    built = create_model("mpt-test")
+    path = save_checkpoint(tmp_path / "m.safetensors", built)
+    clear_model_cache()
+    loaded = load_model(path, "cpu")
+    assert preset_name(loaded) is None and "preset" not in _model_info(loaded)
+    assert _model_info(built)["preset"] == "mpt-test"
+
+
+def test_estimate_tile_sizes_a_foreign_network_by_its_width(monkeypatch):
+    """The tile the engine picks for a network without its own hint: 300 bytes per pixel for
+    each channel of ``config.dim`` (32 without a config), as before the accessor."""
+    from napari_mpt_deblur.engine import predict
+
+    per_pixel = predict._BYTES_PER_PIXEL_PER_CHANNEL * 64
+    monkeypatch.setattr(predict, "_available_bytes", lambda device: 512 * 512 * per_pixel)
+
+    class Config:
+        dim = 64
+
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    net.config = Config()
+    assert predict.estimate_tile(net, 4096, 4096, torch.device("cuda")) == 512
+    del net.config  # width 32: twice the pixels fit, sqrt(2) x the side, in multiples of 128
+    assert predict.estimate_tile(net, 4096, 4096, torch.device("cuda")) == 640

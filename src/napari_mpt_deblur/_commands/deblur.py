@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..engine import ENSEMBLE_SIZES
 from . import DEVICE_HELP, add_optics_arguments, optics_arguments
+
+if TYPE_CHECKING:
+    from ..models.info import DeblurModel
 
 NAME = "deblur"
 HELP = "deblur image files (TIFF/OME-TIFF/PNG), folders or glob patterns"
@@ -149,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         files, targets = [src for src, _ in todo], [dst for _, dst in todo]
     device = get_device(args.device)  # resolved once for the whole batch
-    model = resolve_model(canonical_name(args.model) if args.model else None, device)
+    model: DeblurModel = resolve_model(canonical_name(args.model) if args.model else None,
+                                       device)
     info = model_info(model)
     log.info("model %s on %s%s", info.name, device,
              " (optics-conditioned)" if info.optics_conditioned else "")

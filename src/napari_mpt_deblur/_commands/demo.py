@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import DEVICE_HELP
+
+if TYPE_CHECKING:
+    from ..models.info import DeblurModel
 
 NAME = "demo"
 HELP = "deblur the bundled sample image with the default model; writes TIFFs and a before/after PNG"
@@ -82,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         )
     sample = load_sample()
     device = get_device(args.device)
-    model = resolve_model(canonical_name(args.model) if args.model else None, device)
+    model: DeblurModel = resolve_model(canonical_name(args.model) if args.model else None,
+                                       device)
     report = DeblurReport()
     result = deblur(sample.blurred, model, axes="YX", device=device, report=report)
     meta = {"axes": "YX", "pixel_size_um": (sample.pixel_size_um,) * 2}

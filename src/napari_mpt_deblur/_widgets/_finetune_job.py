@@ -32,8 +32,11 @@ from ..train.updates import TrainUpdate, UpdateKind
 from ._jobs import FinetuneFailed, drive, format_clock, start_job
 
 if TYPE_CHECKING:
+    import torch
     from napari.qt.threading import GeneratorWorker
     from torch import nn
+
+    from ..models.info import DeblurModel
 
 
 logger = logging.getLogger(__name__)
@@ -225,7 +228,7 @@ class FinetuneOutcome:
     steps_done: int
     best: dict[str, Any]
     baseline: dict[str, Any]
-    model: Any
+    model: DeblurModel
     checkpoint: Path | None
     state_path: Path | None
     settings: Any
@@ -366,8 +369,10 @@ def load_data(request: FinetuneRequest) -> FinetuneData:
     return FinetuneData(planes, names, origins, pairs, pair_names, description)
 
 
-def _load_start_model(catalog: ModelCatalog, name: str, device: str) -> nn.Module:
-    """A private copy of the start model: training must never change a model others use."""
+def _load_start_model(catalog: ModelCatalog, name: str, device: torch.device) -> nn.Module:
+    """A private copy of the start model: training must never change a model others use.
+
+    ``device`` is the run's, resolved once by :func:`finetune_steps`."""
     return catalog.load(name, device=device, copy=True)  # one road: models.resolve
 
 
@@ -393,12 +398,11 @@ def _preview_value(value: dict[str, Any], data: FinetuneData) -> dict[str, Any]:
     return out
 
 
-def _crop_preview(model: nn.Module, crop: PreviewCrop) -> dict[str, Any]:
-    """Deblur the user's crop with the current weights, exactly as the Deblur widget would."""
+def _crop_preview(model: nn.Module, crop: PreviewCrop, device: torch.device) -> dict[str, Any]:
+    """Deblur the user's crop with the current weights, exactly as the Deblur widget would,
+    on the run's ``device`` (resolved once per run: ``deblur`` takes it as it is)."""
     from ..engine.predict import deblur
 
-    param = next(model.parameters(), None)
-    device = str(param.device) if param is not None else "cpu"
     was_training = model.training
     try:
         image = deblur(np.asarray(crop.data), model, axes="YX", device=device)
@@ -423,16 +427,20 @@ def finetune_steps(
     in progress, keeping the best weights, and still returns an outcome; ``None`` is returned
     only when the run was stopped before the model was loaded. Errors propagate.
     """
+    from .._device import get_device
     from ..train.finetune import finetune_iter
 
     catalog = catalog if catalog is not None else get_catalog()
     settings = request.settings
+    # The one resolution of the user's device choice in this run: the start model, the
+    # engine's run and the crop previews all take this torch.device as it is.
+    device = get_device(settings.device)
     resume = request.resume
     if resume is None:
         yield FinetuneStatus("Reading images…")
         data = load_data(request)
         yield FinetuneStatus(f"Loading model {request.model}…")
-        model = _load_start_model(catalog, request.model, settings.device)
+        model = _load_start_model(catalog, request.model, device)
         entry = catalog.get(request.model).to_dict()
     else:
         data = resume.data
@@ -454,13 +462,13 @@ def finetune_steps(
     updates = finetune_iter(
         model, data.planes, paired=data.pairs or None, settings=settings,
         replay_images=replay, out_path=request.checkpoint_path, state_path=request.state_path,
-        resume=resume is not None, cancel=cancel,
+        resume=resume is not None, cancel=cancel, device=device,
     )
     for update in updates:
         if update.kind is UpdateKind.ERROR:
             continue  # the exception itself follows
         if update.kind is UpdateKind.PREVIEW:
-            value = (_crop_preview(model, request.preview_crop)
+            value = (_crop_preview(model, request.preview_crop, device)
                      if request.preview_crop is not None else _preview_value(update.value, data))
             update = TrainUpdate(update.kind, update.step, update.total, value)
         elif update.kind is UpdateKind.DONE:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
 
     from ..models.catalog import ModelCatalog
+    from ..models.info import DeblurModel
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def deblur_steps(
 
     yield DeblurProgress(Stage.LOADING)
     device = get_device(request.device)  # the one resolution of the user's choice on this path
-    model = catalog.load(request.model, device=device)
+    model: DeblurModel = catalog.load(request.model, device=device)
     entry = catalog.get(request.model).to_dict()
     if cancelled():
         return None

@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import __version__
 from ..engine.normalize import IntensityNormalization
+from ..models.info import DeblurModel, preset_name
 from .card import DEFAULT_AUTHORS, _bundled_card, _citations, _license, _model_card
 from .network import ARCHITECTURE_CALLABLE, ARCHITECTURE_MODULE, CONFIG_KEY, DeblurNetwork
 
@@ -46,7 +47,7 @@ class ExportReport:
     batch_size: int | None = None
 
 
-def _load(model: Any) -> nn.Module:
+def _load(model: DeblurModel | str | os.PathLike) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     from ..models.pretrained import canonical_name
@@ -155,7 +156,7 @@ def _trace(
 
 
 def build_model_description(
-    model: Any,
+    model: DeblurModel | str | os.PathLike,
     folder: str | os.PathLike,
     *,
     authors: list[str] | tuple[str, ...] | None = None,
@@ -177,7 +178,7 @@ def build_model_description(
     header = _header_of(net)
     if net.config.in_channels != net.config.out_channels:
         raise ValueError("only models with as many output as input channels can be exported")
-    name = str(header.get("name") or getattr(net, "preset_name", None) or header["arch"])
+    name = str(header.get("name") or preset_name(net) or header["arch"])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     channels, multiple = int(net.config.in_channels), int(net.size_multiple)
@@ -359,7 +360,7 @@ def _sha256(path: Path) -> str:
 
 
 def export_bioimageio(
-    model: Any,
+    model: DeblurModel | str | os.PathLike,
     output: str | os.PathLike,
     *,
     authors: list[str] | tuple[str, ...] | None = None,

@@ -1,11 +1,17 @@
-"""Inference engine: ``deblur`` any image with any model (no torch import until used)."""
+"""Inference engine: ``deblur`` any image with any model (no torch import until used).
+
+:func:`retain_freed_memory` (and :func:`tuning_available`, whether it can act here) is the host
+memory policy ``deblur`` runs CPU inference under; it is public so that benchmarks time a bare
+forward under the same policy as the engine.
+"""
 
 from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
 
-__all__ = ["ENSEMBLE_SIZES", "Cancelled", "DeblurReport", "deblur", "deblur_dask"]
+__all__ = ["ENSEMBLE_SIZES", "Cancelled", "DeblurReport", "deblur", "deblur_dask",
+           "retain_freed_memory", "tuning_available"]
 
 # Test-time augmentation: how many of the square's eight symmetries (rotations by 90° and
 # mirror images) a tile is run through. Defocus PSFs are (nearly) rotationally symmetric, so
@@ -20,6 +26,8 @@ _LAZY = {
     "DeblurReport": ".predict",
     "deblur": ".predict",
     "deblur_dask": ".lazy",
+    "retain_freed_memory": "._allocator",
+    "tuning_available": "._allocator",
 }
 
 

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from torch import nn
+    import os
+
+    from ..models.info import DeblurModel
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def is_lazy_array(image: Any) -> bool:
 
 def deblur_dask(
     image: Any,
-    model: nn.Module | str | None = None,
+    model: DeblurModel | str | os.PathLike | None = None,
     *,
     axes: str | None = None,
     device: str | None = "auto",

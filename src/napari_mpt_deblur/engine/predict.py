@@ -22,7 +22,14 @@ import numpy as np
 
 from .._axes import infer_axes, validate_axes
 from .._validation import check_image_array
-from ..models.info import in_channels, model_info, optics_conditioned, size_multiple
+from ..models.info import (
+    DeblurModel,
+    in_channels,
+    inference_bytes_per_pixel,
+    model_info,
+    optics_conditioned,
+    size_multiple,
+)
 from . import ENSEMBLE_SIZES  # the test-time augmentation sizes (defined torch-free there)
 from ._allocator import retain_freed_memory
 from .normalize import IntensityNormalization, denormalize, normalize, percentile_range
@@ -96,7 +103,8 @@ def _is_cancelled(cancel: Any) -> bool:
     return bool(cancel())
 
 
-def _resolve_model(model: Any, device: torch.device) -> nn.Module:
+def _resolve_model(model: DeblurModel | str | None,
+                   device: torch.device) -> nn.Module:
     """A name, path or network -> a network, through the package's one resolver and cache."""
     from ..models.resolve import resolve_model
 
@@ -144,7 +152,7 @@ def _plane_buffer_bytes(height: int, width: int, channels: int) -> int:
 
 
 def estimate_tile(
-    model: nn.Module,
+    model: DeblurModel,
     height: int,
     width: int,
     device: torch.device,
@@ -156,10 +164,7 @@ def estimate_tile(
     model may use per tile on top of what is free; on the CPU it also pays for the plane's own
     buffers, so that the whole job stays within it.
     """
-    per_pixel = getattr(model, "inference_bytes_per_pixel", None)  # optional: a cost hint
-    if per_pixel is None:
-        dim = getattr(getattr(model, "config", None), "dim", 32)
-        per_pixel = _BYTES_PER_PIXEL_PER_CHANNEL * dim
+    per_pixel = inference_bytes_per_pixel(model, _BYTES_PER_PIXEL_PER_CHANNEL)
     budget = _available_bytes(device)
     multiple = size_multiple(model)
     if max_memory is not None:
@@ -190,7 +195,7 @@ def default_overlap(tile: int) -> int:
 
 def deblur(
     image: Any,
-    model: nn.Module | str | None = None,
+    model: DeblurModel | str | None = None,
     *,
     axes: str | None = None,
     device: str | torch.device | None = "auto",
@@ -512,7 +517,7 @@ def _run_plane(
     return out, len(tiles)
 
 
-def _forward_views(net, patch: np.ndarray, device, amp_dtype, ensemble: int, cancel,
+def _forward_views(net: DeblurModel, patch: np.ndarray, device, amp_dtype, ensemble: int, cancel,
                    optics=None) -> np.ndarray:
     """The model's output for ``patch``, averaged over ``ensemble`` orientations (the optics,
     a property of the microscope, are the same for every view)."""
@@ -531,7 +536,7 @@ def _forward_views(net, patch: np.ndarray, device, amp_dtype, ensemble: int, can
     return total / ensemble
 
 
-def _forward(net, patch: np.ndarray, device, amp_dtype, optics=None) -> np.ndarray:
+def _forward(net: DeblurModel, patch: np.ndarray, device, amp_dtype, optics=None) -> np.ndarray:
     """One forward; ``amp_dtype`` is resolved once per call of :func:`deblur` (``_amp_dtype``),
     so every tile runs, and the report names, the same precision. ``optics`` (an optics
     vector) is passed only to an optics-conditioned model, so any other network is called as

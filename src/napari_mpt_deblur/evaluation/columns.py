@@ -13,9 +13,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .protocol import BLURRED, RICHARDSON_LUCY, RICHARDSON_LUCY_REAL
+
+if TYPE_CHECKING:
+    from ..models.info import DeblurModel
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +32,12 @@ class Ensembled:
     ``model`` is anything a column accepts: a loaded model, a bundled name or a checkpoint path.
     """
 
-    model: Any
+    model: DeblurModel | str | os.PathLike | None
     views: int = 8
 
 
-def _resolve_models(models: Mapping[str, Any] | None, device: str) -> dict[str, Any]:
+def _resolve_models(models: Mapping[str, DeblurModel | str | os.PathLike | Ensembled | None]
+                    | None, device: str) -> dict[str, DeblurModel | Ensembled]:
     """Column name -> loaded model (or :class:`Ensembled` of one): specs become models here."""
     if models is None:
         return {}
@@ -43,7 +47,7 @@ def _resolve_models(models: Mapping[str, Any] | None, device: str) -> dict[str, 
             f"{type(models).__name__}"
         )
     reserved = {BLURRED, RICHARDSON_LUCY, RICHARDSON_LUCY_REAL}
-    resolved: dict[str, Any] = {}
+    resolved: dict[str, DeblurModel | Ensembled] = {}
     for name, model in models.items():
         if not isinstance(name, str) or not name or name in reserved:
             raise ValueError(
@@ -65,7 +69,7 @@ def _resolve_models(models: Mapping[str, Any] | None, device: str) -> dict[str, 
     return resolved
 
 
-def _unwrap(model: Any) -> tuple[Any, int]:
+def _unwrap(model: DeblurModel | Ensembled) -> tuple[DeblurModel, int]:
     return (model.model, model.views) if isinstance(model, Ensembled) else (model, 1)
 
 

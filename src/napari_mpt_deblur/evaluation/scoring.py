@@ -18,13 +18,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import __version__
 from ..metrics import psnr, ssim
-from ..models.info import model_info
+from ..models.info import model_info, preset_name
 from .baselines import (
     RLTuning,
     _default_tuning_cells,
@@ -49,6 +49,10 @@ from .protocol import (
     read_plane,
 )
 from .results import EvalResult, Score
+
+if TYPE_CHECKING:
+    from ..models.info import DeblurModel
+    from .columns import Ensembled
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +113,7 @@ def _run_methods(
     blurred: np.ndarray,
     psf: np.ndarray,
     rl_iter: int,
-    models: Mapping[str, Any],
+    models: Mapping[str, DeblurModel | Ensembled],
     device: str,
 ) -> Iterator[tuple[str, np.ndarray, float]]:
     yield BLURRED, blurred, 0.0
@@ -128,7 +132,7 @@ def _run_methods(
 
 
 def evaluate(
-    models: Mapping[str, Any] | None,
+    models: Mapping[str, DeblurModel | str | os.PathLike | Ensembled | None] | None,
     cfg: EvalConfig | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
@@ -246,7 +250,7 @@ def evaluate(
     return result
 
 
-def _model_info(model: Any, views: int = 1) -> dict[str, Any]:
+def _model_info(model: DeblurModel, views: int = 1) -> dict[str, Any]:
     """What ``results.json`` records of a model column: read through the model contract
     (:func:`~napari_mpt_deblur.models.info.model_info`), so a network with a
     :class:`~napari_mpt_deblur.models.info.ModelInfo`, an old ``dict`` info or none at all is
@@ -256,7 +260,7 @@ def _model_info(model: Any, views: int = 1) -> dict[str, Any]:
     out = {k: info[k] for k in keep if k in info}
     if views > 1:
         out["ensemble"] = views
-    preset = getattr(model, "preset_name", None)
+    preset = preset_name(model)
     if preset:
         out.setdefault("preset", preset)
     try:
@@ -283,7 +287,7 @@ def _evaluate_real_pair(
     files: tuple[Path, Path],
     cfg: EvalConfig,
     rl_tuning: RLTuning,
-    models: Mapping[str, Any],
+    models: Mapping[str, DeblurModel | Ensembled],
 ) -> None:
     defocused_path, focused_path = files
     blurred = _central_crop(read_plane(defocused_path), cfg.crop_px).astype(np.float32)

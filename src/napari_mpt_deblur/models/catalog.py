@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from .info import DeblurModel
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -71,7 +73,7 @@ class CatalogEntry:
     kind: str
     source: str | None
     description: str = ""
-    model: Any = field(default=None, compare=False, repr=False)
+    model: DeblurModel | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -265,7 +267,7 @@ class ModelCatalog:
         )
         return self._insert(entry, name or _stem(path), select)
 
-    def add_model(self, model: nn.Module, name: str, *, select: bool = False) -> CatalogEntry:
+    def add_model(self, model: DeblurModel, name: str, *, select: bool = False) -> CatalogEntry:
         """List a network that lives only in memory (e.g. just fine-tuned, not yet saved)."""
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"name must be a non-empty string; got {name!r}")

@@ -6,7 +6,10 @@ lineage). The info is attached in one place, by :func:`attach_info`: the archite
 constructors attach a bare one and :func:`~napari_mpt_deblur.models.resolve.resolve_model`
 replaces it with what the checkpoint says. Readers call :func:`model_info`, which also accepts a
 network of the user's own (no ``info``, or a plain ``dict`` assigned by older code), so nobody
-needs ``getattr(net, "info", {})``.
+needs ``getattr(net, "info", {})``. The optional attributes are read here too, each with the
+default the engine assumes: :func:`size_multiple`, :func:`in_channels`, :func:`preset_name`
+(the preset ``create_model`` built it from) and :func:`inference_bytes_per_pixel` (the memory
+cost hint the engine sizes tiles by). Code that takes a network is typed :class:`DeblurModel`.
 
 ``ModelInfo`` is the checkpoint header in typed form: :meth:`ModelInfo.to_header` writes the
 JSON header of the project's safetensors files and :meth:`ModelInfo.from_header` reads it back,
@@ -27,12 +30,15 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["DeblurModel", "IntensityNormalization", "ModelInfo", "attach_info", "in_channels",
-           "model_info", "optics_conditioned", "size_multiple"]
+__all__ = ["DeblurModel", "IntensityNormalization", "ModelInfo", "attach_info", "attached_info",
+           "in_channels", "inference_bytes_per_pixel", "model_info", "optics_conditioned",
+           "preset_name", "size_multiple"]
 
 #: What the engine assumes for a network that does not say (a user's own ``nn.Module``).
 DEFAULT_SIZE_MULTIPLE = 128
 DEFAULT_IN_CHANNELS = 1
+#: Channel width assumed by :func:`inference_bytes_per_pixel` for a config without ``dim``.
+DEFAULT_WIDTH = 32
 
 # Header keys that are fields of ModelInfo (everything else goes to ``extra``).
 _LOAD_ONLY = ("source", "sha256", "authors_checkpoint")
@@ -224,6 +230,10 @@ class DeblurModel(Protocol):
     ``optics``, an ``(N, 3)`` tensor of
     :func:`~napari_mpt_deblur.models.conditioning.optics_vector` (``None``: unknown optics);
     the engine passes it to no other network.
+
+    Optional, read through this module's accessors with the engine's defaults:
+    ``inference_bytes_per_pixel`` (:func:`inference_bytes_per_pixel`), ``preset_name``
+    (:func:`preset_name`) and ``config`` (:func:`model_info`).
     """
 
     info: ModelInfo
@@ -291,3 +301,30 @@ def in_channels(net: Any) -> int:
     """``net.in_channels``, or 1 for a network that does not say."""
     value = getattr(net, "in_channels", None)
     return int(value) if value else DEFAULT_IN_CHANNELS
+
+
+def attached_info(net: Any) -> Any:
+    """``net.info`` exactly as it is: a :class:`ModelInfo`, a ``dict`` assigned by older code,
+    or ``None``. For the one caller that must tell these apart
+    (:func:`~napari_mpt_deblur.models.resolve.resolve_model`, which names a network only when
+    it had no info at all); everyone else reads :func:`model_info`."""
+    return getattr(net, "info", None)
+
+
+def preset_name(net: Any) -> str | None:
+    """The architecture preset ``net`` was built from (``"mpt-tiny"``: what
+    :func:`~napari_mpt_deblur.create_model` records on it), or ``None`` for a network
+    read from a checkpoint or a user's own module."""
+    value = getattr(net, "preset_name", None)
+    return str(value) if value else None
+
+
+def inference_bytes_per_pixel(net: Any, per_channel: int) -> int:
+    """Memory one input pixel of ``net``'s forward needs: the network's own estimate
+    (``net.inference_bytes_per_pixel``; MPT and HTCSF give one), else ``per_channel`` bytes for
+    each channel of its width (``config.dim``; :data:`DEFAULT_WIDTH` when it has none). The
+    engine sizes its tiles by it."""
+    value = getattr(net, "inference_bytes_per_pixel", None)
+    if value is not None:
+        return int(value)
+    return int(per_channel) * int(getattr(getattr(net, "config", None), "dim", DEFAULT_WIDTH))

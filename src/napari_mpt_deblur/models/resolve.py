@@ -8,6 +8,9 @@ engine (``deblur(image, model="mpt_tiny.defocus")``), the napari widgets (throug
 - a pretrained key (``"mpt_tiny.defocus"``, see :mod:`.pretrained`), or an old weights name
   (``"mpt-tiny"``, deprecated);
 - a checkpoint file: the project's ``.safetensors``, or an authors' ``.pth``/``.pt``/``.pytorch``;
+- a supervised run's resumable state (``state.pt``, ``state-NNNNN.pt``): its weights at its
+  step, the architecture from its own config and the info from the run's ``last.safetensors``
+  (:func:`~napari_mpt_deblur.train.loop.model_from_state`, read with ``weights_only=True``);
 - a bioimage.io package exported by this project (zip, folder or ``rdf.yaml``);
 - a network already in memory (returned as is, with its info made a ``ModelInfo``).
 
@@ -30,6 +33,7 @@ import copy as _copy
 import json
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -44,7 +48,7 @@ from .checkpoint import (
     load_checkpoint,
     model_from_state_dict,
 )
-from .info import ModelInfo, attach_info, model_info
+from .info import ModelInfo, attach_info, attached_info, model_info
 from .pretrained import (
     DEFAULT_PRETRAINED,
     PretrainedEntry,
@@ -66,6 +70,8 @@ __all__ = ["CACHE_SIZE", "clear_model_cache", "load_model", "resolve_model"]
 CACHE_SIZE = 2
 
 _CACHE: OrderedDict[tuple, nn.Module] = OrderedDict()
+#: File names ``mpt-deblur train`` gives its resumable states.
+_STATE_NAME = re.compile(r"^state(-\d+)?\.pt$")
 _LOCK = threading.RLock()
 
 
@@ -124,7 +130,7 @@ def resolve_model(
     torch_device = _as_device(device)
     if _is_module(source):
         net = _copy.deepcopy(source) if copy else source
-        current = getattr(net, "info", None)  # a ModelInfo, a dict from older code, or none
+        current = attached_info(net)  # a ModelInfo, a dict from older code, or none
         if not isinstance(current, ModelInfo):
             info = model_info(net)
             attach_info(net, info.replace(name=name) if name and not current else info)
@@ -235,6 +241,13 @@ def _load(entry: PretrainedEntry | None, path: Path, device: torch.device, *,
             return net.eval()
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if _STATE_NAME.match(path.name):  # a training run's state: its module knows the layout
+        if routing is not None or config is not None:
+            raise ValueError("a training state is built from its own config; routing and "
+                             "config apply to checkpoints only")
+        from ..train.loop import model_from_state
+
+        return model_from_state(path).to(device)
     state_dict, header = load_checkpoint(path)
     arch_config = _config(state_dict, header, routing, config)
     net = model_from_state_dict(state_dict, header, config=arch_config)

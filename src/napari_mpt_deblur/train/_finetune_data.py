@@ -11,11 +11,10 @@ fixed validation inputs (:func:`validation_inputs`).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.info import model_info
-from .optics_domain import (
+from .optics_domain import (  # SCORE_SEED, model_simulation: re-exported, their home before
+    SCORE_SEED,
     SimulatedScore,
     bundled_infocus_sources,
     estimate_noise_sigma,
     match_camera,
     mean_wavelength,
+    model_simulation,
     simulation_for_optics,
     start_output_sources,
 )
@@ -47,8 +47,6 @@ __all__ = ["SCORE_SEED", "BatchPlan", "compose_batches", "crop_padded", "finetun
 
 logger = logging.getLogger(__name__)
 
-#: The selection score's pairs do not depend on the run's seed: one yardstick for every run.
-SCORE_SEED = 2027
 _STREAM_DATA = 11
 
 
@@ -86,31 +84,6 @@ def planes_fingerprint(planes: Sequence[np.ndarray]) -> str:
         digest.update(str(p.shape).encode())
         digest.update(np.ascontiguousarray(p[::7, ::7]).tobytes())
     return digest.hexdigest()[:16]
-
-
-def model_simulation(model: nn.Module, override: str | None) -> Any:
-    """The replay simulation config: override, else the model's metadata, else bbbc006."""
-    from ..simulate import SimulationConfig, get_simulation_preset
-
-    if override is not None:
-        return get_simulation_preset(override)
-    sim = model_info(model).simulation
-    if isinstance(sim, str):
-        try:
-            return get_simulation_preset(sim)
-        except ValueError:
-            logger.warning("model's simulation preset %r is unknown; using 'bbbc006'", sim)
-    elif isinstance(sim, Mapping):
-        names = {f.name for f in dataclasses.fields(SimulationConfig)}
-        fields = {k: v for k, v in sim.items() if k in names}
-        try:
-            if fields:
-                return SimulationConfig.from_dict(fields)
-            if isinstance(sim.get("preset"), str):
-                return get_simulation_preset(sim["preset"])
-        except (TypeError, ValueError) as exc:
-            logger.warning("model's simulation metadata is unusable (%s); using 'bbbc006'", exc)
-    return get_simulation_preset("bbbc006")
 
 
 def finetune_reblur_bank(settings: FinetuneConfig, simulation: Any) -> ReblurBank:

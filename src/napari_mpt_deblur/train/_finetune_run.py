@@ -112,6 +112,7 @@ class _FinetuneRun:
         out_path: str | os.PathLike[str] | None,
         state_path: str | os.PathLike[str] | None,
         resume: bool,
+        device: torch.device | None = None,
     ) -> None:
         from ..engine.normalize import IntensityNormalization, normalize, percentile_range
         from .data import UnlabeledPatches
@@ -121,7 +122,7 @@ class _FinetuneRun:
         if not any(p.requires_grad for p in model.parameters()):
             logger.info("all parameters were frozen; unfreezing them for fine-tuning")
             model.requires_grad_(True)
-        self.device = get_device(s.device)
+        self.device = device if device is not None else get_device(s.device)
         model.to(self.device)
         info = model_info(model).to_dict()
         self.normalization = IntensityNormalization.from_dict(info.get("normalization"))

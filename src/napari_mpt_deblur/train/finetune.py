@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from .._dataclass_io import renamed_fields
@@ -321,6 +322,7 @@ def finetune_iter(
     state_path: str | os.PathLike[str] | None = None,
     resume: bool = False,
     cancel: CancelLike = None,
+    device: torch.device | None = None,
 ) -> Iterator[TrainUpdate]:
     """Fine-tune ``model`` on unlabeled blurry images, yielding progress records.
 
@@ -348,6 +350,9 @@ def finetune_iter(
         Continue from ``state_path``.
     cancel : threading.Event or callable, optional
         Checked before every step; the run then stops, keeping the best weights.
+    device : torch.device, optional
+        The device ``settings.device`` already resolved to, taken as it is (the Fine-tune
+        panel resolves it once per run); default: resolved here.
 
     Yields
     ------
@@ -367,7 +372,7 @@ def finetune_iter(
     try:
         run = _FinetuneRun(model, unlabeled_images, paired=paired, settings=settings,
                            replay_images=replay_images, out_path=out_path,
-                           state_path=state_path, resume=resume)
+                           state_path=state_path, resume=resume, device=device)
         yield from run.start_updates()
         loop = StepLoop(
             run.trainer, run.loss, start=run.step, total=total, cancel=cancel,

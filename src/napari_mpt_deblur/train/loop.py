@@ -18,7 +18,9 @@ lives in ``out_dir``:
     atomically and loadable with ``torch.load(weights_only=True)``.
 ``state-NNNNN.pt``
     With ``keep_every``, copies of that state at every ``keep_every`` steps, for choosing a
-    checkpoint afterwards on data the trainer does not validate on.
+    checkpoint afterwards on data the trainer does not validate on. Any of these states loads
+    as a network like a checkpoint does (:func:`model_from_state`, which
+    :func:`~napari_mpt_deblur.models.resolve.resolve_model` calls for such files).
 
 Runs are meant to be cut into chunks (``time_budget_s``) and continued with ``resume=True``:
 the learning rate is a pure function of the step and each step's batch and random choices are
@@ -84,6 +86,7 @@ __all__ = [
     "finetune",
     "finetune_iter",
     "fit",
+    "model_from_state",
     "reblur_bank_for_simulation",
     "simulation_from_config",
 ]
@@ -172,6 +175,73 @@ def build_model(config: TrainConfig) -> nn.Module:
             logger.info("model %s has no routing option; building it without", config.model)
             return create_model(config.model, **overrides)
         raise
+
+
+def model_from_state(path: str | os.PathLike[str]) -> nn.Module:
+    """The network a supervised run's resumable state holds, in eval mode on the CPU.
+
+    Why here: a kept ``state-NNNNN.pt`` is a snapshot that ``scripts/select_checkpoint.py``
+    may score and ``scripts/export_weights.py`` may ship, and only this module knows what a
+    ``fit`` state holds; :func:`~napari_mpt_deblur.models.resolve.resolve_model` hands such
+    files (``state.pt``, ``state-NNNNN.pt``) here, so that every caller gets the same network
+    and info from them.
+
+    The file is read with ``weights_only=True``. The architecture is the state's own
+    :class:`TrainConfig` (:func:`build_model`). The info is the header of the run's
+    ``last.safetensors`` beside it when there is one (normalisation, simulation, training
+    config: what the run itself wrote), else what :func:`fit` writes into every header (the
+    default normalisation, the config); its ``training.step`` is the state's step, its
+    ``metrics`` gain the validation logged at that step, its name is
+    ``"<run folder>/state@<step>"`` and its ``sha256`` is the state file's.
+
+    Raises
+    ------
+    CheckpointError
+        The file is not a supervised run's state (a fine-tuning state holds no architecture:
+        load that run's ``.safetensors`` instead).
+    """
+    from ..engine.normalize import IntensityNormalization
+    from ..models._registry import architecture_of
+    from ..models.checkpoint import CheckpointError, file_sha256, read_header
+    from ..models.info import ModelInfo, attach_info
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickled objects, a truncated file ...
+        raise CheckpointError(f"{path} is not a readable training state: {exc}") from exc
+    if not (isinstance(state, dict) and isinstance(state.get("config"), str)
+            and isinstance(state.get("model"), dict) and "step" in state
+            and state.get("kind", "fit") == "fit"):
+        kind = state.get("kind") if isinstance(state, dict) else None
+        raise CheckpointError(
+            f"{path} is not a supervised training state (state.pt of mpt-deblur train)"
+            + (f"; it is a {kind!r} state, whose run's .safetensors is the model" if kind
+               else ""))
+    cfg = TrainConfig.from_dict(json.loads(state["config"]))
+    model = build_model(cfg)
+    model.load_state_dict(state["model"])
+    step = int(state["step"])
+    last = path.with_name("last.safetensors")
+    header = (read_header(last) if last.is_file() else None) or {
+        "normalization": IntensityNormalization().to_dict(),
+        "training": {"config": cfg.to_dict()}}
+    header.setdefault("training", {})["step"] = step
+    history = json.loads(state.get("history") or "{}")
+    scores = next((v for v in history.get("validation", []) if v.get("step") == step), None)
+    if scores is not None:
+        header.setdefault("metrics", {}).update(scores)  # its "step" too: last's may be later
+    info = ModelInfo.from_header(
+        {k: v for k, v in header.items() if k != "config"},
+        config=model.config.to_dict(),
+        name=f"{path.parent.name}/state@{step}",
+        source=str(path),
+        sha256=file_sha256(path),
+        routing=getattr(model.config, "routing", None),
+        arch=header.get("arch") or architecture_of(model.config).name,
+    )
+    attach_info(model, info)
+    return model.eval()
 
 
 def evaluate_pairs(

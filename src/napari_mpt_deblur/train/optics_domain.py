@@ -19,6 +19,7 @@ simulated exactly, on any in-focus content. Two things follow:
   checkpoints worse: their "truth" keeps the blur and noise the start model left, so restoring
   better than the start is marked down (docs/finetuning.md). They stay for comparison.
 
+The model's own simulation (:func:`model_simulation`, from its metadata) is the starting point.
 The defocus range is the model's own training range measured in depths of field
 (``λ·n / NA²``), carried over to the user's optics, unless the user says how far out of focus
 their images are.
@@ -27,9 +28,10 @@ their images are.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,17 +40,25 @@ from torch import nn
 
 from .._dataclass_io import renamed_arguments
 from ..engine.normalize import IntensityNormalization, normalize, percentile_range
+from ..models.info import model_info
 from ..simulate import SimulationConfig, optics
 from .data import SourceImage, build_validation_set
 from .losses import haar_dwt
 
+logger = logging.getLogger(__name__)
+
+#: The selection score's pairs do not depend on the run's seed: one yardstick for every run.
+SCORE_SEED = 2027
+
 __all__ = [
+    "SCORE_SEED",
     "SimulatedScore",
     "bundled_infocus_sources",
     "depth_of_field_um",
     "estimate_noise_sigma",
     "match_camera",
     "mean_wavelength",
+    "model_simulation",
     "planes_noise_sigma",
     "sharpest_crop_sources",
     "simulation_for_optics",
@@ -65,6 +75,37 @@ def depth_of_field_um(wavelength_nm: float, numerical_aperture: float,
                   "napari_mpt_deblur.simulate.depth_of_field_um", DeprecationWarning, stacklevel=3)
     return optics.depth_of_field_um(numerical_aperture=numerical_aperture,
                                     wavelength_nm=wavelength_nm, immersion_index=immersion_index)
+
+
+def model_simulation(model: nn.Module, override: str | None = None) -> SimulationConfig:
+    """The simulation ``model`` was trained with: the preset named ``override``, else the
+    model's metadata (a preset name or the config's fields), else ``"bbbc006"``.
+
+    Fine-tuning carries it over to the user's optics (:func:`simulation_for_optics`) for its
+    replay pairs and selection score; comparisons that must score like a run (the domain-shift
+    benchmark) start from the same simulation.
+    """
+    from ..simulate import get_simulation_preset
+
+    if override is not None:
+        return get_simulation_preset(override)
+    sim = model_info(model).simulation
+    if isinstance(sim, str):
+        try:
+            return get_simulation_preset(sim)
+        except ValueError:
+            logger.warning("model's simulation preset %r is unknown; using 'bbbc006'", sim)
+    elif isinstance(sim, Mapping):
+        names = {f.name for f in dataclasses.fields(SimulationConfig)}
+        fields = {k: v for k, v in sim.items() if k in names}
+        try:
+            if fields:
+                return SimulationConfig.from_dict(fields)
+            if isinstance(sim.get("preset"), str):
+                return get_simulation_preset(sim["preset"])
+        except (TypeError, ValueError) as exc:
+            logger.warning("model's simulation metadata is unusable (%s); using 'bbbc006'", exc)
+    return get_simulation_preset("bbbc006")
 
 
 def mean_wavelength(sim: SimulationConfig) -> float:
