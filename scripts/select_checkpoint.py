@@ -145,7 +145,9 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.suffix.lower() in (".tif", ".tiff"))
 
 
-def _pairs(cfg: EvalConfig, sets: list[str]) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
+def validation_pairs(
+    cfg: EvalConfig, sets: list[str]
+) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
     """(set, level, blurred, sharp) for every image and level, simulated at the regime's optics
     with the set's emission wavelength (so each set's optics are ``_optics(cfg, set)``)."""
     pairs = []
@@ -193,7 +195,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sets = available_sets(args.sets or list(VAL_SETS), required=args.sets or ())
     cfg = eval_config(args.regime)
-    pairs = _pairs(cfg, sets)
+    pairs = validation_pairs(cfg, sets)
     optics = {name: None if args.blind else _optics(cfg, name) for name in sets}
     baseline = _scores(pairs, lambda b, _name: b)
     rows = {"blurred input": baseline}

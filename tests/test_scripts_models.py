@@ -232,3 +232,17 @@ def test_export_weights_ships_a_state_as_before(tmp_path, run_model, monkeypatch
     monkeypatch.setattr(sys, "argv", ["export_weights.py", str(state), "--name", "other"])
     with pytest.raises(SystemExit, match=r"last\.safetensors is missing"):
         export.main()
+
+
+def test_error_bands_splits_an_error_by_spatial_frequency():
+    import numpy as np
+
+    bands = _script("error_bands")
+    rng = np.random.default_rng(0)
+    smooth = np.outer(np.sin(2 * np.pi * np.arange(128) / 128), np.ones(128))  # 1/128 cycles/px
+    power = bands.band_power(smooth)
+    assert power.argmax() == 0 and power[1:].sum() < 1e-9 * power[0]
+    noise = rng.normal(size=(128, 128))  # white: power in proportion to each ring's area
+    power = bands.band_power(noise)
+    assert np.isclose(power.sum(), noise.size * (noise**2).sum(), rtol=1e-6)  # Parseval
+    assert power[5] > power[1]
