@@ -58,7 +58,9 @@ from .config import (  # the choices live in the torch-free config module (the C
     REPLAY_OPTICS,
     SELECTION_SCORES,
     TRAINABLE_CHOICES,
+    EfcrConfig,
     OpticsHints,
+    OptimConfig,
     RunConfig,
 )
 from .engine import Every, StepLoop
@@ -232,7 +234,8 @@ class FinetuneConfig(RunConfig):
             raise ValueError("replay_optics='user' needs pixel_size_um and numerical_aperture")
         if self.max_defocus_um is not None and not self.max_defocus_um > 0:
             raise ValueError(f"max_defocus_um must be > 0 or None; got {self.max_defocus_um!r}")
-        self._validate_parts()
+        self.optim  # noqa: B018 - building a part validates its fields
+        self.efcr  # noqa: B018
         self.optics  # noqa: B018 - validates the optical hints
         if self.trainable not in TRAINABLE_CHOICES:
             raise ValueError(f"trainable must be one of {', '.join(map(repr, TRAINABLE_CHOICES))}"
@@ -257,6 +260,17 @@ class FinetuneConfig(RunConfig):
         size = self.reblur_kernel_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
             raise ValueError(f"reblur_kernel_size must be an odd integer >= 3; got {size!r}")
+
+    @property
+    def optim(self) -> OptimConfig:  # type: ignore[override]
+        """The optimiser part (its fields flat here; the part's defaults for schedule and
+        compile)."""
+        return OptimConfig.of(self)
+
+    @property
+    def efcr(self) -> EfcrConfig:  # type: ignore[override]
+        """The EFCR part (weights and re-blur defocus)."""
+        return EfcrConfig.of(self)
 
     @property
     def optics(self) -> OpticsHints:
