@@ -1,6 +1,6 @@
 """Run configs composed from shared parts, read and written flat.
 
-``TrainConfig`` holds ``optim`` and ``efcr``; every file
+``TrainConfig`` holds ``optim`` and ``efcr``, ``FinetuneConfig`` also ``optics``; every file
 written so far (recipes, the ``config`` of resumable states, the ``training`` header of the
 bundled weights) holds the parts' fields flat, and must read unchanged, without a warning.
 """
@@ -15,9 +15,13 @@ import pytest
 from napari_mpt_deblur.models.checkpoint import read_header
 from napari_mpt_deblur.train import (
     EfcrConfig,
+    FinetuneConfig,
+    OpticsHints,
     OptimConfig,
     TrainConfig,
+    get_finetune_preset,
 )
+from napari_mpt_deblur.train.finetune import FINETUNE_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = sorted((ROOT / "src" / "napari_mpt_deblur" / "weights").glob("*.safetensors"))
@@ -40,6 +44,21 @@ FLAT_TRAIN_DEFAULTS = {
     "num_workers": 0, "time_budget_s": None, "out_dir": "runs/mpt-tiny",
 }
 
+#: ``FinetuneConfig().to_dict()`` at 54d03a1 (fine-tuning states' ``settings``).
+FLAT_FINETUNE_DEFAULTS = {
+    "steps": 300, "time_budget_s": None, "batch_size": 2, "patch_size": 128, "lr": 5e-05,
+    "min_lr": 1e-06, "warmup_steps": 10, "weight_decay": 0.0, "grad_clip": 1.0,
+    "efcr_weight": 0.0005, "efcr_rel_weight": 0.1, "replay_fraction": 0.5,
+    "paired_fraction": 0.25, "pixel_loss": "l1", "mode": "full", "pixel_size_um": None,
+    "numerical_aperture": None, "wavelength_nm": None, "immersion_index": None,
+    "reblur_defocus_dof": [2.0, 4.0, 6.0, 8.0], "reblur_kernel_size": 63, "reblur_noise": True,
+    "simulation": None, "replay_optics": "auto", "max_defocus_um": None, "min_gain_db": 0.05,
+    "max_level_loss_db": 0.1, "score_pairs": 16, "selection_score": "bundled-images",
+    "match_camera": True, "trainable": "all", "val_crop_size": 256, "val_every": 25,
+    "preview_every": 50, "state_every": 50, "amp": "auto", "device": "auto", "seed": 0,
+}
+
+
 @pytest.fixture(autouse=True)
 def _no_deprecation_for_flat_keys():
     with warnings.catch_warnings():
@@ -52,7 +71,7 @@ def _round_trips_flat(cls, data):
     cfg = cls.from_dict(data)
     out = cfg.to_dict()
     assert set(out) == set(cls.field_names())
-    assert not set(out) & {"optim", "efcr"}
+    assert not set(out) & {"optim", "efcr", "optics"}
     assert {k: out[k] for k in data} == json.loads(json.dumps(dict(data)))
     assert cls.from_dict(json.loads(json.dumps(out))) == cfg
     return cfg
@@ -147,6 +166,47 @@ def test_nested_mappings_read_like_flat_keys_and_conflicts_are_errors():
         TrainConfig.from_dict({"lrr": 1e-4})
     with pytest.raises(ValueError, match=r"TrainConfig\.lr: could not convert"):
         TrainConfig.from_dict({"lr": "fast"})
+
+
+def test_finetune_config_has_its_own_default_parts():
+    cfg = FinetuneConfig()
+    assert cfg.optim == OptimConfig(lr=5e-5, warmup_steps=10, weight_decay=0.0)
+    assert cfg.efcr == EfcrConfig(reblur_defocus_dof=(2.0, 4.0, 6.0, 8.0))
+    assert cfg.optics == OpticsHints()
+    assert not {"lr", "pixel_size_um", "reblur_defocus_dof"} & {
+        f.name for f in dataclasses.fields(FinetuneConfig)}
+    # the flat dict of before, plus the two optimiser fields it now declares at their defaults
+    assert cfg.to_dict() == {**FLAT_FINETUNE_DEFAULTS, "schedule": "cosine", "compile": False}
+    old = _round_trips_flat(FinetuneConfig, FLAT_FINETUNE_DEFAULTS)  # settings saved before
+    assert old == cfg
+    one = FinetuneConfig(lr=1e-4, pixel_size_um=0.1, numerical_aperture=1.2,
+                         immersion_index=1.515)
+    assert one.optim == dataclasses.replace(cfg.optim, lr=1e-4)  # the fine-tuning warm-up kept
+    assert one.optics.has_psf and one.uses_user_optics and one.pixel_size_um == 0.1
+    with pytest.raises(ValueError, match="must be below immersion_index"):
+        FinetuneConfig(numerical_aperture=1.2, immersion_index=1.0)
+
+
+def test_finetune_presets_cli_flags_and_form_changes_reach_the_parts():
+    laptop = FINETUNE_PRESETS["cpu-laptop"]
+    assert (laptop.lr, laptop.warmup_steps, laptop.mode, laptop.trainable) == (
+        3e-4, 10, "replay", "late")
+    # the keys that ``mpt-deblur finetune``'s flags and the Fine-tune form pass, flat
+    changes = {"steps": 7, "time_budget_s": 60.0, "mode": "full", "pixel_size_um": 0.2,
+               "numerical_aperture": 0.8, "wavelength_nm": 520.0, "immersion_index": 1.0,
+               "max_defocus_um": 4.0, "replay_optics": "user",
+               "selection_score": "own-images", "trainable": "norms", "batch_size": 3,
+               "patch_size": 64, "lr": 2e-4, "efcr_weight": 1e-3, "replay_fraction": 0.3,
+               "val_every": 5, "preview_every": 5, "device": "cpu", "seed": 3}
+    for name in FINETUNE_PRESETS:
+        cfg = get_finetune_preset(name, **changes)
+        assert {k: cfg.to_dict()[k] for k in changes} == changes
+        assert cfg.optim.lr == 2e-4 and cfg.efcr.efcr_weight == 1e-3
+        assert cfg.optics == OpticsHints(pixel_size_um=0.2, numerical_aperture=0.8,
+                                         wavelength_nm=520.0, immersion_index=1.0)
+        assert cfg.warmup_steps == FINETUNE_PRESETS[name].warmup_steps
+    with pytest.raises(ValueError, match="unknown FinetuneConfig keys"):
+        get_finetune_preset("cpu-laptop", lrr=1.0)
 
 
 def test_train_cli_flags_still_change_the_config(tmp_path, monkeypatch):
