@@ -229,3 +229,44 @@ def test_train_cli_flags_still_change_the_config(tmp_path, monkeypatch):
     cfg = fitted.value.args[0]
     assert (cfg.steps, cfg.device, cfg.out_dir) == (3, "cpu", str(tmp_path / "run"))
     assert cfg.optim == TrainConfig.from_file(recipe).optim
+
+
+def test_eval_config_holds_its_optics_and_camera_and_reads_results_unchanged():
+    from napari_mpt_deblur._dataclass_io import flat_field_names
+    from napari_mpt_deblur.evaluation import EvalConfig, eval_config
+    from napari_mpt_deblur.simulate import CameraConfig
+
+    cfg = EvalConfig()
+    assert {f.name for f in dataclasses.fields(EvalConfig)} >= {"optics", "camera"}
+    assert not {"numerical_aperture", "photons_per_unit", "bit_depth"} & {
+        f.name for f in dataclasses.fields(EvalConfig)}
+    assert cfg.optics == OpticsHints(pixel_size_um=0.645, numerical_aperture=0.5,
+                                     immersion_index=1.0)
+    # the camera is the protocol's: the gain follows from the full-scale fraction
+    assert cfg.camera == CameraConfig.at_full_scale(
+        photons_per_unit=1500.0, read_noise_e=4.0, offset_adu=110.0, bit_depth=12,
+        full_scale_fraction=0.5)
+    # only the fields the protocol sets are keys (no wavelength, gain or shot noise)
+    keys = set(cfg.to_dict())
+    assert keys == set(flat_field_names(EvalConfig))
+    assert not keys & {"optics", "camera", "wavelength_nm", "gain_adu_per_e", "shot_noise"}
+    oil = eval_config("oil-1.4", data_root="data", photons_per_unit=300.0)
+    assert (oil.numerical_aperture, oil.optics.numerical_aperture) == (1.4, 1.4)
+    assert oil.camera.photons_per_unit == 300.0 == oil.photons_per_unit
+    changed = dataclasses.replace(oil, full_scale_fraction=0.25, bit_depth=14)
+    assert changed.camera == CameraConfig.at_full_scale(
+        photons_per_unit=300.0, read_noise_e=4.0, offset_adu=110.0, bit_depth=14,
+        full_scale_fraction=0.25)
+    assert EvalConfig.from_dict(json.loads(json.dumps(changed.to_dict()))) == changed
+    assert EvalConfig.from_dict({"optics": {"numerical_aperture": 0.8}}).numerical_aperture == 0.8
+    with pytest.raises(ValueError, match=r"\['wavelength_nm'\] are not settable here"):
+        EvalConfig.from_dict({"optics": {"wavelength_nm": 500.0}})
+    with pytest.raises(ValueError, match="unknown EvalConfig keys"):
+        EvalConfig.from_dict({"gain_adu_per_e": 2.0})
+    with pytest.raises(ValueError, match="wavelength_nm must be None"):
+        EvalConfig(optics=OpticsHints(pixel_size_um=0.1, numerical_aperture=0.5,
+                                      immersion_index=1.0, wavelength_nm=500.0))
+    with pytest.raises(TypeError, match="numerical_aperture must be a number"):
+        EvalConfig(optics=OpticsHints(pixel_size_um=0.1, immersion_index=1.0))
+    with pytest.raises(ValueError, match="must draw shot noise"):
+        EvalConfig(camera=CameraConfig(shot_noise=False))

@@ -25,6 +25,9 @@ versions. The mapping between the two shapes lives here, once, for every compose
   default part, whose defaults may differ per config); a nested mapping (``optim: {lr: 1e-4}``)
   is read the same way; the same field given both ways in one mapping is an error;
 - writing (:func:`dataclass_to_dict`): the parts' fields spliced in flat, at the part's place;
+- a config may expose only some of a part's fields (``field(metadata={"flat": names})``): the
+  others are the config's to derive (the evaluation protocol's camera gain follows from its
+  full-scale fraction), so they are neither read nor written;
 - attribute reads: ``cfg.lr`` is ``cfg.optim.lr`` (read-only, as the frozen config).
 
 No ``DeprecationWarning`` for the flat names: they are the format of every stored file.
@@ -58,7 +61,9 @@ def dataclass_to_dict(config: Any, *, exclude: tuple[str, ...] = ()) -> dict[str
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if f.name in parts:
-            out.update(dataclass_to_dict(value, exclude=exclude))
+            flat = _flat_names(f, parts[f.name])
+            out.update((k, v) for k, v in dataclass_to_dict(value).items()
+                       if k in flat and k not in exclude)
         elif f.name not in exclude:
             out[f.name] = _jsonable(value)
     return out
@@ -70,7 +75,7 @@ def flat_field_names(cls: type) -> tuple[str, ...]:
     names: list[str] = []
     for f in dataclasses.fields(cls):
         if f.name in parts:
-            names.extend(p.name for p in dataclasses.fields(parts[f.name]))
+            names.extend(_flat_names(f, parts[f.name]))
         else:
             names.append(f.name)
     return tuple(names)
@@ -274,10 +279,18 @@ def _parts(cls: type) -> dict[str, type]:
     return getattr(cls, "CONFIG_PARTS", {})
 
 
+def _flat_names(field: dataclasses.Field[Any], part: type) -> tuple[str, ...]:
+    """The fields of ``part`` that a config reads and writes flat (``metadata["flat"]``, else
+    all of them)."""
+    names = tuple(f.name for f in dataclasses.fields(part))
+    return tuple(field.metadata.get("flat", names))
+
+
 def _part_keys(cls: type) -> dict[str, str]:
     """Flat key -> the name of the part field that holds it."""
-    return {f.name: name for name, part in _parts(cls).items()
-            for f in dataclasses.fields(part)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return {key: name for name, part in _parts(cls).items()
+            for key in _flat_names(fields[name], part)}
 
 
 def _flatten_parts(cls: type, data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -286,6 +299,7 @@ def _flatten_parts(cls: type, data: Mapping[str, Any]) -> Mapping[str, Any]:
     parts = _parts(cls)
     if not any(key in parts and isinstance(value, Mapping) for key, value in data.items()):
         return data
+    keys = _part_keys(cls)
     out = {key: value for key, value in data.items()
            if not (key in parts and isinstance(value, Mapping))}
     for name, part in parts.items():
@@ -294,6 +308,10 @@ def _flatten_parts(cls: type, data: Mapping[str, Any]) -> Mapping[str, Any]:
             continue
         nested = _new_names(part, nested, stacklevel=5)
         check_keys(part, nested)
+        derived = sorted(k for k in nested if keys.get(k) != name)
+        if derived:
+            raise ValueError(f"{cls.__name__}.{name}: {derived} are not settable here; "
+                             f"valid keys: {', '.join(k for k in keys if keys[k] == name)}")
         both = sorted(set(nested) & set(out))
         if both:
             raise ValueError(f"{cls.__name__}: {both} given both flat and under {name!r}")
@@ -334,8 +352,13 @@ def composed_of_parts(cls: type[C]) -> type[C]:
     hints = typing.get_type_hints(cls)
     parts = {f.name: hints[f.name] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
              if isinstance(hints[f.name], type) and issubclass(hints[f.name], ConfigPart)}
-    own = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    flat = [f.name for part in parts.values() for f in dataclasses.fields(part)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    own = list(fields)
+    flat = [n for name, part in parts.items() for n in _flat_names(fields[name], part)]
+    hidden = sorted(set(flat) - {f.name for part in parts.values()
+                                 for f in dataclasses.fields(part)})
+    if hidden:
+        raise TypeError(f"composed_of_parts: {cls.__name__} exposes {hidden}, not part fields")
     clashes = sorted(n for n in set(flat) if flat.count(n) > 1 or n in own)
     if clashes:
         raise TypeError(f"composed_of_parts: {cls.__name__} has {clashes} more than once")
