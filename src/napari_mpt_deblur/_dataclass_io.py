@@ -50,7 +50,6 @@ __all__ = ["ConfigPart", "DictRoundTrip", "check_keys", "composed_of_parts",
 
 C = TypeVar("C")
 F = TypeVar("F", bound=Callable[..., Any])
-P = TypeVar("P", bound="ConfigPart")
 
 
 def dataclass_to_dict(config: Any, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -265,13 +264,6 @@ class ConfigPart:
     it as one field (:func:`composed_of_parts`), with its own default part where its defaults
     differ (fine-tuning's small learning rate), and still reads and writes its fields flat.
     """
-
-    @classmethod
-    def of(cls: type[P], config: Any) -> P:
-        """The part of a config that has these fields, flat or through a part (the part's
-        defaults for any it does not have), validated by the part."""
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
 
 
 def _parts(cls: type) -> dict[str, type]:
