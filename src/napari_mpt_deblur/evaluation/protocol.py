@@ -21,13 +21,13 @@ import dataclasses
 import math
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._dataclass_io import DictRoundTrip
+from .._dataclass_io import DictRoundTrip, composed_of_parts
 from ..simulate.camera import CameraConfig
 from ..simulate.optics import OpticsHints
 
@@ -110,15 +110,20 @@ def _optional_count(value: Any, name: str) -> int | None:
     return int(value)
 
 
+@composed_of_parts
 @dataclass(frozen=True)
 class EvalConfig(DictRoundTrip):
     """Everything that fixes the evaluation table (recorded in ``results.json``).
 
-    The objective and the camera are the shared parts (the optics of
-    :class:`~napari_mpt_deblur.simulate.optics.OpticsHints`, the camera of
-    :class:`~napari_mpt_deblur.simulate.camera.CameraConfig`), kept as flat fields under the
-    parts' names, like the run configs of :mod:`napari_mpt_deblur.train.config`, so that every
-    ``results.json`` written so far reads unchanged; the parts validate them.
+    The objective and the camera are the shared parts, held as fields: ``optics``
+    (:class:`~napari_mpt_deblur.simulate.optics.OpticsHints`) and ``camera``
+    (:class:`~napari_mpt_deblur.simulate.camera.CameraConfig`). As in the run configs of
+    :mod:`napari_mpt_deblur.train.config` (:func:`~napari_mpt_deblur._dataclass_io.
+    composed_of_parts`), their fields read and write flat (``cfg.numerical_aperture``,
+    ``EvalConfig(bit_depth=8)``, the keys of ``results.json``), so every ``results.json``
+    written so far reads unchanged. Only the fields the protocol sets are flat: the emission
+    wavelength belongs to each image set (``optics.wavelength_nm`` stays ``None``), the camera
+    always draws shot noise and its gain follows from ``full_scale_fraction``.
 
     Parameters
     ----------
@@ -133,18 +138,15 @@ class EvalConfig(DictRoundTrip):
     levels_um : tuple of float
         Defocus levels, µm (exact: the nominal-to-effective defocus scale is 1). 0 is the
         in-focus level (camera noise only): a deblurrer must leave a sharp image as it is.
-    numerical_aperture, immersion_index, pixel_size_um : float
-        The simulated objective (dry, 20×-like) and camera pixel in the sample plane: the
-        shared optics part, :class:`~napari_mpt_deblur.simulate.optics.OpticsHints`
-        (:attr:`optics`; the emission wavelength belongs to each image set).
-    photons_per_unit : float
-        Photo-electrons at the source's full scale (its 99.9th percentile): the photon budget.
-    read_noise_e : float
-        Read noise, electrons rms.
-    offset_adu : float
-        Camera offset, ADU.
-    bit_depth : int
-        ADC bits.
+    optics : OpticsHints
+        The simulated objective (dry, 20×-like) and camera pixel in the sample plane, flat as
+        ``numerical_aperture``, ``immersion_index``, ``pixel_size_um`` (all required).
+    camera : CameraConfig
+        The simulated camera, flat as ``photons_per_unit`` (photo-electrons at the source's
+        full scale, its 99.9th percentile: the photon budget), ``read_noise_e`` (electrons
+        rms), ``offset_adu`` and ``bit_depth`` (ADC bits); its gain is set from
+        ``full_scale_fraction`` (:meth:`~napari_mpt_deblur.simulate.camera.CameraConfig.
+        at_full_scale`, as the simulator builds each drawn camera).
     full_scale_fraction : float
         Fraction of the ADU range above offset used by full scale (sets the gain).
         ``photons_per_unit`` to ``full_scale_fraction``: the camera, built and validated by
@@ -176,13 +178,14 @@ class EvalConfig(DictRoundTrip):
     val_dir: str | None = None
     sets: tuple[str, ...] = ("w1", "w2")
     levels_um: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 16.0, 24.0)
-    numerical_aperture: float = 0.5
-    immersion_index: float = 1.0
-    pixel_size_um: float = 0.645
-    photons_per_unit: float = 1500.0
-    read_noise_e: float = 4.0
-    offset_adu: float = 110.0
-    bit_depth: int = 12
+    optics: OpticsHints = field(
+        default_factory=lambda: OpticsHints(pixel_size_um=0.645, numerical_aperture=0.5,
+                                            immersion_index=1.0),
+        metadata={"flat": ("numerical_aperture", "immersion_index", "pixel_size_um")})
+    camera: CameraConfig = field(
+        default_factory=lambda: CameraConfig(photons_per_unit=1500.0, read_noise_e=4.0,
+                                             offset_adu=110.0, bit_depth=12),
+        metadata={"flat": ("photons_per_unit", "read_noise_e", "offset_adu", "bit_depth")})
     full_scale_fraction: float = 0.5
     source_percentiles: tuple[float, float] = (0.5, 99.9)
     seed: int = 0
@@ -215,13 +218,25 @@ class EvalConfig(DictRoundTrip):
         if not levels:
             raise ValueError("levels_um must hold at least one defocus level")
         set_("levels_um", tuple(dict.fromkeys(levels)))
-        for name in ("numerical_aperture", "immersion_index", "pixel_size_um",
-                     "photons_per_unit", "full_scale_fraction", "real_pair_defocus_um",
-                     "real_pair_wavelength_nm", "read_noise_e", "offset_adu"):  # fmt: skip
-            check = _non_negative if name in ("read_noise_e", "offset_adu") else _positive
-            set_(name, check(getattr(self, name), name))
-        self.optics  # noqa: B018 - the parts validate the rest (NA below the index, ...)
-        self.camera  # noqa: B018 - (bit depth, offset below saturation, full scale <= 1)
+        for name in ("full_scale_fraction", "real_pair_defocus_um", "real_pair_wavelength_nm"):
+            set_(name, _positive(getattr(self, name), name))
+        # the parts checked the rest when built (NA below the index, offset below saturation)
+        optics = self.optics
+        if optics.wavelength_nm is not None:
+            raise ValueError("EvalConfig.optics.wavelength_nm must be None: each image set has "
+                             f"its own emission wavelength; got {optics.wavelength_nm!r}")
+        set_("optics", dataclasses.replace(optics, **{
+            name: _positive(getattr(optics, name), name)
+            for name in ("numerical_aperture", "immersion_index", "pixel_size_um")}))
+        camera = self.camera
+        if not camera.shot_noise:
+            raise ValueError("EvalConfig.camera must draw shot noise (the protocol's camera)")
+        set_("camera", CameraConfig.at_full_scale(
+            photons_per_unit=_positive(camera.photons_per_unit, "photons_per_unit"),
+            read_noise_e=_non_negative(camera.read_noise_e, "read_noise_e"),
+            offset_adu=_non_negative(camera.offset_adu, "offset_adu"),
+            bit_depth=camera.bit_depth, full_scale_fraction=self.full_scale_fraction,
+        ))
         lo, hi = (float(v) for v in self.source_percentiles)
         if not 0 <= lo < hi <= 100:
             raise ValueError(
@@ -244,21 +259,6 @@ class EvalConfig(DictRoundTrip):
         if self.rl_criterion not in ("psnr", "ssim"):
             raise ValueError(f"rl_criterion must be 'psnr' or 'ssim'; got {self.rl_criterion!r}")
         set_("real_pair", bool(self.real_pair))
-
-    @property
-    def optics(self) -> OpticsHints:
-        """The simulated objective as the shared optics part (no wavelength: each image set
-        has its own)."""
-        return OpticsHints.of(self)
-
-    @property
-    def camera(self) -> CameraConfig:
-        """The simulated camera (:meth:`CameraConfig.at_full_scale`)."""
-        return CameraConfig.at_full_scale(
-            photons_per_unit=self.photons_per_unit, read_noise_e=self.read_noise_e,
-            offset_adu=self.offset_adu, bit_depth=self.bit_depth,
-            full_scale_fraction=self.full_scale_fraction,
-        )
 
     @property
     def gain_adu_per_e(self) -> float:

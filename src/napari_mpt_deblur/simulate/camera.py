@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._dataclass_io import DictRoundTrip
+from .._dataclass_io import ConfigPart, DictRoundTrip
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,12 @@ def as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 
 @dataclass(frozen=True)
-class CameraConfig(DictRoundTrip):
+class CameraConfig(DictRoundTrip, ConfigPart):
     """A concrete camera (one draw of the simulator's camera parameters).
+
+    Also the camera part of the evaluation protocol (``EvalConfig.camera``, a
+    :class:`~napari_mpt_deblur._dataclass_io.ConfigPart`), which sets its gain from a full-scale
+    fraction (:meth:`at_full_scale`).
 
     Parameters
     ----------

@@ -150,11 +150,12 @@ class OpticsHints(ConfigPart):
     """The shared optics part: what is known of a microscope (``None``: unknown).
 
     The fields of :class:`OpticsConfig` that describe the instrument rather than one PSF, under
-    the same names. Fine-tuning's optical hints (``FinetuneConfig``, ``None``: the model's own
-    optics) and the evaluation protocol's objective (``EvalConfig``, always given) hold them
-    flat and validate them by building this part (:meth:`~napari_mpt_deblur._dataclass_io.
-    ConfigPart.of`). ``refractive_index``, the hints' name before the immersion index had one
-    name everywhere, still loads (``DeprecationWarning``).
+    the same names. Fine-tuning's optical hints (``FinetuneConfig.optics``, ``None``: the
+    model's own optics) and the evaluation protocol's objective (``EvalConfig.optics``, always
+    given, no wavelength) are this part, their fields read and written flat
+    (:func:`~napari_mpt_deblur._dataclass_io.composed_of_parts`). ``refractive_index``, the
+    hints' name before the immersion index had one name everywhere, still loads
+    (``DeprecationWarning``).
 
     Attributes
     ----------

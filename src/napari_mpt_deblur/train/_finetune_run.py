@@ -14,7 +14,6 @@ are in :mod:`.guard` (the validation records keep the reasons it gives); the
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -404,9 +403,9 @@ class _FinetuneRun:
         state = load_state_file(self.state_path, "finetune")
         config_type = type(self.settings)
         saved = config_type.from_dict(json.loads(state["settings"]))
-        differing = [f.name for f in dataclasses.fields(config_type)
-                     if f.name not in FINETUNE_RUN_CONTROL_FIELDS
-                     and getattr(saved, f.name) != getattr(self.settings, f.name)]
+        differing = [name for name in config_type.field_names()
+                     if name not in FINETUNE_RUN_CONTROL_FIELDS
+                     and getattr(saved, name) != getattr(self.settings, name)]
         if differing:
             raise ValueError(
                 f"cannot resume {self.state_path}: settings differ in {differing}; only "

@@ -9,15 +9,15 @@ Shared parts (:class:`~napari_mpt_deblur._dataclass_io.ConfigPart`): :class:`Opt
 re-blur operator) are defined, documented and validated once here; the optics part,
 :class:`~napari_mpt_deblur.simulate.optics.OpticsHints` (optical hints for the re-blur operator,
 shared with the evaluation protocol), is defined with the optics and re-exported here.
-:class:`TrainConfig` and :class:`~napari_mpt_deblur.train.finetune.FinetuneConfig` compose them
-(both subclass :class:`RunConfig`, which also gives them the JSON/YAML round trip): they keep
-the parts' fields flat (``cfg.lr``, the ``lr:`` key of a recipe, the ``training``
-header of every checkpoint written so far), each validates them by building its parts, and
-:attr:`TrainConfig.optim` / :attr:`TrainConfig.efcr` hand the typed part to the code that needs
-it (the :class:`~napari_mpt_deblur.train.engine.Trainer` takes an :class:`OptimConfig`). Flat
-fields rather than nested ones so that every recipe, state file and checkpoint header written
-by earlier versions reads unchanged; the defaults differ per run kind (fine-tuning starts from a
-trained model: a small learning rate, a short warm-up), which is why each config declares them.
+:class:`TrainConfig` and :class:`~napari_mpt_deblur.train.finetune.FinetuneConfig` are
+composed of them (both subclass :class:`RunConfig`, which also gives them the JSON/YAML round
+trip): each holds a part as one field (``cfg.optim``, ``cfg.efcr``; fine-tuning also
+``cfg.optics``), with its own default part where the run kinds differ (fine-tuning starts from a
+trained model: a small learning rate, a short warm-up). The parts' fields still read and write
+flat (:func:`~napari_mpt_deblur._dataclass_io.composed_of_parts`): ``cfg.lr``,
+``TrainConfig(lr=...)``, ``dataclasses.replace(cfg, lr=...)``, the ``lr:`` key of a recipe, the
+``config`` of every resumable state and the ``training`` header of every checkpoint written so
+far, and ``to_dict()`` writes them flat, so older versions read what this one writes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._dataclass_io import ConfigPart, DictRoundTrip, check_keys
+from .._dataclass_io import (
+    ConfigPart,
+    DictRoundTrip,
+    check_keys,
+    composed_of_parts,
+    flat_field_names,
+)
 from ..simulate.mixture import canonical_simulation_spec, parse_simulation
 from ..simulate.optics import OpticsHints
 
@@ -147,34 +153,32 @@ class EfcrConfig(ConfigPart):
         for name in ("efcr_weight", "efcr_rel_weight"):
             _non_negative(name, getattr(self, name))
         dof = self.reblur_defocus_dof
-        if not dof or any(not float(v) > 0 for v in dof):
+        try:
+            values = tuple(float(v) for v in dof)
+        except (TypeError, ValueError):
+            values = ()
+        if isinstance(dof, (str, bytes)) or not values or any(not v > 0 for v in values):
             raise ValueError(
                 f"reblur_defocus_dof must be a non-empty list of positive numbers; got {dof!r}"
             )
+        object.__setattr__(self, "reblur_defocus_dof", values)
 
 
 class RunConfig(DictRoundTrip):
     """What the run configs (:class:`TrainConfig`, ``FinetuneConfig``) share beyond their
-    fields: the shared parts as typed values, and the JSON/YAML round trip.
-
-    ``optim`` and ``efcr`` are read by the trainer and the losses; building them is also how a
-    run config validates those fields, so both run configs check them with the same words.
+    fields: the parts ``optim`` (:class:`OptimConfig`, read by the trainer) and ``efcr``
+    (:class:`EfcrConfig`, read by the losses), each declared by the config with its defaults
+    and validated by the part itself, and the JSON/YAML round trip with the parts' fields flat.
     """
 
-    @property
-    def optim(self) -> OptimConfig:
-        """The optimiser part (lr, schedule, clipping, amp, compile); fields a run config does
-        not have take the part's defaults (fine-tuning: cosine, no compile)."""
-        return OptimConfig.of(self)
+    optim: OptimConfig
+    efcr: EfcrConfig
 
-    @property
-    def efcr(self) -> EfcrConfig:
-        """The EFCR part (weights and re-blur defocus)."""
-        return EfcrConfig.of(self)
-
-    def _validate_parts(self) -> None:
-        self.optim  # noqa: B018 - building a part validates its fields
-        self.efcr  # noqa: B018
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The config's keys, in order: its own fields and, flat, its parts' (``lr``, not
+        ``optim``), as in its files and its ``to_dict()``."""
+        return flat_field_names(cls)
 
 
 # Fields that only steer how a run is executed; they may differ when a run is resumed.
@@ -207,11 +211,11 @@ _TUPLE_FIELDS = (
     "paired_dirs",
     "unlabeled_dirs",
     "val_dirs",
-    "reblur_defocus_dof",
     "source_weights",
 )
 
 
+@composed_of_parts
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
     """Everything that defines a supervised training run on simulated (and real) pairs.
@@ -250,7 +254,7 @@ class TrainConfig(RunConfig):
         Weight of the self-supervised re-blur pixel loss on unlabeled patches.
     reblur_defocus_dof : tuple of float
         Defocus of the small re-blur PSFs (EFCR negatives and re-blur pairs), in multiples of
-        the axial depth of field ``λ·n/NA²`` of the simulation optics.
+        the axial depth of field ``λ·n/NA²`` of the simulation optics: a field of :attr:`efcr`.
     val_dirs : tuple of str
         In-focus images for the fixed validation set (never the evaluation set).
     simulation : str or tuple of dict
@@ -272,11 +276,13 @@ class TrainConfig(RunConfig):
         Patches per step.
     steps : int
         Optimiser steps of the whole run (also the length of the cosine schedule).
-    lr, min_lr, weight_decay, warmup_steps, schedule, grad_clip, amp, compile
-        The optimiser: :class:`OptimConfig` (:attr:`optim`). ``amp`` and ``compile`` may
+    optim : OptimConfig
+        The optimiser (lr, min_lr, weight_decay, warmup_steps, schedule, grad_clip, amp,
+        compile; read and written flat: ``cfg.lr``, ``lr:``). ``amp`` and ``compile`` may
         change when a run is resumed.
-    efcr_weight, efcr_rel_weight
-        EFCR, ``L = pixel + efcr_weight·CR``: :class:`EfcrConfig` (:attr:`efcr`).
+    efcr : EfcrConfig
+        EFCR, ``L = pixel + efcr_weight·CR`` (efcr_weight, efcr_rel_weight,
+        reblur_defocus_dof; flat like ``optim``).
     pixel_loss : {"l1", "mse", "charbonnier", "psnr"}
         Pixel reconstruction loss; "psnr" is minus the mean per-sample PSNR, which weighs
         near-focus samples by their relative error (``losses.psnr_loss``).
@@ -325,7 +331,6 @@ class TrainConfig(RunConfig):
     unlabeled_dirs: tuple[str, ...] = ()
     unlabeled_batch_size: int = 2
     reblur_weight: float = 0.0
-    reblur_defocus_dof: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
     val_dirs: tuple[str, ...] = ("val/bbbc006_w2",)
     simulation: str | tuple[Mapping[str, Any], ...] = "bbbc006"
     simulation_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -333,18 +338,10 @@ class TrainConfig(RunConfig):
     val_patch_size: int | None = None
     batch_size: int = 4
     steps: int = 20000
-    lr: float = 3e-4
-    min_lr: float = 1e-6
-    weight_decay: float = 1e-4
-    warmup_steps: int = 500
-    schedule: str = "cosine"
-    grad_clip: float = 1.0
-    efcr_weight: float = 5e-4
-    efcr_rel_weight: float = 0.1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    efcr: EfcrConfig = field(default_factory=EfcrConfig)
     pixel_loss: str = "l1"
     optics_dropout: float = 0.3
-    amp: str = "auto"
-    compile: bool = False
     device: str = "auto"
     seed: int = 0
     val_every: int = 500
@@ -373,7 +370,6 @@ class TrainConfig(RunConfig):
     def _validate(self) -> None:
         _choice("routing", self.routing, _ROUTINGS)
         _choice("pixel_loss", self.pixel_loss, PIXEL_LOSSES)
-        self._validate_parts()
         parse_simulation(self.simulation, self.simulation_overrides)  # names, weights, fields
         for name in ("patch_size", "batch_size", "steps", "val_every", "ckpt_every", "log_every",
                      "num_val_patches", "unlabeled_batch_size"):
@@ -435,11 +431,6 @@ class TrainConfig(RunConfig):
         """A copy with some fields changed (validated like a new config)."""
         check_keys(TrainConfig, changes)
         return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        """Names of all config fields, in declaration order."""
-        return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TrainConfig:

@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._dataclass_io import renamed_fields
+from .._dataclass_io import composed_of_parts, renamed_fields
 from ._common import CancelLike
 from ._finetune_run import (  # noqa: F401 - _FinetuneRun, _reblur_bank: tests reach them here
     SCORE_SEED,
@@ -58,7 +58,9 @@ from .config import (  # the choices live in the torch-free config module (the C
     REPLAY_OPTICS,
     SELECTION_SCORES,
     TRAINABLE_CHOICES,
+    EfcrConfig,
     OpticsHints,
+    OptimConfig,
     RunConfig,
 )
 from .engine import Every, StepLoop
@@ -81,6 +83,7 @@ __all__ = [
 
 
 @renamed_fields(refractive_index="immersion_index")
+@composed_of_parts
 @dataclass(frozen=True)
 class FinetuneConfig(RunConfig):
     """Settings of an EFCR fine-tuning run.
@@ -96,11 +99,18 @@ class FinetuneConfig(RunConfig):
         uses as many unlabeled patches as there are re-blur pairs.
     patch_size : int
         Patch side; rounded up to the model's ``size_multiple``.
-    lr, min_lr, warmup_steps, weight_decay, grad_clip, amp
-        The optimiser, :class:`~napari_mpt_deblur.train.config.OptimConfig` (:attr:`optim`);
-        a small ``lr``: this adapts a trained model.
-    efcr_weight, efcr_rel_weight
-        EFCR, :class:`~napari_mpt_deblur.train.config.EfcrConfig` (:attr:`efcr`).
+    optim : OptimConfig
+        The optimiser, :class:`~napari_mpt_deblur.train.config.OptimConfig` (lr, min_lr,
+        warmup_steps, weight_decay, schedule, grad_clip, amp, compile; read and written flat:
+        ``cfg.lr``, ``lr=``); by default a small ``lr`` (5e-5), 10 warm-up steps and no weight
+        decay: this adapts a trained model.
+    efcr : EfcrConfig
+        EFCR, :class:`~napari_mpt_deblur.train.config.EfcrConfig` (efcr_weight,
+        efcr_rel_weight, reblur_defocus_dof; flat like ``optim``). The default
+        ``reblur_defocus_dof`` (2-8 depths of field ``λ·n/NA²``) re-blurs about as strongly as
+        the defocus being corrected: with the weaker 0.5-2 the network learned to undo only
+        slight blur and fine-tuning lowered PSNR on held-out pairs (docs/finetuning.md,
+        benchmarks/finetune_domain_shift.py).
     replay_fraction : float
         Fraction of the labeled batch drawn as simulated replay pairs ("full" and "efcr").
     paired_fraction : float
@@ -109,16 +119,12 @@ class FinetuneConfig(RunConfig):
         Pixel loss.
     mode : {"full", "reblur_only", "efcr", "replay"}
         Which parts are used (module notes).
-    pixel_size_um, numerical_aperture, wavelength_nm, immersion_index : float or None
+    optics : OpticsHints
         Optical hints for the re-blur operator, :class:`~napari_mpt_deblur.simulate.optics.
-        OpticsHints` (:attr:`optics`); ``None`` takes them from the model's simulation preset.
+        OpticsHints` (pixel_size_um, numerical_aperture, wavelength_nm, immersion_index; flat
+        like ``optim``); ``None`` takes them from the model's simulation preset.
         ``refractive_index``, the old name of ``immersion_index``, still loads
         (``DeprecationWarning``).
-    reblur_defocus_dof : tuple of float
-        Re-blur defocus values, in multiples of the depth of field ``λ·n/NA²``. The default
-        (2-8) re-blurs about as strongly as the defocus being corrected: with the weaker 0.5-2
-        the network learned to undo only slight blur and fine-tuning lowered PSNR on held-out
-        pairs (docs/finetuning.md, benchmarks/finetune_domain_shift.py).
     reblur_kernel_size : int
         Largest re-blur kernel side, px (odd); larger defocus PSFs are cropped to it. Raise it
         with large ``reblur_defocus_dof`` at fine pixel sizes, where defocus spans many pixels.
@@ -173,22 +179,15 @@ class FinetuneConfig(RunConfig):
     time_budget_s: float | None = None
     batch_size: int = 2
     patch_size: int = 128
-    lr: float = 5e-5
-    min_lr: float = 1e-6
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    efcr_weight: float = 5e-4
-    efcr_rel_weight: float = 0.1
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=10, weight_decay=0.0))
+    efcr: EfcrConfig = field(
+        default_factory=lambda: EfcrConfig(reblur_defocus_dof=(2.0, 4.0, 6.0, 8.0)))
     replay_fraction: float = 0.5
     paired_fraction: float = 0.25
     pixel_loss: str = "l1"
     mode: str = "full"
-    pixel_size_um: float | None = None
-    numerical_aperture: float | None = None
-    wavelength_nm: float | None = None
-    immersion_index: float | None = None
-    reblur_defocus_dof: tuple[float, ...] = (2.0, 4.0, 6.0, 8.0)
+    optics: OpticsHints = field(default_factory=OpticsHints)
     reblur_kernel_size: int = 63
     reblur_noise: bool = True
     simulation: str | None = None
@@ -204,13 +203,10 @@ class FinetuneConfig(RunConfig):
     val_every: int = 25
     preview_every: int = 50
     state_every: int = 50
-    amp: str = "auto"
     device: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reblur_defocus_dof",
-                           tuple(float(v) for v in self.reblur_defocus_dof))
         if self.mode not in FINETUNE_MODES:
             raise ValueError(
                 f"mode must be one of {', '.join(map(repr, FINETUNE_MODES))}; got {self.mode!r}"
@@ -232,8 +228,6 @@ class FinetuneConfig(RunConfig):
             raise ValueError("replay_optics='user' needs pixel_size_um and numerical_aperture")
         if self.max_defocus_um is not None and not self.max_defocus_um > 0:
             raise ValueError(f"max_defocus_um must be > 0 or None; got {self.max_defocus_um!r}")
-        self._validate_parts()
-        self.optics  # noqa: B018 - validates the optical hints
         if self.trainable not in TRAINABLE_CHOICES:
             raise ValueError(f"trainable must be one of {', '.join(map(repr, TRAINABLE_CHOICES))}"
                              f"; got {self.trainable!r}")
@@ -257,11 +251,6 @@ class FinetuneConfig(RunConfig):
         size = self.reblur_kernel_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 3 or size % 2 == 0:
             raise ValueError(f"reblur_kernel_size must be an odd integer >= 3; got {size!r}")
-
-    @property
-    def optics(self) -> OpticsHints:
-        """The optical hints as one typed value."""
-        return OpticsHints.of(self)
 
     @property
     def uses_user_optics(self) -> bool:
