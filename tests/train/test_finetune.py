@@ -148,7 +148,8 @@ def test_modes_change_what_is_optimised(blurry_images):
 
 def test_checkpoint_loads_and_resume_continues(blurry_images, tmp_path):
     from napari_mpt_deblur.models._registry import create_model
-    from napari_mpt_deblur.models.checkpoint import load_model, read_header
+    from napari_mpt_deblur.models.checkpoint import read_header
+    from napari_mpt_deblur.models.resolve import load_model
 
     torch.manual_seed(0)
     model = create_model("mpt-test", routing="aligned")
@@ -202,8 +203,9 @@ def test_error_is_reported_before_raising():
 
 def test_htcsf_fine_tunes_with_efcr_and_saves_a_checkpoint_that_loads(blurry_images, tmp_path):
     from napari_mpt_deblur.models._registry import create_model
-    from napari_mpt_deblur.models.checkpoint import load_model, read_header
+    from napari_mpt_deblur.models.checkpoint import read_header
     from napari_mpt_deblur.models.htcsf import HTCSF
+    from napari_mpt_deblur.models.resolve import load_model
 
     torch.manual_seed(0)
     model = create_model("htcsf-test")

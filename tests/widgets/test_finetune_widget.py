@@ -152,7 +152,8 @@ def private_catalog():
 def test_worker_starts_reports_stops_saves_and_resumes(private_catalog, tmp_path):
     import torch
 
-    from napari_mpt_deblur.models.checkpoint import load_model, read_header
+    from napari_mpt_deblur.models.checkpoint import read_header
+    from napari_mpt_deblur.models.resolve import load_model
 
     catalog, start_model = private_catalog
     before = {k: v.clone() for k, v in start_model.state_dict().items()}
@@ -281,7 +282,8 @@ def configure(widget, entry_name, **fields):
 def test_panel_end_to_end_preview_save_and_deblur_list(
     make_napari_viewer, qtbot, plugin_registered, shared_catalog, tmp_path
 ):
-    from napari_mpt_deblur.models.checkpoint import load_model, read_header
+    from napari_mpt_deblur.models.checkpoint import read_header
+    from napari_mpt_deblur.models.resolve import load_model
 
     catalog, entry = shared_catalog
     viewer = make_napari_viewer()
