@@ -59,6 +59,7 @@ A candidate written ``NAME@x8`` is scored with 8-view test-time augmentation
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -167,8 +168,7 @@ def validation_pairs(
 def _optics(cfg: EvalConfig, name: str) -> OpticsHints:
     """The microscope of a set's pairs, as a user would type it (an optics-conditioned model
     gets it; other models ignore it)."""
-    return OpticsHints(pixel_size_um=cfg.pixel_size_um, numerical_aperture=cfg.numerical_aperture,
-                       wavelength_nm=VAL_SETS[name][1], immersion_index=cfg.immersion_index)
+    return dataclasses.replace(cfg.optics, wavelength_nm=VAL_SETS[name][1])
 
 
 def _scores(pairs, restore) -> dict[tuple[str, float], float]:
