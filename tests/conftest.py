@@ -1,13 +1,17 @@
-"""Shared fixtures: tiny models, the ../shared folder, deterministic torch."""
+"""Shared fixtures: tiny models, the ../shared folder, deterministic torch, the scripts."""
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,6 +42,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 red=True,
             )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], ModuleType]:
+    """Import ``scripts/<name>.py`` (the scripts are not a package), a fresh module each call."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ TIFFs with the real names); nothing is downloaded.
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -14,19 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def prep():
-    return _script("prepare_extra_data")
+def prep(load_script):
+    return load_script("prepare_extra_data")
 
 
 def _git_repo(path: Path, files: dict[str, np.ndarray]) -> str:
@@ -150,8 +140,8 @@ def test_cytodataframe_reads_the_pinned_jump_field(prep, tmp_path):
 
 
 @pytest.fixture
-def select(monkeypatch, tmp_path):
-    module = _script("select_checkpoint")
+def select(load_script, monkeypatch, tmp_path):
+    module = load_script("select_checkpoint")
     present = tmp_path / "present"
     present.mkdir()
     tifffile.imwrite(present / "a.tif", np.zeros((8, 8), np.uint16))
@@ -173,8 +163,8 @@ def test_missing_required_validation_sets_stop_the_selection(select):
         select.available_sets(["base", "missing-extra"], required=["missing-extra"])
 
 
-def test_every_optional_set_is_a_validation_folder_the_script_writes(prep):
-    select = _script("select_checkpoint")
+def test_every_optional_set_is_a_validation_folder_the_script_writes(load_script, prep):
+    select = load_script("select_checkpoint")
     written = {*prep.CP_FLY.values(), *prep.CP_SPECKLES.values(), *prep.JUMP_CHANNELS.values()}
     for name, flag in select.OPTIONAL_SETS.items():
         folder = select.VAL_SETS[name][0]

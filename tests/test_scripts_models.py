@@ -8,7 +8,6 @@ each built a network from a training state (``state-NNNNN.pt``) itself, which
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -17,15 +16,6 @@ import pytest
 
 from napari_mpt_deblur.models.checkpoint import file_sha256, read_header, save_checkpoint
 from napari_mpt_deblur.models.info import ModelInfo, attach_info, model_info
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -54,8 +44,8 @@ def _state(path: Path, model, step: int) -> Path:
     return path
 
 
-def test_select_checkpoint_names_columns_through_the_contract(tmp_path, run_model):
-    select = _script("select_checkpoint")
+def test_select_checkpoint_names_columns_through_the_contract(load_script, tmp_path, run_model):
+    select = load_script("select_checkpoint")
     ckpt = save_checkpoint(tmp_path / "stage9" / "best.safetensors", run_model)
     model = select._load(str(ckpt))
     assert isinstance(model.info, ModelInfo)
@@ -71,9 +61,9 @@ def test_select_checkpoint_names_columns_through_the_contract(tmp_path, run_mode
 
 
 @pytest.mark.parametrize("source", ["checkpoint", "state"])
-def test_export_weights_ships_only_the_header_it_writes(tmp_path, run_model, monkeypatch,
-                                                        source):
-    export = _script("export_weights")
+def test_export_weights_ships_only_the_header_it_writes(load_script, tmp_path, run_model,
+                                                        monkeypatch, source):
+    export = load_script("export_weights")
     monkeypatch.setattr(export, "WEIGHTS", tmp_path / "weights")
     (tmp_path / "weights").mkdir()
     run = tmp_path / "run"
@@ -95,8 +85,10 @@ def test_export_weights_ships_only_the_header_it_writes(tmp_path, run_model, mon
 
 
 @pytest.mark.parametrize("regime", ["20x", "oil-1.4"])
-def test_select_checkpoint_gives_each_set_the_optics_its_pairs_were_simulated_with(regime):
-    select = _script("select_checkpoint")
+def test_select_checkpoint_gives_each_set_the_optics_its_pairs_were_simulated_with(
+    load_script, regime
+):
+    select = load_script("select_checkpoint")
     cfg = select.eval_config(regime)
     for name in ("actin", "nuclei"):
         optics = select._optics(cfg, name)
@@ -188,13 +180,13 @@ def test_resolve_model_refuses_what_a_training_state_cannot_give(tmp_path, run_m
         resolve_model(finetune_state, "cpu", cache=False)
 
 
-def test_select_checkpoint_scores_a_state_as_before(tmp_path, run_model):
+def test_select_checkpoint_scores_a_state_as_before(load_script, tmp_path, run_model):
     """Same network, name, normalisation and so the same scores as its own loader gave."""
     import numpy as np
 
     from napari_mpt_deblur import deblur
 
-    select = _script("select_checkpoint")
+    select = load_script("select_checkpoint")
     _, state = _run_folder(tmp_path, run_model)
     model = select._load(str(state))
     assert model_info(model).name == "stage9/state@5"
@@ -203,12 +195,12 @@ def test_select_checkpoint_scores_a_state_as_before(tmp_path, run_model):
     assert np.array_equal(deblur(image, model, axes="YX", device="cpu"), before)
 
 
-def test_export_weights_ships_a_state_as_before(tmp_path, run_model, monkeypatch):
+def test_export_weights_ships_a_state_as_before(load_script, tmp_path, run_model, monkeypatch):
     """The shipped file: the state's weights, last's header with the state's step and the
     validation logged at it, the state file's SHA-256 (what its own loader wrote)."""
     from safetensors.torch import load_file
 
-    export = _script("export_weights")
+    export = load_script("export_weights")
     monkeypatch.setattr(export, "WEIGHTS", tmp_path / "weights")
     run, state = _run_folder(tmp_path, run_model)
     last = read_header(run / "last.safetensors")
@@ -234,10 +226,10 @@ def test_export_weights_ships_a_state_as_before(tmp_path, run_model, monkeypatch
         export.main()
 
 
-def test_error_bands_splits_an_error_by_spatial_frequency():
+def test_error_bands_splits_an_error_by_spatial_frequency(load_script):
     import numpy as np
 
-    bands = _script("error_bands")
+    bands = load_script("error_bands")
     rng = np.random.default_rng(0)
     smooth = np.outer(np.sin(2 * np.pi * np.arange(128) / 128), np.ones(128))  # 1/128 cycles/px
     power = bands.band_power(smooth)
