@@ -238,3 +238,31 @@ def test_error_bands_splits_an_error_by_spatial_frequency(load_script):
     power = bands.band_power(noise)
     assert np.isclose(power.sum(), noise.size * (noise**2).sum(), rtol=1e-6)  # Parseval
     assert power[5] > power[1]
+
+
+def test_error_bands_rows_report_gain_and_the_detail_a_model_erases(load_script, monkeypatch):
+    """At each photon budget a row gives the PSNR gain, the error ratio by band and the output's
+    power over the target's: an identity model gains 0 and keeps every band, a smoothing one
+    loses PSNR on a sharp input and keeps far less power in the high bands."""
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    bands = load_script("error_bands")
+    rng = np.random.default_rng(1)
+    sharp = gaussian_filter(rng.random((64, 64)), 0.7).astype(np.float32)
+    blurred = (sharp + rng.normal(0, 0.002, sharp.shape)).astype(np.float32)
+    pairs = [("smooth", 0.0, blurred, sharp), ("smooth", 8.0, blurred, sharp)]
+    monkeypatch.setattr(bands.select, "validation_pairs", lambda cfg, sets: pairs)
+    monkeypatch.setattr(bands.select, "_optics", lambda cfg, name: None)
+    cfg = bands.select.eval_config("20x")
+
+    monkeypatch.setattr(bands, "deblur", lambda image, model, **kw: image.copy())
+    (row,) = bands._band_rows(None, cfg, ["smooth"], [0.0], None, 1500.0)
+    assert row[0] == "smooth 0 µm, 1500" and float(row[1]) == 0.0
+    assert all(float(v) == 1.0 for v in row[3].split(", "))
+
+    monkeypatch.setattr(bands, "deblur", lambda image, model, **kw: gaussian_filter(image, 1.5))
+    (row,) = bands._band_rows(None, cfg, ["smooth"], [0.0], None, 1500.0)
+    assert float(row[1]) < -1.0
+    kept = [float(v) for v in row[4].split(", ")]
+    assert kept[-2] < 0.1 < kept[1]  # high bands erased, low bands kept

@@ -202,6 +202,35 @@ def test_soft_content_share_smooths_the_specimen_and_keeps_other_draws():
         base.replace(soft_content_probability=-0.1)
 
 
+def test_target_keeps_noise_adds_the_inputs_own_noise_and_keeps_every_draw():
+    """With ``target_keeps_noise`` the target is the clean target plus exactly the noise of
+    this pair's input: the same blurred image, no other draw moves, and in focus the input
+    minus the target is only the (noise-free) in-focus blur."""
+    base = get_simulation_preset("bbbc006")
+    keep = base.replace(target_keeps_noise=True)
+    plain = [sample_parameters(base, s) for s in range(50)]
+    kept = [sample_parameters(keep, s) for s in range(50)]
+    assert all("target_keeps_noise" not in p for p in plain)  # earlier records unchanged
+    assert all(p["target_keeps_noise"] is True for p in kept)
+    assert all({**a, "target_keeps_noise": True} == b for a, b in zip(plain, kept))
+
+    image = _cells()
+    params = sample_parameters(base, 3, defocus_um=0.0, defocus_scale=1.0)
+    clean = make_pair(image, params, 7)
+    noisy = make_pair(image, dict(params, target_keeps_noise=True), 7)
+    assert np.array_equal(noisy.blurred, clean.blurred)
+    noise = noisy.sharp - clean.sharp
+    assert float(np.std(noise)) > 1e-3  # the camera noise is really there
+    # What the target gained is what the input carries beyond its expected (noise-free) blur,
+    # here the mean of many noise draws of the same pair.
+    expected = np.mean([make_pair(image, params, seed).blurred for seed in range(100)], axis=0)
+    assert np.corrcoef(noise.ravel(), (clean.blurred - expected).ravel())[0, 1] > 0.95
+    # so the input minus the target is the deterministic blur only, far smaller than the noise
+    assert float(np.std(noisy.blurred - noisy.sharp)) < float(np.std(noise))
+    with pytest.raises(ValueError, match="target_keeps_noise"):
+        base.replace(target_keeps_noise="yes")
+
+
 def test_make_pair_shapes_types_psf_and_unpacking():
     image = _cells()
     pair = make_pair(image, "bbbc006", 0)

@@ -7,6 +7,8 @@ Pipeline for one pair (:func:`make_pair`)::
         ``SimulationConfig.soft_content_probability``)
         sharp   = camera_to_float(camera_response(x'))                 (no blur, no noise)
         blurred = camera_to_float(apply_camera(x' ⊛ PSF(defocus), rng))
+        (with ``target_keeps_noise``: sharp += blurred - camera_to_float(camera_response(
+         x' ⊛ PSF)), the input's own noise, so the model deblurs without denoising)
 
 Normalisation convention (used by the trainer and the evaluation harness)
 -------------------------------------------------------------------------
@@ -216,6 +218,8 @@ def make_pair(
 
     blurred = camera_to_float(apply_camera(signal, camera, gen), camera)
     target = camera_to_float(camera_response(target, camera), camera)
+    if params.get("target_keeps_noise", False):
+        target = target + (blurred - camera_to_float(camera_response(signal, camera), camera))
     return SimulatedPair(blurred=blurred, sharp=target, psf=psf, params=params)
 
 

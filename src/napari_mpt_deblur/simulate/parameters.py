@@ -93,6 +93,14 @@ class SimulationConfig(DictRoundTrip):
         they are.
     soft_content_sigma_px_range : (float, float)
         Gaussian standard deviation of that smoothing, in output pixels.
+    target_keeps_noise : bool
+        Add the input's own camera noise (the very realisation in ``blurred``) to the target,
+        so a model learns to deblur without denoising. A real in-focus image carries its own
+        acquisition noise and fine texture, which a blind model cannot tell from camera noise;
+        with clean targets it learns to erase both, and costs 4-7 dB on sharp, low-noise
+        inputs (docs/results/selection_noise_target.md). With this on, the noise is visible
+        in the input and wanted in the output: a well-posed task whose in-focus answer is the
+        input itself. False (the default) keeps the clean target.
     defocus_sides : {"both", "positive", "negative"}
         Sign of the defocus (both: 50/50).
     defocus_scale_range : (float, float)
@@ -137,6 +145,7 @@ class SimulationConfig(DictRoundTrip):
     near_focus_um_range: tuple[float, float] = (0.0, 2.0)
     soft_content_probability: float = 0.0
     soft_content_sigma_px_range: tuple[float, float] = (0.5, 2.0)
+    target_keeps_noise: bool = False
     defocus_sides: str = "both"
     defocus_scale_range: tuple[float, float] = (1.0, 1.3)
     defocus_step_um: float = 0.25
@@ -212,6 +221,10 @@ class SimulationConfig(DictRoundTrip):
         for name in ("near_focus_probability", "soft_content_probability", "haze_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
+        if not isinstance(self.target_keeps_noise, bool):
+            raise ValueError(
+                f"target_keeps_noise must be true or false; got {self.target_keeps_noise!r}"
+            )
         if self.defocus_sides not in _DEFOCUS_SIDES:
             raise ValueError(
                 f"defocus_sides must be one of {', '.join(map(repr, _DEFOCUS_SIDES))}; "
@@ -434,7 +447,7 @@ def sample_parameters(
     if cfg.soft_content_probability > 0 and gen.random() < cfg.soft_content_probability:
         content_sigma = round(float(gen.uniform(*cfg.soft_content_sigma_px_range)), 3)
 
-    return {
+    params = {
         "preset": cfg.name,
         "numerical_aperture": na,
         "wavelength_nm": wavelength,
@@ -458,6 +471,9 @@ def sample_parameters(
         "content_sigma_px": content_sigma,
         "source_percentiles": list(cfg.source_percentiles),
     }
+    if cfg.target_keeps_noise:  # only when on, so every earlier parameter record stays as it was
+        params["target_keeps_noise"] = True
+    return params
 
 
 _OPTICS_KEYS = ("numerical_aperture", "wavelength_nm", "immersion_index", "sample_index",
