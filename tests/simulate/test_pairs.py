@@ -231,6 +231,26 @@ def test_target_keeps_noise_adds_the_inputs_own_noise_and_keeps_every_draw():
         base.replace(target_keeps_noise="yes")
 
 
+def test_target_in_focus_is_the_in_focus_image_and_with_kept_noise_the_input_itself():
+    """``target_in_focus`` makes the target the specimen through the in-focus PSF: in focus and
+    with the input's noise kept, the target *is* the input (a model learns identity there);
+    out of focus it is the same in-focus image at any defocus."""
+    base = get_simulation_preset("bbbc006").replace(target_in_focus=True)
+    assert sample_parameters(base, 0)["target_in_focus"] is True
+    image = _cells()
+    params = sample_parameters(base, 3, defocus_um=0.0, defocus_scale=1.0)
+    both = make_pair(image, dict(params, target_keeps_noise=True), 7)
+    np.testing.assert_allclose(both.sharp, both.blurred, atol=1e-5)
+    specimen = make_pair(image, dict(params, target_in_focus=False), 7).sharp
+    far = make_pair(image, dict(params, defocus_um=8.0), 7)
+    near = make_pair(image, params, 7)
+    np.testing.assert_allclose(far.sharp, near.sharp, atol=1e-6)  # the same in-focus image
+    detail = lambda a: float(np.abs(np.diff(a, axis=1)).mean())  # noqa: E731
+    assert detail(near.sharp) < detail(specimen)  # softer than the specimen itself
+    with pytest.raises(ValueError, match="target_in_focus"):
+        base.replace(target_in_focus="on")
+
+
 def test_make_pair_shapes_types_psf_and_unpacking():
     image = _cells()
     pair = make_pair(image, "bbbc006", 0)

@@ -7,7 +7,8 @@ Pipeline for one pair (:func:`make_pair`)::
         ``SimulationConfig.soft_content_probability``)
         sharp   = camera_to_float(camera_response(x'))                 (no blur, no noise)
         blurred = camera_to_float(apply_camera(x' ⊛ PSF(defocus), rng))
-        (with ``target_keeps_noise``: sharp += blurred - camera_to_float(camera_response(
+        (with ``target_in_focus``: sharp is x' ⊛ PSF(0), what the microscope records in focus;
+         with ``target_keeps_noise``: sharp += blurred - camera_to_float(camera_response(
          x' ⊛ PSF)), the input's own noise, so the model deblurs without denoising)
 
 Normalisation convention (used by the trainer and the evaluation harness)
@@ -33,6 +34,7 @@ crops: per-crop percentiles would stretch an empty background crop to full scale
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -201,6 +203,10 @@ def make_pair(
     psf = defocus_psf(optics)
     signal = blur(x, psf.astype(np.float32))
     target = x
+    if params.get("target_in_focus", False):
+        in_focus = dataclasses.replace(optics, defocus_um=0.0)
+        target = signal if optics.defocus_um == 0 else blur(x, defocus_psf(in_focus).astype(
+            np.float32))
     haze = params.get("haze_layers") or []
     if haze:
         volume, z_um = pseudo_volume(x, haze)
