@@ -54,14 +54,30 @@ gains at 24 µm while losing at 4-8 µm, and on the test set it lost at 4-8 µm 
 
 A candidate written ``NAME@x8`` is scored with 8-view test-time augmentation
 (``deblur(..., ensemble=8)``; ``@x2`` and ``@x4`` too), e.g. ``mpt-tiny mpt-tiny@x8``.
+
+Candidates are usually scored one run at a time, each run's table saved to a file. ``--merge``
+loads no model and simulates nothing: it reads such saved tables (one regime) and prints one
+table for the docs with a row per (set, level) and a column per candidate, each cell
+``PSNR (gain over the blurred input)``, then the summary rows computed only over the cells
+that every listed candidate has (runs may have scored different sets):
+
+    python scripts/select_checkpoint.py --merge runs/sel16/s1500_20x.md runs/sel18/*_20x.txt \\
+        --rename "mpt-tiny-stage16/state@1500=mpt-tiny (default)"
+    python scripts/select_checkpoint.py --merge runs/sel16/*_oil.md runs/sel18/*_oil.txt \\
+        --only mpt-tiny mpt-tiny-noisetarget/state@2000
+
+``--rename OLD=NEW`` (repeatable) relabels a candidate's column; ``--only`` keeps the named
+candidates (as written in the files, or as renamed). The regime, whose target levels give the
+``mean`` row, is read from the levels present unless ``--regime`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -179,11 +195,254 @@ def _scores(pairs, restore) -> dict[tuple[str, float], float]:
     return {key: float(np.mean(v)) for key, v in out.items()}
 
 
+Cell = tuple[str, float]  # (validation set, defocus level in µm)
+BASELINE = "blurred input"  # the row of the unrestored input in every table
+TOLERANCE_DB = 0.005  # tables round PSNR to 0.01 dB: two runs of one thing agree this well
+HARM_DB = 0.1  # a cell further below the input than this counts as harmed (the ship rule)
+_CELL_COLUMN = re.compile(r"(?P<set>.+) (?P<level>\d+(?:\.\d+)?) µm")
+_SUMMARY_COLUMN = re.compile(r"worst gain|in-focus worst gain|mean|mean \S+-\S+ µm")
+
+
+def _label(cell: Cell) -> str:
+    return f"{cell[0]} {cell[1]:g} µm"
+
+
+def _gain(value: float, reference: float) -> float:
+    """``value - reference`` without float dust, so a tie prints ``+0.00`` and a loss of
+    exactly 0.1 dB (as two rounded scores give it) is not counted as harm."""
+    return round(value - reference, 6) + 0.0
+
+
+def score_table(rows: Mapping[str, Mapping[Cell, float]], targets: Sequence[float]) -> list[str]:
+    """The markdown table of a scoring run: a row per candidate (``BASELINE`` first), a column
+    per (set, level), then the summary columns. ``--merge`` reads this format back."""
+    baseline = rows[BASELINE]
+    keys = list(baseline)
+    target = [k for k in keys if k[1] in targets]
+    focus = [k for k in keys if k[1] == 0] or keys
+    span = "-".join(f"{v:g}" for v in (targets[0], targets[-1]))
+    lines = ["| candidate | " + " | ".join(_label(k) for k in keys)
+             + f" | worst gain | in-focus worst gain | mean {span} µm | mean |",
+             "|---|" + "---|" * (len(keys) + 4)]
+    for cand, scores in rows.items():
+        worst = min(scores[k] - baseline[k] for k in keys)
+        harm = min(scores[k] - baseline[k] for k in focus)
+        cells = " | ".join(f"{scores[k]:.2f}" for k in keys)
+        lines.append(f"| {cand} | {cells} | {worst:+.2f} | {harm:+.2f} "
+                     f"| {np.mean([scores[k] for k in target]):.2f} "
+                     f"| {np.mean([scores[k] for k in keys]):.2f} |")
+    return lines
+
+
+def read_scores(lines: Iterable[str], source: str = "<table>") -> dict[str, dict[Cell, float]]:
+    """PSNR per candidate and (set, level) from the saved output of a scoring run.
+
+    Lines outside a table (``scored NAME`` progress, skip notices) are ignored, and so are the
+    summary columns: a merge recomputes them over the cells that all its candidates share.
+    Raises ValueError (naming ``source`` and the line) on a table it cannot read.
+    """
+    scores: dict[str, dict[Cell, float]] = {}
+    columns: list[Cell | None] | None = None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line.startswith("|"):
+            columns = None  # a table ends where its lines do
+            continue
+        fields = [f.strip() for f in line.strip("|").split("|")]
+        where = f"{source}:{number}"
+        if fields[0] == "candidate":
+            columns = [_column(title, where) for title in fields[1:]]
+            continue
+        if set(line) <= set("|-: "):
+            continue  # the separator under the header
+        if columns is None:
+            raise ValueError(f"{where}: a table row without a '| candidate | ...' header")
+        name, values = fields[0], fields[1:]
+        if len(values) != len(columns):
+            raise ValueError(f"{where}: {len(values)} values under {len(columns)} columns")
+        row = scores.setdefault(name, {})
+        for cell, text in zip(columns, values):
+            if cell is None:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                raise ValueError(f"{where}: {text!r} is not a PSNR ({_label(cell)})") from None
+            if cell in row and abs(row[cell] - value) > TOLERANCE_DB:
+                raise ValueError(f"{where}: {name!r} at {_label(cell)} is {value:.2f} here, "
+                                 f"{row[cell]:.2f} earlier in the file")
+            row[cell] = value
+    return scores
+
+
+def _column(title: str, where: str) -> Cell | None:
+    """The (set, level) a column holds; None for a summary column."""
+    if match := _CELL_COLUMN.fullmatch(title):
+        return match["set"], float(match["level"])
+    if _SUMMARY_COLUMN.fullmatch(title):
+        return None
+    raise ValueError(f"{where}: unknown column {title!r}")
+
+
+def merge_scores(
+    tables: Sequence[tuple[str, Mapping[str, Mapping[Cell, float]]]],
+) -> dict[str, dict[Cell, float]]:
+    """One row per name (``BASELINE`` first) over several runs' ``(source, scores)``.
+
+    A name seen in several runs takes each cell from the first run that has it; runs may score
+    different sets, so a later run fills cells an earlier one lacked. The same cell with
+    another value (beyond :data:`TOLERANCE_DB`) is a ValueError naming both sources: for the
+    blurred input that means runs of different protocols, whose gains cannot be compared.
+    Cells keep the order in which they first appear.
+    """
+    merged: dict[str, dict[Cell, float]] = {BASELINE: {}}
+    origin: dict[tuple[str, Cell], str] = {}
+    order: dict[Cell, None] = {}
+    for source, table in tables:
+        for name, row in table.items():
+            out = merged.setdefault(name, {})
+            for cell, value in row.items():
+                order.setdefault(cell)
+                if cell not in out:
+                    out[cell], origin[name, cell] = value, source
+                elif abs(out[cell] - value) > TOLERANCE_DB:
+                    what = ("the blurred input" if name == BASELINE else f"candidate {name!r}")
+                    hint = (" (scored with another regime, sets or seed?)"
+                            if name == BASELINE else "")
+                    raise ValueError(
+                        f"{what} at {_label(cell)} is {out[cell]:.2f} in "
+                        f"{origin[name, cell]} but {value:.2f} in {source}{hint}")
+    if missing := [cell for cell in order if cell not in merged[BASELINE]]:
+        raise ValueError(f"no blurred-input score for {_label(missing[0])}: no gain to give")
+    merged[BASELINE] = {cell: merged[BASELINE][cell] for cell in order}
+    return merged
+
+
+def parse_rename(text: str) -> tuple[str, str]:
+    """``OLD=NEW`` (``--rename``) as a pair; split at the first ``=``."""
+    old, sep, new = text.partition("=")
+    if not sep or not old.strip() or not new.strip():
+        raise argparse.ArgumentTypeError(f"expected OLD=NEW, got {text!r}")
+    return old.strip(), new.strip()
+
+
+def select_candidates(
+    merged: Mapping[str, Mapping[Cell, float]],
+    rename: Mapping[str, str] | None = None,
+    only: Collection[str] | None = None,
+) -> dict[str, dict[Cell, float]]:
+    """``merged`` with candidate columns relabelled (``rename``: old name to new) and, given
+    ``only``, just the named candidates (by old or new name), in their order of appearance.
+
+    A name in ``rename`` or ``only`` that matches no candidate is a ValueError (a typo would
+    otherwise drop or keep a column silently), as are two columns with one label.
+    """
+    rename = dict(rename or {})
+    names = [n for n in merged if n != BASELINE]
+    label = {n: rename.get(n, n) for n in names}
+    if unknown := [n for n in rename if n not in label]:
+        raise ValueError(f"--rename: no candidate named {unknown[0]!r} (have: {names})")
+    if only is not None:
+        if unknown := [n for n in only if n not in label and n not in label.values()]:
+            raise ValueError(f"--only: no candidate named {unknown[0]!r} (have: {names})")
+        names = [n for n in names if n in only or label[n] in only]
+    labels = [label[n] for n in names]
+    if clash := [lb for lb in labels if labels.count(lb) > 1 or lb == BASELINE]:
+        raise ValueError(f"two columns would be labelled {clash[0]!r}")
+    return {BASELINE: dict(merged[BASELINE]), **{label[n]: dict(merged[n]) for n in names}}
+
+
+def detect_regime(levels: Iterable[float], regimes: Mapping[str, Sequence[float]]) -> str:
+    """The one regime whose protocol has every defocus level in ``levels``; a ValueError where
+    none or several do (then ``--regime`` says which)."""
+    present = set(levels)
+    fits = [name for name, known in regimes.items() if present <= set(known)]
+    if len(fits) != 1:
+        shown = ", ".join(f"{v:g}" for v in sorted(present))
+        raise ValueError(f"levels {shown} µm fit {len(fits)} regimes ({', '.join(fits)}); "
+                         "give --regime")
+    return fits[0]
+
+
+def merged_table(
+    rows: Mapping[str, Mapping[Cell, float]], targets: Sequence[float]
+) -> list[str]:
+    """The transposed table for the docs: a row per (set, level), a column per candidate
+    (``BASELINE`` first) with ``PSNR (gain)``, then the summary rows.
+
+    The summaries use only the cells that every candidate has, so no column's worst gain or
+    mean rests on sets another column was not scored on; a line under the table says how many.
+    """
+    baseline = rows[BASELINE]
+    names = [n for n in rows if n != BASELINE]
+    cells = list(baseline)
+    shared = [c for c in cells if all(c in rows[n] for n in names)]
+    target = [c for c in shared if c[1] in targets]
+    focus = [c for c in shared if c[1] == 0]
+    span = "-".join(f"{v:g}" for v in (targets[0], targets[-1]))
+
+    def with_gain(name: str, value: float, reference: float) -> str:
+        if name == BASELINE:
+            return f"{value:.2f}"
+        return f"{value:.2f} ({_gain(value, reference):+.2f})"
+
+    def worst(name: str, keys: list[Cell]) -> str:
+        if not keys:
+            return "n/a"
+        return f"{min(_gain(rows[name][k], baseline[k]) for k in keys):+.2f}"
+
+    def mean(name: str, keys: list[Cell]) -> str:
+        if not keys:
+            return "n/a"
+        return with_gain(name, float(np.mean([rows[name][k] for k in keys])),
+                         float(np.mean([baseline[k] for k in keys])))
+
+    def harmed(name: str) -> str:
+        count = sum(_gain(rows[name][k], baseline[k]) < -HARM_DB for k in shared)
+        return f"{count} of {len(shared)}"
+
+    columns = [BASELINE, *names]
+    lines = ["| set, level | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for cell in cells:
+        values = [with_gain(n, rows[n][cell], baseline[cell]) if cell in rows[n] else "n/a"
+                  for n in columns]
+        lines.append(f"| {_label(cell)} | " + " | ".join(values) + " |")
+    summaries = {
+        "worst gain": lambda n: worst(n, shared),
+        "in-focus worst gain": lambda n: worst(n, focus),
+        f"mean {span} µm": lambda n: mean(n, target),
+        "mean": lambda n: mean(n, shared),
+        f"cells below the input by more than {HARM_DB:g} dB": harmed,
+    }
+    for title, summary in summaries.items():
+        lines.append(f"| {title} | " + " | ".join(summary(n) for n in columns) + " |")
+    lines += ["", f"Summary rows over the {len(shared)} of {len(cells)} (set, level) cells "
+              "that every candidate has."]
+    return lines
+
+
+def merge_files(
+    paths: Sequence[Path],
+    regime: str | None = None,
+    rename: Mapping[str, str] | None = None,
+    only: Collection[str] | None = None,
+) -> list[str]:
+    """``--merge``: the merged table of saved scoring runs (see :func:`merged_table`)."""
+    tables = [(str(p), read_scores(p.read_text(encoding="utf-8").splitlines(), str(p)))
+              for p in paths]
+    rows = select_candidates(merge_scores(tables), rename, only)
+    if regime is None:
+        levels = {name: eval_config(name).levels_um for name in TARGET_LEVELS}
+        regime = detect_regime((level for _, level in rows[BASELINE]), levels)
+    return merged_table(rows, TARGET_LEVELS[regime])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("candidates", nargs="+", help="bundled names, checkpoints, state.pt")
-    parser.add_argument("--regime", default="20x", choices=sorted(TARGET_LEVELS),
-                        help="simulated microscope (default: %(default)s)")
+    parser.add_argument("candidates", nargs="*", help="bundled names, checkpoints, state.pt")
+    parser.add_argument("--regime", choices=sorted(TARGET_LEVELS),
+                        help="simulated microscope (default: 20x; with --merge: the one whose "
+                        "levels the tables hold)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--blind", action="store_true",
                         help="give optics-conditioned models no optics (default: each set's "
@@ -191,14 +450,35 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", choices=list(VAL_SETS),
                         metavar="SET", help="validation sets to score (default: all of "
                         + ", ".join(VAL_SETS) + "; optional ones only where prepared)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="FILE",
+                        help="print one table from saved outputs of this script instead of "
+                        "scoring (no model is loaded, nothing is simulated)")
+    parser.add_argument("--rename", action="append", type=parse_rename, default=[],
+                        metavar="OLD=NEW", help="with --merge: relabel a candidate's column")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="with --merge: keep only these candidates")
     args = parser.parse_args()
+    if args.merge:
+        if args.candidates or args.blind or args.sets:
+            parser.error("--merge reads saved tables: give no candidates, --blind or --sets")
+        try:
+            lines = merge_files(args.merge, args.regime, dict(args.rename), args.only)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"select_checkpoint.py --merge: {err}") from None
+        print("\n".join(lines))
+        return
+    if not args.candidates:
+        parser.error("give the candidates to score, or --merge FILE ...")
+    if args.rename or args.only:
+        parser.error("--rename and --only go with --merge")
+    regime = args.regime or "20x"
     torch.set_num_threads(args.threads)
     sets = available_sets(args.sets or list(VAL_SETS), required=args.sets or ())
-    cfg = eval_config(args.regime)
+    cfg = eval_config(regime)
     pairs = validation_pairs(cfg, sets)
     optics = {name: None if args.blind else _optics(cfg, name) for name in sets}
     baseline = _scores(pairs, lambda b, _name: b)
-    rows = {"blurred input": baseline}
+    rows = {BASELINE: baseline}
     for candidate in args.candidates:
         spec, views = split_views(candidate)
         model = _load(spec)
@@ -208,22 +488,7 @@ def main() -> None:
         rows[name] = _scores(pairs, lambda b, s, m=model, v=views: deblur(
             b.astype(np.float32), m, axes="YX", device="cpu", ensemble=v, optics=optics[s]))
         print(f"scored {name}", flush=True)
-    keys = list(baseline)
-    header = [f"{name} {lv:g} µm" for name, lv in keys]
-    targets = TARGET_LEVELS[args.regime]
-    target = [k for k in keys if k[1] in targets]
-    focus = [k for k in keys if k[1] == 0] or keys
-    span = "-".join(f"{v:g}" for v in (targets[0], targets[-1]))
-    print("| candidate | " + " | ".join(header)
-          + f" | worst gain | in-focus worst gain | mean {span} µm | mean |")
-    print("|---|" + "---|" * (len(keys) + 4))
-    for cand, scores in rows.items():
-        worst = min(scores[k] - baseline[k] for k in keys)
-        harm = min(scores[k] - baseline[k] for k in focus)
-        cells = " | ".join(f"{scores[k]:.2f}" for k in keys)
-        print(f"| {cand} | {cells} | {worst:+.2f} | {harm:+.2f} "
-              f"| {np.mean([scores[k] for k in target]):.2f} "
-              f"| {np.mean([scores[k] for k in keys]):.2f} |")
+    print("\n".join(score_table(rows, TARGET_LEVELS[regime])))
 
 
 if __name__ == "__main__":

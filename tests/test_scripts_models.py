@@ -266,3 +266,165 @@ def test_error_bands_rows_report_gain_and_the_detail_a_model_erases(load_script,
     assert float(row[1]) < -1.0
     kept = [float(v) for v in row[4].split(", ")]
     assert kept[-2] < 0.1 < kept[1]  # high bands erased, low bands kept
+
+
+# --- select_checkpoint.py --merge: saved runs read back, merged and transposed -------------
+
+def _run_file(select, path: Path, rows: dict, targets=(4.0, 8.0)) -> Path:
+    """A saved scoring run: the progress lines, then the table the script prints."""
+    lines = [f"scored {name}" for name in rows if name != select.BASELINE]
+    path.write_text("\n".join([*lines, *select.score_table(rows, targets)]) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def _cells(psnr: dict) -> dict:
+    """``{"actin 8": 30.0}`` as ``{("actin", 8.0): 30.0}``."""
+    return {(k.split()[0], float(k.split()[1])): v for k, v in psnr.items()}
+
+
+INPUT = _cells({"actin 0": 40.0, "actin 8": 30.0, "nuclei 0": 45.0, "nuclei 8": 33.0})
+EXTRA_INPUT = _cells({"dense 0": 44.0, "dense 8": 28.0})
+
+
+def test_merge_reads_back_what_a_run_prints(load_script, tmp_path):
+    """Progress lines and summary columns are skipped; cells come back at the printed 0.01 dB."""
+    select = load_script("select_checkpoint")
+    model = {k: v + 1.234 for k, v in INPUT.items()}
+    path = _run_file(select, tmp_path / "a.md", {select.BASELINE: INPUT, "m": model})
+    scores = select.read_scores(path.read_text(encoding="utf-8").splitlines(), str(path))
+    assert list(scores) == [select.BASELINE, "m"]
+    assert scores[select.BASELINE] == INPUT
+    assert scores["m"] == {k: round(v, 2) for k, v in model.items()}
+    with pytest.raises(ValueError, match=r"b\.md:1: unknown column 'speed'"):
+        select.read_scores(["| candidate | speed |"], "b.md")
+
+
+def test_merge_transposes_runs_into_cells_by_candidates_with_gains(load_script, tmp_path):
+    select = load_script("select_checkpoint")
+    a = _run_file(select, tmp_path / "a.md",
+                  {select.BASELINE: INPUT, "a": {k: v + 2.44 for k, v in INPUT.items()}})
+    both = {**INPUT, **EXTRA_INPUT}
+    b = _run_file(select, tmp_path / "b.txt",
+                  {select.BASELINE: both, "b": {k: v - 0.5 for k, v in both.items()}})
+    lines = select.merge_files([a, b], regime="20x")
+    assert lines[0] == "| set, level | blurred input | a | b |"
+    rows = [line.split(" | ")[0].lstrip("| ") for line in lines[2:8]]
+    assert rows == ["actin 0 µm", "actin 8 µm", "nuclei 0 µm", "nuclei 8 µm", "dense 0 µm",
+                    "dense 8 µm"]  # order of first appearance
+    assert lines[2] == "| actin 0 µm | 40.00 | 42.44 (+2.44) | 39.50 (-0.50) |"
+    assert lines[6] == "| dense 0 µm | 44.00 | n/a | 43.50 (-0.50) |"  # a never scored dense
+
+
+def test_merge_summarises_only_the_cells_every_candidate_has(load_script, tmp_path):
+    """b is terrible on dense, which a was not scored on: no summary may count dense."""
+    select = load_script("select_checkpoint")
+    a_scores = {**{k: v + 1.0 for k, v in INPUT.items()}, ("nuclei", 0.0): 44.8}
+    a = _run_file(select, tmp_path / "a.md", {select.BASELINE: INPUT, "a": a_scores})
+    both = {**INPUT, **EXTRA_INPUT}
+    b_scores = {**{k: v + 3.0 for k, v in INPUT.items()}, **{k: v - 9 for k, v in
+                                                            EXTRA_INPUT.items()}}
+    b = _run_file(select, tmp_path / "b.md", {select.BASELINE: both, "b": b_scores})
+    lines = select.merge_files([a, b], regime="20x")
+    summary = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[1:]
+               for line in lines[8:13]}
+    assert summary["worst gain"] == ["+0.00", "-0.20", "+3.00"]
+    assert summary["in-focus worst gain"] == ["+0.00", "-0.20", "+3.00"]
+    assert summary["mean 4-8 µm"] == ["31.50", "32.50 (+1.00)", "34.50 (+3.00)"]
+    assert summary["mean"] == ["37.00", "37.70 (+0.70)", "40.00 (+3.00)"]
+    assert summary["cells below the input by more than 0.1 dB"] == ["0 of 4", "1 of 4",
+                                                                    "0 of 4"]
+    assert lines[-1].startswith("Summary rows over the 4 of 6 (set, level) cells")
+    # without a, dense counts for b
+    lines = select.merge_files([a, b], regime="20x", only=["b"])
+    assert "| worst gain | +0.00 | -9.00 |" in lines
+    assert "| cells below the input by more than 0.1 dB | 0 of 6 | 2 of 6 |" in lines
+
+
+def test_merge_detects_the_regime_from_the_levels(load_script, tmp_path):
+    select = load_script("select_checkpoint")
+    oil = _cells({"actin 0": 40.0, "actin 0.5": 33.0, "actin 2": 25.0})
+    path = _run_file(select, tmp_path / "oil.md", {select.BASELINE: oil, "m": oil},
+                     targets=(1.0, 2.0))
+    assert "| mean 1-2 µm | 25.00 | 25.00 (+0.00) |" in select.merge_files([path])
+    regimes = {"20x": (0, 2, 4, 8, 16, 24), "oil-1.4": (0, 0.5, 1, 2)}
+    assert select.detect_regime([0.0, 8.0], regimes) == "20x"
+    with pytest.raises(ValueError, match=r"fit 2 regimes.*give --regime"):
+        select.detect_regime([0.0, 2.0], regimes)  # both protocols have 0 and 2 µm
+    with pytest.raises(ValueError, match="fit 0 regimes"):
+        select.detect_regime([0.5, 8.0], regimes)  # two regimes' tables mixed
+
+
+def test_merge_fills_a_candidate_across_runs_and_refuses_a_conflict(load_script, tmp_path):
+    select = load_script("select_checkpoint")
+    a = _run_file(select, tmp_path / "a.md", {select.BASELINE: INPUT, "m": INPUT})
+    both = {**INPUT, **EXTRA_INPUT}
+    b = _run_file(select, tmp_path / "b.md",
+                  {select.BASELINE: both, "m": {**INPUT, **{k: 50.0 for k in EXTRA_INPUT}}})
+    lines = select.merge_files([a, b], regime="20x")
+    assert "| dense 0 µm | 44.00 | 50.00 (+6.00) |" in lines  # filled from b
+    assert lines[-1].startswith("Summary rows over the 6 of 6")
+    c = _run_file(select, tmp_path / "c.md",
+                  {select.BASELINE: INPUT, "m": {**INPUT, ("actin", 8.0): 31.0}})
+    with pytest.raises(ValueError, match=r"candidate 'm' at actin 8 µm is 30\.00 in "
+                       r".*a\.md but 31\.00 in .*c\.md"):
+        select.merge_files([a, b, c], regime="20x")
+
+
+def test_merge_refuses_runs_whose_blurred_inputs_differ(load_script, tmp_path):
+    select = load_script("select_checkpoint")
+    a = _run_file(select, tmp_path / "a.md", {select.BASELINE: INPUT, "a": INPUT})
+    close = {**INPUT, ("nuclei", 8.0): 33.004}  # printed as 33.00: the same run
+    b = _run_file(select, tmp_path / "b.md", {select.BASELINE: close, "b": close})
+    assert "| nuclei 8 µm | 33.00 | 33.00 (+0.00) | 33.00 (+0.00) |" in select.merge_files(
+        [a, b], regime="20x")
+    other = {**INPUT, ("nuclei", 8.0): 33.02}
+    c = _run_file(select, tmp_path / "c.md", {select.BASELINE: other, "c": other})
+    with pytest.raises(ValueError, match=r"the blurred input at nuclei 8 µm is 33\.00 in "
+                       r".*a\.md but 33\.02 in .*c\.md"):
+        select.merge_files([a, c], regime="20x")
+
+
+def test_merge_renames_and_keeps_only_the_named_candidates(load_script, tmp_path):
+    select = load_script("select_checkpoint")
+    rows = {select.BASELINE: INPUT, "run/state@1500": INPUT, "x": INPUT, "y": INPUT}
+    path = _run_file(select, tmp_path / "a.md", rows)
+    rename = dict([select.parse_rename("run/state@1500=mpt-tiny (default)")])
+    header = select.merge_files([path], regime="20x", rename=rename)[0]
+    assert header == "| set, level | blurred input | mpt-tiny (default) | x | y |"
+    for only in (["y", "run/state@1500"], ["y", "mpt-tiny (default)"]):  # old or new name
+        header = select.merge_files([path], regime="20x", rename=rename, only=only)[0]
+        assert header == "| set, level | blurred input | mpt-tiny (default) | y |"
+    with pytest.raises(ValueError, match="--only: no candidate named 'z'"):
+        select.merge_files([path], regime="20x", only=["z"])
+    with pytest.raises(ValueError, match="--rename: no candidate named 'w'"):
+        select.merge_files([path], regime="20x", rename={"w": "v"})
+    with pytest.raises(ValueError, match="two columns would be labelled 'y'"):
+        select.merge_files([path], regime="20x", rename={"x": "y"})
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        select.parse_rename("no-equals-sign")
+
+
+def test_merge_command_loads_no_model_and_simulates_nothing(load_script, tmp_path,
+                                                             monkeypatch, capsys):
+    select = load_script("select_checkpoint")
+    path = _run_file(select, tmp_path / "a.md", {select.BASELINE: INPUT, "m": INPUT})
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("--merge must not load or simulate")
+
+    for name in ("load_model", "_load", "validation_pairs", "make_pair", "deblur"):
+        monkeypatch.setattr(select, name, forbidden)
+    monkeypatch.setattr(sys, "argv", ["select_checkpoint.py", "--merge", str(path),
+                                      "--rename", "m=model"])
+    select.main()
+    assert capsys.readouterr().out.startswith("| set, level | blurred input | model |")
+    for argv in (["mpt-tiny", "--merge", str(path)], ["mpt-tiny", "--only", "m"], []):
+        monkeypatch.setattr(sys, "argv", ["select_checkpoint.py", *argv])
+        with pytest.raises(SystemExit):
+            select.main()
+    monkeypatch.setattr(sys, "argv", ["select_checkpoint.py", "--merge", str(tmp_path / "no")])
+    with pytest.raises(SystemExit, match=r"--merge: .*No such file"):
+        select.main()
