@@ -251,6 +251,48 @@ def test_target_in_focus_is_the_in_focus_image_and_with_kept_noise_the_input_its
         base.replace(target_in_focus="on")
 
 
+def test_target_noise_passband_keeps_all_noise_in_focus_and_less_the_further_out():
+    """``target_noise_passband`` keeps the input's noise in the target only where the defocus
+    passes texture as well as focus does: all of it in focus (target = input), a shrinking
+    share with defocus, and none of the high-frequency noise far out of focus."""
+    base = get_simulation_preset("bbbc006").replace(
+        target_keeps_noise=True, target_in_focus=True, target_noise_passband=True
+    )
+    assert sample_parameters(base, 0)["target_noise_passband"] is True
+    assert "target_noise_passband" not in sample_parameters(base.replace(
+        target_noise_passband=False), 0)
+    image = _cells()
+    params = sample_parameters(base, 3, defocus_um=0.0, defocus_scale=1.0)
+    focus = make_pair(image, params, 7)
+    np.testing.assert_allclose(focus.sharp, focus.blurred, atol=1e-5)
+
+    def kept_noise(defocus: float, passband: bool) -> np.ndarray:
+        pair_params = dict(params, defocus_um=defocus, target_noise_passband=passband)
+        noisy = make_pair(image, pair_params, 7)
+        clean = make_pair(image, dict(pair_params, target_keeps_noise=False), 7)
+        assert np.array_equal(noisy.blurred, clean.blurred)  # the input does not move
+        return noisy.sharp - clean.sharp
+
+    shares = [
+        float(np.std(kept_noise(d, True)) / np.std(kept_noise(d, False))) for d in (1, 4, 16)
+    ]
+    assert 1.0 > shares[0] > shares[1] > shares[2]
+    assert shares[2] < 0.1
+    # what is kept is a low-passed copy of the same noise realisation, not new noise
+    far, full = kept_noise(4.0, True), kept_noise(4.0, False)
+    assert np.corrcoef(far.ravel(), full.ravel())[0, 1] > 0.1
+    fy, fx = np.meshgrid(np.fft.fftfreq(far.shape[0]), np.fft.rfftfreq(far.shape[1]),
+                         indexing="ij")
+    high = np.hypot(fy, fx) > 0.25  # cycles per pixel
+
+    def high_power(a: np.ndarray) -> float:
+        return float((np.abs(np.fft.rfft2(a)) ** 2)[high].sum())
+
+    assert high_power(far) < 0.01 * high_power(full)
+    with pytest.raises(ValueError, match="target_keeps_noise too"):
+        get_simulation_preset("bbbc006").replace(target_noise_passband=True)
+
+
 def test_make_pair_shapes_types_psf_and_unpacking():
     image = _cells()
     pair = make_pair(image, "bbbc006", 0)

@@ -9,7 +9,9 @@ Pipeline for one pair (:func:`make_pair`)::
         blurred = camera_to_float(apply_camera(x' ⊛ PSF(defocus), rng))
         (with ``target_in_focus``: sharp is x' ⊛ PSF(0), what the microscope records in focus;
          with ``target_keeps_noise``: sharp += blurred - camera_to_float(camera_response(
-         x' ⊛ PSF)), the input's own noise, so the model deblurs without denoising)
+         x' ⊛ PSF)), the input's own noise, so the model deblurs without denoising;
+         with ``target_noise_passband`` too, only that noise filtered by
+         min(1, |OTF(defocus)| / |OTF(0)|))
 
 Normalisation convention (used by the trainer and the evaluation harness)
 -------------------------------------------------------------------------
@@ -225,8 +227,41 @@ def make_pair(
     blurred = camera_to_float(apply_camera(signal, camera, gen), camera)
     target = camera_to_float(camera_response(target, camera), camera)
     if params.get("target_keeps_noise", False):
-        target = target + (blurred - camera_to_float(camera_response(signal, camera), camera))
+        noise = blurred - camera_to_float(camera_response(signal, camera), camera)
+        if params.get("target_noise_passband", False) and optics.defocus_um != 0:
+            in_focus = dataclasses.replace(optics, defocus_um=0.0)
+            noise = _noise_in_passband(noise, psf, defocus_psf(in_focus))
+        target = target + noise
     return SimulatedPair(blurred=blurred, sharp=target, psf=psf, params=params)
+
+
+def _otf_magnitude(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """|OTF| of ``psf`` on the rfft2 grid of ``shape`` (a larger PSF is cropped to its centre).
+
+    Only the magnitude is needed, and it does not depend on where the kernel sits in the
+    periodic frame, so the PSF is zero-padded without centring.
+    """
+    k, m = psf.shape
+    rows, cols = min(k, shape[0]), min(m, shape[1])
+    top, left = (k - rows) // 2, (m - cols) // 2
+    kernel = np.zeros(shape, dtype=np.float64)
+    kernel[:rows, :cols] = psf[top : top + rows, left : left + cols]
+    return np.abs(np.fft.rfft2(kernel))
+
+
+def _noise_in_passband(noise: np.ndarray, psf: np.ndarray, psf_in_focus: np.ndarray) -> np.ndarray:
+    """The noise filtered by W(f) = min(1, |OTF_defocus(f)| / |OTF_in_focus(f)|).
+
+    Where the defocus passes the specimen's texture as well as focus does (W = 1), a blind
+    model cannot tell that texture from noise, so the target keeps the noise; where the
+    defocus has erased the texture (W = 0), whatever the input shows is noise and the target
+    drops it (``SimulationConfig.target_noise_passband``).
+    """
+    shape = noise.shape[-2:]
+    ratio = _otf_magnitude(psf, shape) / np.maximum(_otf_magnitude(psf_in_focus, shape), 1e-6)
+    weight = np.minimum(ratio, 1.0)
+    filtered = np.fft.irfft2(np.fft.rfft2(noise) * weight, s=shape)
+    return filtered.astype(noise.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------------
