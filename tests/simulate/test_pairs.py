@@ -293,6 +293,37 @@ def test_target_noise_passband_keeps_all_noise_in_focus_and_less_the_further_out
         get_simulation_preset("bbbc006").replace(target_noise_passband=True)
 
 
+def test_target_passband_blend_is_the_input_in_focus_and_nears_the_specimen_out_of_focus():
+    """``target_passband_blend`` keeps the in-focus target (the input) in focus and moves the
+    target towards the specimen itself the further out of focus the pair is."""
+    base = get_simulation_preset("bbbc006")
+    blend = base.replace(target_keeps_noise=True, target_in_focus=True,
+                         target_noise_passband=True, target_passband_blend=True)
+    assert sample_parameters(blend, 0)["target_passband_blend"] is True
+    image = _cells()
+    params = sample_parameters(blend, 3, defocus_um=0.0, defocus_scale=1.0)
+    focus = make_pair(image, params, 7)
+    np.testing.assert_allclose(focus.sharp, focus.blurred, atol=1e-5)
+
+    def distance_to_specimen(defocus: float, blended: bool) -> float:
+        pair_params = dict(params, defocus_um=defocus, target_passband_blend=blended)
+        pair = make_pair(image, pair_params, 7)
+        clean = dict(pair_params, target_keeps_noise=False, target_in_focus=False,
+                     target_noise_passband=False, target_passband_blend=False)
+        specimen = make_pair(image, clean, 7)
+        assert np.array_equal(pair.blurred, specimen.blurred)  # the input does not move
+        return float(np.sqrt(np.mean((pair.sharp - specimen.sharp) ** 2)))
+
+    plain = [distance_to_specimen(d, False) for d in (2, 8)]
+    blended = [distance_to_specimen(d, True) for d in (2, 8)]
+    assert blended[0] < plain[0] and blended[1] < plain[1]
+    assert blended[1] < blended[0]  # nearer the specimen the more the defocus erased
+    assert blended[1] < 0.8 * plain[1]
+    with pytest.raises(ValueError, match="target_in_focus and target_noise_passband"):
+        base.replace(target_keeps_noise=True, target_noise_passband=True,
+                     target_passband_blend=True)
+
+
 def test_make_pair_shapes_types_psf_and_unpacking():
     image = _cells()
     pair = make_pair(image, "bbbc006", 0)

@@ -11,7 +11,9 @@ Pipeline for one pair (:func:`make_pair`)::
          with ``target_keeps_noise``: sharp += blurred - camera_to_float(camera_response(
          x' ⊛ PSF)), the input's own noise, so the model deblurs without denoising;
          with ``target_noise_passband`` too, only that noise filtered by
-         min(1, |OTF(defocus)| / |OTF(0)|))
+         W = min(1, |OTF(defocus)| / |OTF(0)|); with ``target_passband_blend`` as well, the
+         in-focus target plus (1 - W)-filtered (x' - x' ⊛ PSF(0)): the specimen where the
+         defocus lost what focus records)
 
 Normalisation convention (used by the trainer and the evaluation harness)
 -------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def make_pair(
 
     psf = defocus_psf(optics)
     signal = blur(x, psf.astype(np.float32))
-    target = x
+    target = specimen = x
     if params.get("target_in_focus", False):
         in_focus = dataclasses.replace(optics, defocus_um=0.0)
         target = signal if optics.defocus_um == 0 else blur(x, defocus_psf(in_focus).astype(
@@ -221,7 +223,7 @@ def make_pair(
             z_um=z_um[1:],
             warn_truncation=False,  # faint, far-out-of-focus haze: cut tails do not matter
         )
-        target = x + hazy[0]
+        target = specimen = x + hazy[0]
         signal = signal + hazy[1]
 
     blurred = camera_to_float(apply_camera(signal, camera, gen), camera)
@@ -229,8 +231,11 @@ def make_pair(
     if params.get("target_keeps_noise", False):
         noise = blurred - camera_to_float(camera_response(signal, camera), camera)
         if params.get("target_noise_passband", False) and optics.defocus_um != 0:
-            in_focus = dataclasses.replace(optics, defocus_um=0.0)
-            noise = _noise_in_passband(noise, psf, defocus_psf(in_focus))
+            psf_in_focus = defocus_psf(dataclasses.replace(optics, defocus_um=0.0))
+            noise = _noise_in_passband(noise, psf, psf_in_focus)
+            if params.get("target_passband_blend", False):
+                specimen = camera_to_float(camera_response(specimen, camera), camera)
+                target = target + _beyond_passband(specimen - target, psf, psf_in_focus)
         target = target + noise
     return SimulatedPair(blurred=blurred, sharp=target, psf=psf, params=params)
 
@@ -249,6 +254,13 @@ def _otf_magnitude(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.abs(np.fft.rfft2(kernel))
 
 
+def _passband_weight(psf: np.ndarray, psf_in_focus: np.ndarray, shape: tuple[int, int]
+                     ) -> np.ndarray:
+    """W(f) = min(1, |OTF_defocus(f)| / |OTF_in_focus(f)|) on the rfft2 grid of ``shape``."""
+    ratio = _otf_magnitude(psf, shape) / np.maximum(_otf_magnitude(psf_in_focus, shape), 1e-6)
+    return np.minimum(ratio, 1.0)
+
+
 def _noise_in_passband(noise: np.ndarray, psf: np.ndarray, psf_in_focus: np.ndarray) -> np.ndarray:
     """The noise filtered by W(f) = min(1, |OTF_defocus(f)| / |OTF_in_focus(f)|).
 
@@ -258,10 +270,27 @@ def _noise_in_passband(noise: np.ndarray, psf: np.ndarray, psf_in_focus: np.ndar
     drops it (``SimulationConfig.target_noise_passband``).
     """
     shape = noise.shape[-2:]
-    ratio = _otf_magnitude(psf, shape) / np.maximum(_otf_magnitude(psf_in_focus, shape), 1e-6)
-    weight = np.minimum(ratio, 1.0)
+    weight = _passband_weight(psf, psf_in_focus, shape)
     filtered = np.fft.irfft2(np.fft.rfft2(noise) * weight, s=shape)
     return filtered.astype(noise.dtype, copy=False)
+
+
+def _beyond_passband(detail: np.ndarray, psf: np.ndarray, psf_in_focus: np.ndarray,
+                     pad: int = 16) -> np.ndarray:
+    """``detail`` (the specimen minus its in-focus image) filtered by 1 - W(f).
+
+    Added to the in-focus target it makes the target the specimen where the defocus has
+    erased what focus records (W = 0) and leaves it the in-focus image where nothing was lost
+    (W = 1; ``SimulationConfig.target_passband_blend``). Mirror padding keeps the periodic
+    filter from wrapping one border's edges onto the other.
+    """
+    m, n = detail.shape
+    pad = min(pad, m - 1, n - 1)
+    padded = np.pad(detail, pad, mode="reflect") if pad > 0 else detail
+    shape = padded.shape
+    weight = 1.0 - _passband_weight(psf, psf_in_focus, shape)
+    filtered = np.fft.irfft2(np.fft.rfft2(padded) * weight, s=shape)
+    return filtered[pad : pad + m, pad : pad + n].astype(detail.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,6 +117,14 @@ class SimulationConfig(DictRoundTrip):
         passband, where the input's texture can only be camera noise, so the model still
         denoises there. Keeping all of the noise (``target_keeps_noise`` alone) cost ~1 dB at
         4-8 µm (docs/results/selection_noise_target.md). False (the default) keeps all of it.
+    target_passband_blend : bool
+        With ``target_in_focus`` and ``target_noise_passband``: blend the target per frequency
+        between the in-focus image (where W = 1) and the specimen itself (where W = 0), i.e.
+        add ``(1 - W)``-filtered ``specimen - in-focus image``. In focus the target stays the
+        input; out of focus it becomes the specimen wherever the defocus has erased what focus
+        records, as with the default's clean targets. The in-focus target alone capped the
+        2-4 µm gain at the in-focus image's distance to the specimen, which scoring against
+        the specimen counts (docs/results/selection_noise_target.md). False (the default).
     defocus_sides : {"both", "positive", "negative"}
         Sign of the defocus (both: 50/50).
     defocus_scale_range : (float, float)
@@ -164,6 +172,7 @@ class SimulationConfig(DictRoundTrip):
     target_keeps_noise: bool = False
     target_in_focus: bool = False
     target_noise_passband: bool = False
+    target_passband_blend: bool = False
     defocus_sides: str = "both"
     defocus_scale_range: tuple[float, float] = (1.0, 1.3)
     defocus_step_um: float = 0.25
@@ -239,12 +248,17 @@ class SimulationConfig(DictRoundTrip):
         for name in ("near_focus_probability", "soft_content_probability", "haze_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
-        for name in ("target_keeps_noise", "target_in_focus", "target_noise_passband"):
+        for name in ("target_keeps_noise", "target_in_focus", "target_noise_passband",
+                     "target_passband_blend"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.target_noise_passband and not self.target_keeps_noise:
             raise ValueError("target_noise_passband filters the noise that target_keeps_noise "
                              "adds to the target; set target_keeps_noise too")
+        if self.target_passband_blend and not (self.target_noise_passband
+                                               and self.target_in_focus):
+            raise ValueError("target_passband_blend blends the in-focus target with the "
+                             "specimen; set target_in_focus and target_noise_passband too")
         if self.defocus_sides not in _DEFOCUS_SIDES:
             raise ValueError(
                 f"defocus_sides must be one of {', '.join(map(repr, _DEFOCUS_SIDES))}; "
@@ -492,7 +506,8 @@ def sample_parameters(
         "source_percentiles": list(cfg.source_percentiles),
     }
     # Only when on, so every earlier parameter record stays as it was.
-    for name in ("target_keeps_noise", "target_in_focus", "target_noise_passband"):
+    for name in ("target_keeps_noise", "target_in_focus", "target_noise_passband",
+                 "target_passband_blend"):
         if getattr(cfg, name):
             params[name] = True
     return params
