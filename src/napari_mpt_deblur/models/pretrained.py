@@ -97,11 +97,13 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         arch="mpt",
         preset="mpt-tiny",
         file="mpt-tiny.safetensors",
-        sha256="76cff14f763c0a8b8f5240230d296284f4a7b0d91af5552b2a032f8304ece59a",
-        description="default: 20x widefield defocus 0-16 µm and high-NA oil 0-2 µm; trained "
-        "on 17 kinds of specimen",
+        sha256="fde449e199cfad7a61813f09bbd5a11be3e0f4279c0cbed8dbc368b18eb4b370",
+        description="default: 20x widefield defocus 0-16 µm and high-NA oil 0-2 µm; keeps the "
+        "fine texture of in-focus images; trained on 17 kinds of specimen",
         normalization=_PERCENTILE,
-        lineage=("f47a06c:src/napari_mpt_deblur/weights/mpt-tiny.safetensors (stage 12)",
+        lineage=("3c086bf:src/napari_mpt_deblur/weights/mpt-tiny.safetensors (stage 16)",
+                 "478d262:configs/experiments/mpt-tiny-noise-target.yaml (step 1500)",
+                 "478d262:configs/experiments/mpt-tiny-in-focus-target.yaml (step 1750)",
                  "configs/recipes/mpt-tiny.yaml"),
     ),
     PretrainedEntry(
