@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from .camera import apply_camera, as_generator, camera_response, camera_to_float
-from .optics import blur, defocus_psf
+from .optics import _kernel_spectrum, blur, defocus_psf
 from .parameters import (
     SIMULATION_PRESETS,
     SimulationConfig,
@@ -207,8 +207,8 @@ def make_pair(
     psf = defocus_psf(optics)
     signal = blur(x, psf.astype(np.float32))
     target = specimen = x
+    in_focus = dataclasses.replace(optics, defocus_um=0.0)
     if params.get("target_in_focus", False):
-        in_focus = dataclasses.replace(optics, defocus_um=0.0)
         target = signal if optics.defocus_um == 0 else blur(x, defocus_psf(in_focus).astype(
             np.float32))
     haze = params.get("haze_layers") or []
@@ -231,66 +231,54 @@ def make_pair(
     if params.get("target_keeps_noise", False):
         noise = blurred - camera_to_float(camera_response(signal, camera), camera)
         if params.get("target_noise_passband", False) and optics.defocus_um != 0:
-            psf_in_focus = defocus_psf(dataclasses.replace(optics, defocus_um=0.0))
-            noise = _noise_in_passband(noise, psf, psf_in_focus)
+            # Keep the noise where the defocus passes texture as well as focus does (W = 1: a
+            # blind model cannot tell texture from noise there); drop it where the defocus
+            # erased the texture (W = 0: whatever the input shows there is noise).
+            psf_in_focus = defocus_psf(in_focus)
+            noise = _passband_filtered(noise, psf, psf_in_focus)
             if params.get("target_passband_blend", False):
+                # The specimen where the defocus erased what focus records, the in-focus image
+                # where it did not; mirror padding keeps the periodic filter from wrapping one
+                # border's edges onto the other.
                 specimen = camera_to_float(camera_response(specimen, camera), camera)
-                target = target + _beyond_passband(specimen - target, psf, psf_in_focus)
+                target = target + _passband_filtered(specimen - target, psf, psf_in_focus,
+                                                     complement=True, pad=16)
         target = target + noise
     return SimulatedPair(blurred=blurred, sharp=target, psf=psf, params=params)
 
 
 def _otf_magnitude(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """|OTF| of ``psf`` on the rfft2 grid of ``shape`` (a larger PSF is cropped to its centre).
+    """|OTF| of ``psf`` on the rfft2 grid of ``shape`` (a larger PSF is cropped to its centre)."""
+    rows, cols = min(psf.shape[0], shape[0]), min(psf.shape[1], shape[1])
+    top, left = (psf.shape[0] - rows) // 2, (psf.shape[1] - cols) // 2
+    centre = psf[top : top + rows, left : left + cols]
+    return np.abs(_kernel_spectrum(centre, shape, np.dtype(np.float64)))
 
-    Only the magnitude is needed, and it does not depend on where the kernel sits in the
-    periodic frame, so the PSF is zero-padded without centring.
+
+def _passband_filtered(
+    image: np.ndarray,
+    psf: np.ndarray,
+    psf_in_focus: np.ndarray,
+    *,
+    complement: bool = False,
+    pad: int = 0,
+) -> np.ndarray:
+    """``image`` filtered by W(f) = min(1, |OTF_defocus(f)| / |OTF_in_focus(f)|), or by 1 - W.
+
+    W is the share of what focus records that the defocused microscope still passes
+    (``SimulationConfig.target_noise_passband``, ``target_passband_blend``). ``pad`` mirror-pads
+    the image first (at most to its size minus one).
     """
-    k, m = psf.shape
-    rows, cols = min(k, shape[0]), min(m, shape[1])
-    top, left = (k - rows) // 2, (m - cols) // 2
-    kernel = np.zeros(shape, dtype=np.float64)
-    kernel[:rows, :cols] = psf[top : top + rows, left : left + cols]
-    return np.abs(np.fft.rfft2(kernel))
-
-
-def _passband_weight(psf: np.ndarray, psf_in_focus: np.ndarray, shape: tuple[int, int]
-                     ) -> np.ndarray:
-    """W(f) = min(1, |OTF_defocus(f)| / |OTF_in_focus(f)|) on the rfft2 grid of ``shape``."""
-    ratio = _otf_magnitude(psf, shape) / np.maximum(_otf_magnitude(psf_in_focus, shape), 1e-6)
-    return np.minimum(ratio, 1.0)
-
-
-def _noise_in_passband(noise: np.ndarray, psf: np.ndarray, psf_in_focus: np.ndarray) -> np.ndarray:
-    """The noise filtered by W(f) = min(1, |OTF_defocus(f)| / |OTF_in_focus(f)|).
-
-    Where the defocus passes the specimen's texture as well as focus does (W = 1), a blind
-    model cannot tell that texture from noise, so the target keeps the noise; where the
-    defocus has erased the texture (W = 0), whatever the input shows is noise and the target
-    drops it (``SimulationConfig.target_noise_passband``).
-    """
-    shape = noise.shape[-2:]
-    weight = _passband_weight(psf, psf_in_focus, shape)
-    filtered = np.fft.irfft2(np.fft.rfft2(noise) * weight, s=shape)
-    return filtered.astype(noise.dtype, copy=False)
-
-
-def _beyond_passband(detail: np.ndarray, psf: np.ndarray, psf_in_focus: np.ndarray,
-                     pad: int = 16) -> np.ndarray:
-    """``detail`` (the specimen minus its in-focus image) filtered by 1 - W(f).
-
-    Added to the in-focus target it makes the target the specimen where the defocus has
-    erased what focus records (W = 0) and leaves it the in-focus image where nothing was lost
-    (W = 1; ``SimulationConfig.target_passband_blend``). Mirror padding keeps the periodic
-    filter from wrapping one border's edges onto the other.
-    """
-    m, n = detail.shape
+    m, n = image.shape
     pad = min(pad, m - 1, n - 1)
-    padded = np.pad(detail, pad, mode="reflect") if pad > 0 else detail
+    padded = np.pad(image, pad, mode="reflect") if pad > 0 else image
     shape = padded.shape
-    weight = 1.0 - _passband_weight(psf, psf_in_focus, shape)
+    ratio = _otf_magnitude(psf, shape) / np.maximum(_otf_magnitude(psf_in_focus, shape), 1e-6)
+    weight = np.minimum(ratio, 1.0)
+    if complement:
+        weight = 1.0 - weight
     filtered = np.fft.irfft2(np.fft.rfft2(padded) * weight, s=shape)
-    return filtered[pad : pad + m, pad : pad + n].astype(detail.dtype, copy=False)
+    return filtered[pad : pad + m, pad : pad + n].astype(image.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------------------------

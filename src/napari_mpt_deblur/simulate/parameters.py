@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 _DEFOCUS_SIDES = ("both", "positive", "negative")
+# Switches of the training target; a parameter record holds each only when it is on.
+_TARGET_OPTIONS = ("target_keeps_noise", "target_in_focus", "target_noise_passband",
+                   "target_passband_blend")
 
 
 def _range(value: Any, name: str, *, minimum: float | None = None) -> tuple[float, float]:
@@ -248,8 +251,7 @@ class SimulationConfig(DictRoundTrip):
         for name in ("near_focus_probability", "soft_content_probability", "haze_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
-        for name in ("target_keeps_noise", "target_in_focus", "target_noise_passband",
-                     "target_passband_blend"):
+        for name in _TARGET_OPTIONS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false; got {getattr(self, name)!r}")
         if self.target_noise_passband and not self.target_keeps_noise:
@@ -506,8 +508,7 @@ def sample_parameters(
         "source_percentiles": list(cfg.source_percentiles),
     }
     # Only when on, so every earlier parameter record stays as it was.
-    for name in ("target_keeps_noise", "target_in_focus", "target_noise_passband",
-                 "target_passband_blend"):
+    for name in _TARGET_OPTIONS:
         if getattr(cfg, name):
             params[name] = True
     return params
