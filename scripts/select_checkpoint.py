@@ -79,6 +79,7 @@ import re
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -213,24 +214,61 @@ def _gain(value: float, reference: float) -> float:
     return round(value - reference, 6) + 0.0
 
 
+class Summary(NamedTuple):
+    """The ship rule's numbers for one candidate over a set of cells (gains in dB over the
+    blurred input; ``None`` where no cell qualifies, e.g. no 0 µm level)."""
+
+    worst: float | None
+    focus_worst: float | None
+    target_mean: float | None
+    target_reference: float | None
+    mean: float | None
+    reference: float | None
+    harmed: int
+    cells: int
+
+
+def summarize(scores: Mapping[Cell, float], baseline: Mapping[Cell, float],
+              cells: Sequence[Cell], targets: Sequence[float]) -> Summary:
+    """One candidate's summary over ``cells``: the single place both tables take it from, so a
+    run's own table and a ``--merge`` of it cannot disagree."""
+    def worst(keys: Sequence[Cell]) -> float | None:
+        return min((_gain(scores[k], baseline[k]) for k in keys), default=None)
+
+    def mean(keys: Sequence[Cell], of: Mapping[Cell, float]) -> float | None:
+        return float(np.mean([of[k] for k in keys])) if keys else None
+
+    target = [k for k in cells if k[1] in targets]
+    return Summary(
+        worst=worst(cells), focus_worst=worst([k for k in cells if k[1] == 0]),
+        target_mean=mean(target, scores), target_reference=mean(target, baseline),
+        mean=mean(cells, scores), reference=mean(cells, baseline),
+        harmed=sum(_gain(scores[k], baseline[k]) < -HARM_DB for k in cells), cells=len(cells))
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
+def _plain(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def score_table(rows: Mapping[str, Mapping[Cell, float]], targets: Sequence[float]) -> list[str]:
     """The markdown table of a scoring run: a row per candidate (``BASELINE`` first), a column
     per (set, level), then the summary columns. ``--merge`` reads this format back."""
     baseline = rows[BASELINE]
     keys = list(baseline)
-    target = [k for k in keys if k[1] in targets]
-    focus = [k for k in keys if k[1] == 0] or keys
     span = "-".join(f"{v:g}" for v in (targets[0], targets[-1]))
     lines = ["| candidate | " + " | ".join(_label(k) for k in keys)
              + f" | worst gain | in-focus worst gain | mean {span} µm | mean |",
              "|---|" + "---|" * (len(keys) + 4)]
     for cand, scores in rows.items():
-        worst = min(scores[k] - baseline[k] for k in keys)
-        harm = min(scores[k] - baseline[k] for k in focus)
+        summary = summarize(scores, baseline, keys, targets)
         cells = " | ".join(f"{scores[k]:.2f}" for k in keys)
-        lines.append(f"| {cand} | {cells} | {worst:+.2f} | {harm:+.2f} "
-                     f"| {np.mean([scores[k] for k in target]):.2f} "
-                     f"| {np.mean([scores[k] for k in keys]):.2f} |")
+        lines.append(f"| {cand} | {cells} | {_signed(summary.worst)} "
+                     f"| {_signed(summary.focus_worst)} | {_plain(summary.target_mean)} "
+                     f"| {_plain(summary.mean)} |")
     return lines
 
 
@@ -377,29 +415,15 @@ def merged_table(
     names = [n for n in rows if n != BASELINE]
     cells = list(baseline)
     shared = [c for c in cells if all(c in rows[n] for n in names)]
-    target = [c for c in shared if c[1] in targets]
-    focus = [c for c in shared if c[1] == 0]
     span = "-".join(f"{v:g}" for v in (targets[0], targets[-1]))
+    summary = {n: summarize(rows[n], baseline, shared, targets) for n in [BASELINE, *names]}
 
-    def with_gain(name: str, value: float, reference: float) -> str:
+    def with_gain(name: str, value: float | None, reference: float | None) -> str:
+        if value is None or reference is None:
+            return "n/a"
         if name == BASELINE:
             return f"{value:.2f}"
         return f"{value:.2f} ({_gain(value, reference):+.2f})"
-
-    def worst(name: str, keys: list[Cell]) -> str:
-        if not keys:
-            return "n/a"
-        return f"{min(_gain(rows[name][k], baseline[k]) for k in keys):+.2f}"
-
-    def mean(name: str, keys: list[Cell]) -> str:
-        if not keys:
-            return "n/a"
-        return with_gain(name, float(np.mean([rows[name][k] for k in keys])),
-                         float(np.mean([baseline[k] for k in keys])))
-
-    def harmed(name: str) -> str:
-        count = sum(_gain(rows[name][k], baseline[k]) < -HARM_DB for k in shared)
-        return f"{count} of {len(shared)}"
 
     columns = [BASELINE, *names]
     lines = ["| set, level | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
@@ -408,14 +432,16 @@ def merged_table(
                   for n in columns]
         lines.append(f"| {_label(cell)} | " + " | ".join(values) + " |")
     summaries = {
-        "worst gain": lambda n: worst(n, shared),
-        "in-focus worst gain": lambda n: worst(n, focus),
-        f"mean {span} µm": lambda n: mean(n, target),
-        "mean": lambda n: mean(n, shared),
-        f"cells below the input by more than {HARM_DB:g} dB": harmed,
+        "worst gain": lambda n: _signed(summary[n].worst),
+        "in-focus worst gain": lambda n: _signed(summary[n].focus_worst),
+        f"mean {span} µm": lambda n: with_gain(n, summary[n].target_mean,
+                                                summary[n].target_reference),
+        "mean": lambda n: with_gain(n, summary[n].mean, summary[n].reference),
+        f"cells below the input by more than {HARM_DB:g} dB":
+            lambda n: f"{summary[n].harmed} of {summary[n].cells}",
     }
-    for title, summary in summaries.items():
-        lines.append(f"| {title} | " + " | ".join(summary(n) for n in columns) + " |")
+    for title, show in summaries.items():
+        lines.append(f"| {title} | " + " | ".join(show(n) for n in columns) + " |")
     lines += ["", f"Summary rows over the {len(shared)} of {len(cells)} (set, level) cells "
               "that every candidate has."]
     return lines

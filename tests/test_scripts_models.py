@@ -341,6 +341,23 @@ def test_merge_summarises_only_the_cells_every_candidate_has(load_script, tmp_pa
     assert "| cells below the input by more than 0.1 dB | 0 of 6 | 2 of 6 |" in lines
 
 
+def test_a_run_and_its_merge_print_the_same_summary(load_script, tmp_path):
+    """Both tables take their summary from one function: a loss of exactly 0.10 dB (two
+    rounded scores) prints as -0.10 in both and is not counted as harm."""
+    select = load_script("select_checkpoint")
+    model = {**{k: v + 0.6 for k, v in INPUT.items()}, ("actin", 0.0): 39.9,
+             ("nuclei", 0.0): 45.1}
+    rows = {select.BASELINE: INPUT, "m": model}
+    own = select.score_table(rows, (4.0, 8.0))[-1].rstrip(" |").split(" | ")[-4:]
+    merged = select.merge_files([_run_file(select, tmp_path / "a.md", rows)], regime="20x")
+    summary = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")[-1]
+               for line in merged[6:11]}
+    assert own == ["-0.10", "-0.10", "32.10", "37.30"]
+    assert [summary["worst gain"], summary["in-focus worst gain"]] == own[:2]
+    assert summary["mean 4-8 µm"] == "32.10 (+0.60)" and summary["mean"] == "37.30 (+0.30)"
+    assert summary["cells below the input by more than 0.1 dB"] == "0 of 4"
+
+
 def test_merge_detects_the_regime_from_the_levels(load_script, tmp_path):
     select = load_script("select_checkpoint")
     oil = _cells({"actin 0": 40.0, "actin 0.5": 33.0, "actin 2": 25.0})
