@@ -356,6 +356,8 @@ def test_a_run_and_its_merge_print_the_same_summary(load_script, tmp_path):
     assert [summary["worst gain"], summary["in-focus worst gain"]] == own[:2]
     assert summary["mean 4-8 µm"] == "32.10 (+0.60)" and summary["mean"] == "37.30 (+0.30)"
     assert summary["cells below the input by more than 0.1 dB"] == "0 of 4"
+    assert "| mean at 0 µm | 42.50 | 42.50 (+0.00) |" in merged
+    assert "| mean at 8 µm | 31.50 | 32.10 (+0.60) |" in merged
 
 
 def test_merge_detects_the_regime_from_the_levels(load_script, tmp_path):
