@@ -440,10 +440,11 @@ def merged_table(
         f"cells below the input by more than {HARM_DB:g} dB":
             lambda n: f"{summary[n].harmed} of {summary[n].cells}",
     }
-    for level in sorted({c[1] for c in shared}):
-        at = [c for c in shared if c[1] == level]  # where a change of recipe wins or loses
-        summaries[f"mean at {level:g} µm"] = lambda n, at=at: with_gain(
-            n, float(np.mean([rows[n][c] for c in at])), float(np.mean([baseline[c] for c in at])))
+    for level in sorted({c[1] for c in shared}):  # where a change of recipe wins or loses
+        at = [c for c in shared if c[1] == level]
+        by_level = {n: summarize(rows[n], baseline, at, targets) for n in columns}
+        summaries[f"mean at {level:g} µm"] = lambda n, s=by_level: with_gain(
+            n, s[n].mean, s[n].reference)
     for title, show in summaries.items():
         lines.append(f"| {title} | " + " | ".join(show(n) for n in columns) + " |")
     lines += ["", f"Summary rows over the {len(shared)} of {len(cells)} (set, level) cells "
