@@ -173,3 +173,33 @@ def test_add_optics_conditioning_refuses_other_networks():
     conditioned = create_model("mpt-test", optics_conditioning=True)
     assert add_optics_conditioning(conditioned) is conditioned
 
+
+
+def test_assume_optics_binds_the_vector_for_calls_without_optics_and_unbinds_it():
+    from napari_mpt_deblur.models.conditioning import assume_optics
+
+    torch.manual_seed(0)
+    net = create_model("mpt-test", optics_conditioning=True, routing="aligned").eval()
+    with torch.no_grad():
+        net.optics_film.mlp[-1].weight.normal_(std=0.1)
+    oil = {"pixel_size_um": 0.1, "numerical_aperture": 1.4}
+    x = _x(1)
+    with torch.no_grad():
+        told = net(x, optics=torch.tensor([optics_vector(0.1, 1.4)]))
+        blind = net(x)
+        with assume_optics(net, oil) as vector:
+            assumed = net(x)
+            with assume_optics(net, None):  # blocks nest; unknown optics mean blind
+                inner = net(x)
+            after_inner = net(x)
+        after = net(x)
+    assert vector == optics_vector(0.1, 1.4)
+    assert (told - blind).abs().max() > 1e-4  # the vector matters for this FiLM
+    torch.testing.assert_close(assumed, told)
+    torch.testing.assert_close(after_inner, told)
+    torch.testing.assert_close(inner, blind)
+    torch.testing.assert_close(after, blind)
+    plain = create_model("mpt-test", routing="aligned")
+    with assume_optics(plain, oil):  # an unconditioned network is left as it is
+        assert not hasattr(plain, "assumed_optics")
+    assert "assumed_optics" not in "".join(net.state_dict())

@@ -258,3 +258,30 @@ def test_batch_composition_follows_the_mode(blurry_images, mode, paired, expecte
     labeled = expected["replay"] + expected["paired"]
     assert len(batch.get("blurred", ())) == labeled
     assert len(batch["unlabeled"]) == expected["unlabeled"]
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_conditioned_model_fine_tunes_at_the_users_optics(blurry_images, given):
+    """Losses, score and preview must all see the optics the user will deblur with (or the
+    blind vector when none were given), and the binding must not outlive the run."""
+    from _train_helpers import OIL
+
+    from napari_mpt_deblur.models._registry import create_model
+    from napari_mpt_deblur.models.conditioning import BLIND_OPTICS, hints_vector
+
+    torch.manual_seed(0)
+    model = create_model("mpt-test", optics_conditioning=True, routing="aligned")
+    seen: list[torch.Tensor] = []
+    hook = model.optics_film.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach().float()))
+    optics = OIL if given else {}
+    multiple = model.size_multiple
+    result = finetune(model, blurry_images, settings=_settings(
+        steps=2, val_every=2, preview_every=2, patch_size=max(32, multiple),
+        val_crop_size=max(64, 2 * multiple), mode="full", replay_optics="auto", **optics))
+    hook.remove()
+    expected = torch.tensor(hints_vector(OIL) if given else BLIND_OPTICS)
+    assert result.stopped == "completed" and seen
+    vectors = torch.cat(seen)
+    torch.testing.assert_close(vectors, expected.expand_as(vectors))
+    assert getattr(model, "assumed_optics", None) is None

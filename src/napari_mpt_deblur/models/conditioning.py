@@ -21,8 +21,9 @@ until trained, so a conditioned model built from an unconditioned one
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ __all__ = [
     "OPTICS_VECTOR_SIZE",
     "OpticsFiLM",
     "as_optics_hints",
+    "assume_optics",
     "hints_vector",
     "immersion_for_na",
     "optics_batch",
@@ -145,6 +147,31 @@ def optics_batch(optics: Sequence[OpticsHints | Mapping[str, Any] | None], *,
         rows.append(hints_vector(item))
     return torch.tensor(rows, dtype=torch.float32, device=device).reshape(
         len(rows), OPTICS_VECTOR_SIZE)
+
+
+@contextlib.contextmanager
+def assume_optics(net: nn.Module, optics: OpticsHints | Mapping[str, Any] | None
+                  ) -> Iterator[tuple[float, float, float]]:
+    """Within the block, an optics-conditioned ``net`` called without ``optics`` uses these.
+
+    Fine-tuning adapts a model to one microscope, yet its losses, selection score and previews
+    call the network in many places that know nothing of optics. Without this they would train
+    and judge it blind while the user later deblurs with the optics given, i.e. through a FiLM
+    the fine-tuning never saw. The binding is a plain attribute of every conditioned module
+    (``assumed_optics``), not saved with the weights; the previous value is restored on exit,
+    so blocks nest. Yields the vector in force (:data:`BLIND_OPTICS` when unknown); a network
+    that is not conditioned is left untouched.
+    """
+    vector = hints_vector(optics)
+    modules = [m for m in net.modules() if getattr(m, "optics_film", None) is not None]
+    previous = [getattr(m, "assumed_optics", None) for m in modules]
+    for m in modules:
+        m.assumed_optics = None if vector == BLIND_OPTICS else vector
+    try:
+        yield vector
+    finally:
+        for m, value in zip(modules, previous):
+            m.assumed_optics = value
 
 
 class OpticsFiLM(nn.Module):

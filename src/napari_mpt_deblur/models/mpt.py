@@ -308,7 +308,10 @@ class MPT(nn.Module):
 
         n = x.shape[0]
         if optics is None:
-            optics = x.new_tensor(BLIND_OPTICS, dtype=torch.float32)
+            # Callers that cannot pass optics (fine-tuning's losses, scores and previews) run
+            # under conditioning.assume_optics, which sets this; otherwise: unknown optics.
+            optics = x.new_tensor(getattr(self, "assumed_optics", None) or BLIND_OPTICS,
+                                  dtype=torch.float32)
         optics = torch.as_tensor(optics, dtype=torch.float32, device=x.device)
         if optics.ndim == 1:
             optics = optics[None]

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .._dataclass_io import composed_of_parts, renamed_fields
+from ..models.conditioning import assume_optics
 from ._common import CancelLike
 from ._finetune_run import (  # noqa: F401 - _FinetuneRun, _reblur_bank: tests reach them here
     SCORE_SEED,
@@ -357,43 +358,47 @@ def finetune_iter(
     if not isinstance(settings, FinetuneConfig):
         raise TypeError(f"settings must be a FinetuneConfig or preset name; got {type(settings)}")
     total = settings.steps
-    run = None
-    try:
-        run = _FinetuneRun(model, unlabeled_images, paired=paired, settings=settings,
-                           replay_images=replay_images, out_path=out_path,
-                           state_path=state_path, resume=resume, device=device)
-        yield from run.start_updates()
-        loop = StepLoop(
-            run.trainer, run.loss, start=run.step, total=total, cancel=cancel,
-            time_budget_s=settings.time_budget_s,
-            every=(Every(settings.val_every, run.validation_updates, at_last=True),
-                   Every(settings.preview_every, run.preview_updates),
-                   Every(settings.state_every, run.save, at_last=False)),
-        )
-        for update in loop:
-            if update.kind is UpdateKind.LOSS:
-                run.record_step(update)
-            yield update
-        assert loop.stopped is not None
-        if not settings.val_every or run.last_val_step != run.step:
-            yield from run.validation_updates(run.step)
-        run.stopped = loop.stopped.reason
-        yield from run.save()
-        result = run.finish()
-        yield TrainUpdate(UpdateKind.DONE, run.step, total, {
-            "reason": run.stopped, "best": result.best, "baseline": result.baseline,
-            "kept_start": result.kept_start, "verdict": result.verdict,
-            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-            "result": result,
-        })
-    except GeneratorExit:
-        # The consumer stopped iterating (e.g. napari worker.quit()): keep the best weights.
-        if run is not None:
-            run.restore_best()
-        raise
-    except Exception as exc:
-        yield TrainUpdate(UpdateKind.ERROR, run.step if run is not None else 0, total, exc)
-        raise
+    # An optics-conditioned model is trained, scored and previewed at the optics the run is
+    # about (the user's, when the replay is simulated at them), as it will be used.
+    run_optics = settings.optics if settings.uses_user_optics else None
+    with assume_optics(model, run_optics):
+        run = None
+        try:
+            run = _FinetuneRun(model, unlabeled_images, paired=paired, settings=settings,
+                               replay_images=replay_images, out_path=out_path,
+                               state_path=state_path, resume=resume, device=device)
+            yield from run.start_updates()
+            loop = StepLoop(
+                run.trainer, run.loss, start=run.step, total=total, cancel=cancel,
+                time_budget_s=settings.time_budget_s,
+                every=(Every(settings.val_every, run.validation_updates, at_last=True),
+                       Every(settings.preview_every, run.preview_updates),
+                       Every(settings.state_every, run.save, at_last=False)),
+            )
+            for update in loop:
+                if update.kind is UpdateKind.LOSS:
+                    run.record_step(update)
+                yield update
+            assert loop.stopped is not None
+            if not settings.val_every or run.last_val_step != run.step:
+                yield from run.validation_updates(run.step)
+            run.stopped = loop.stopped.reason
+            yield from run.save()
+            result = run.finish()
+            yield TrainUpdate(UpdateKind.DONE, run.step, total, {
+                "reason": run.stopped, "best": result.best, "baseline": result.baseline,
+                "kept_start": result.kept_start, "verdict": result.verdict,
+                "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                "result": result,
+            })
+        except GeneratorExit:
+            # The consumer stopped iterating (e.g. napari worker.quit()): keep the best weights.
+            if run is not None:
+                run.restore_best()
+            raise
+        except Exception as exc:
+            yield TrainUpdate(UpdateKind.ERROR, run.step if run is not None else 0, total, exc)
+            raise
 
 
 def finetune(
