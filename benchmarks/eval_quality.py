@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--models", nargs="*", default=None, metavar="NAME|PATH",
                         help="bundled model names or checkpoints (NAME@x8: with 8-view "
-                        "test-time augmentation); 'none' or nothing for the baselines only "
+                        "test-time augmentation; NAME@blind: an optics-conditioned model "
+                        "without the true optics); 'none' or nothing for the baselines only "
                         "(default: every bundled model)")  # fmt: skip
     parser.add_argument("--regime", default="20x", choices=["20x", "oil-1.4"],
                         help="simulated microscope (evaluation.EVAL_REGIMES); oil-1.4 writes "

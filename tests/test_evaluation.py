@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from napari_mpt_deblur import evaluation
 from napari_mpt_deblur.evaluation import (
@@ -295,6 +296,47 @@ def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, m
     by_method = {s.method: s.psnr_db for s in result.scores}
     assert by_method["tiny"] != by_method["tiny ×8"]
     assert "mean of 8 rotated/mirrored views" in to_markdown(result)
+
+
+def test_conditioned_columns_get_each_sets_true_optics_unless_blind(tmp_path, monkeypatch):
+    """A conditioned model is scored as a user who knows the microscope would run it (the
+    regime's objective, the set's wavelength); ``@blind`` withholds them."""
+    from napari_mpt_deblur.engine import predict
+    from napari_mpt_deblur.evaluation import model_columns, split_blind
+    from napari_mpt_deblur.evaluation.protocol import IMAGE_SETS
+    from napari_mpt_deblur.models._registry import create_model
+    from napari_mpt_deblur.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model("mpt-test", optics_conditioning=True, routing="aligned").eval()
+    with torch.no_grad():
+        net.optics_film.mlp[-1].weight.normal_(std=0.1)
+    path = save_checkpoint(tmp_path / "cond.safetensors", net, metadata={"name": "cond"})
+    assert split_blind("m@x8@blind") == ("m@x8", True) and split_blind("m@x8") == ("m@x8", False)
+    entries = model_columns([str(path), f"{path}@blind", f"{path}@x2@blind"])
+    assert list(entries) == ["cond", "cond (blind)", "cond ×2 (blind)"]
+    assert entries["cond (blind)"] == evaluation.Ensembled(str(path), 1, blind=True)
+
+    seen = []
+    real_deblur = predict.deblur
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("optics"))
+        return real_deblur(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "deblur", spy)
+    root = _data_root(tmp_path / "data", real_pair=False)
+    cfg = evaluation.eval_config("oil-1.4", eval_dir=str(root / "eval"), val_dir=str(root / "val"),
+                                 sets=("w1",), levels_um=(1.0,), max_images=1, device="cpu")
+    result = evaluate(entries, cfg, rl_tuning=_fixed_tuning(cfg))
+    told, blind, blind_views = seen
+    assert blind is None and blind_views is None
+    assert (told.pixel_size_um, told.numerical_aperture, told.immersion_index) == (0.1, 1.4, 1.515)
+    assert told.wavelength_nm == IMAGE_SETS["w1"].wavelength_nm
+    by_method = {s.method: s.psnr_db for s in result.scores}
+    assert by_method["cond"] != by_method["cond (blind)"]  # the optics changed the output
+    assert result.models["cond"]["optics"] == "true optics of each image set"
+    assert result.models["cond (blind)"]["optics"] == "withheld"
 
 
 def test_model_record_reads_the_model_contract():

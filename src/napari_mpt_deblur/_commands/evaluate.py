@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME|PATH",
         help="bundled model names or checkpoint files to evaluate; NAME@x8 also runs NAME with "
-        "8-view test-time augmentation (@x2, @x4 too); give the option with no value (or "
+        "8-view test-time augmentation (@x2, @x4 too); an optics-conditioned model gets each "
+        "image set's true optics, NAME@blind none; give the option with no value (or "
         "'none') for the baselines only (default: every bundled model)",
     )
     parser.add_argument("--regime", default="20x", choices=REGIMES,

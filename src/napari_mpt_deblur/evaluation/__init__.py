@@ -63,6 +63,7 @@ from .baselines import richardson_lucy_deconvolve as richardson_lucy_deconvolve
 from .baselines import tune_richardson_lucy as tune_richardson_lucy
 from .columns import Ensembled as Ensembled
 from .columns import model_columns as model_columns
+from .columns import split_blind as split_blind
 from .columns import split_views as split_views
 from .figures import save_example_figure as save_example_figure
 from .protocol import BLURRED as BLURRED
@@ -106,6 +107,7 @@ __all__ = [
     "richardson_lucy_deconvolve",
     "save_example_figure",
     "simulation_params",
+    "split_blind",
     "split_views",
     "to_markdown",
     "tune_richardson_lucy",

@@ -9,6 +9,7 @@ pair is scored after an affine intensity fit (:func:`fit_affine`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -31,7 +32,7 @@ from .baselines import (
     richardson_lucy_deconvolve,
     tune_richardson_lucy,
 )
-from .columns import _resolve_models, _unwrap
+from .columns import _is_blind, _resolve_models, _unwrap
 from .figures import _best_window
 from .protocol import (
     BLURRED,
@@ -52,6 +53,7 @@ from .results import EvalResult, Score
 
 if TYPE_CHECKING:
     from ..models.info import DeblurModel
+    from ..simulate.optics import OpticsHints
     from .columns import Ensembled
 
 logger = logging.getLogger(__name__)
@@ -115,7 +117,11 @@ def _run_methods(
     rl_iter: int,
     models: Mapping[str, DeblurModel | Ensembled],
     device: str,
+    optics: OpticsHints | None = None,
 ) -> Iterator[tuple[str, np.ndarray, float]]:
+    """The baselines and each model on one blurred image. ``optics``, the image's true
+    microscope, is what a user who knows it would give: an optics-conditioned model uses it
+    (unless its column is blind), every other model ignores it."""
     yield BLURRED, blurred, 0.0
     started = time.perf_counter()
     restored = richardson_lucy_deconvolve(blurred, psf, rl_iter)
@@ -127,7 +133,7 @@ def _run_methods(
             model, views = _unwrap(entry)
             started = time.perf_counter()
             out = deblur(blurred.astype(np.float32), model, axes="YX", device=device,
-                         ensemble=views)
+                         ensemble=views, optics=None if _is_blind(entry) else optics)
             yield name, out, time.perf_counter() - started
 
 
@@ -201,7 +207,7 @@ def evaluate(
             "iterations"
         ],
         rl_settings=dict(rl_tuning.settings),
-        models={name: _model_info(*_unwrap(m)) for name, m in resolved.items()},
+        models={name: _model_info(*_unwrap(m), blind=_is_blind(m)) for name, m in resolved.items()},
         images={k: [p.name for p in v] for k, v in files.items()},
         environment=_environment(bool(resolved)),
     )
@@ -223,7 +229,8 @@ def evaluate(
                 panels: dict[str, np.ndarray] = {}
                 n_iter = rl_tuning.iterations_for(wavelength, defocus)
                 for method, out, seconds in _run_methods(
-                    pair.blurred, psf, n_iter, resolved, cfg.device
+                    pair.blurred, psf, n_iter, resolved, cfg.device,
+                    dataclasses.replace(cfg.optics, wavelength_nm=wavelength),
                 ):
                     result.scores.append(Score(
                         set=key, image=path.name, defocus_um=defocus, method=method,
@@ -250,7 +257,7 @@ def evaluate(
     return result
 
 
-def _model_info(model: DeblurModel, views: int = 1) -> dict[str, Any]:
+def _model_info(model: DeblurModel, views: int = 1, blind: bool = False) -> dict[str, Any]:
     """What ``results.json`` records of a model column: read through the model contract
     (:func:`~napari_mpt_deblur.models.info.model_info`), so a network with a
     :class:`~napari_mpt_deblur.models.info.ModelInfo`, an old ``dict`` info or none at all is
@@ -260,6 +267,9 @@ def _model_info(model: DeblurModel, views: int = 1) -> dict[str, Any]:
     out = {k: info[k] for k in keep if k in info}
     if views > 1:
         out["ensemble"] = views
+    if model_info(model).optics_conditioned:
+        # what the column was told: each set's true optics, or nothing (a "@blind" column)
+        out["optics"] = "withheld" if blind else "true optics of each image set"
     preset = preset_name(model)
     if preset:
         out.setdefault("preset", preset)
@@ -302,7 +312,8 @@ def _evaluate_real_pair(
     n_iter = rl_tuning.iterations_for(wavelength, defocus)
     window = _best_window(reference, cfg.example_crop_px)
     panels: dict[str, np.ndarray] = {}
-    for method, out, seconds in _run_methods(blurred, psf, n_iter, models, cfg.device):
+    optics = dataclasses.replace(cfg.optics, wavelength_nm=wavelength)
+    for method, out, seconds in _run_methods(blurred, psf, n_iter, models, cfg.device, optics):
         fitted, gain, offset = fit_affine(out, reference)
         name = RICHARDSON_LUCY_REAL if method == RICHARDSON_LUCY else method
         result.real_pair.append(Score(
