@@ -198,10 +198,18 @@ def describe_models(models: dict[str, Any]) -> list[str]:
     return lines or ["- models: none (blurred vs in-focus only)"]
 
 
-def deblur_with(model: Any, image: np.ndarray, device: str) -> np.ndarray:
+def deblur_with(model: Any, image: np.ndarray, device: str, sim_cfg: Any = None) -> np.ndarray:
+    """The model's output; an optics-conditioned model is told the simulated microscope
+    (``sim_cfg``: fixed optics, see ``SIM_OVERRIDES``), as a user who knows it would."""
     import napari_mpt_deblur
 
-    return napari_mpt_deblur.deblur(image, model, axes="YX", device=device)
+    optics = None
+    if sim_cfg is not None:
+        optics = {"pixel_size_um": sim_cfg.pixel_size_um,
+                  "numerical_aperture": sim_cfg.numerical_aperture_range[0],
+                  "wavelength_nm": sim_cfg.wavelength_nm_choices[0],
+                  "immersion_index": sim_cfg.immersion_index}
+    return napari_mpt_deblur.deblur(image, model, axes="YX", device=device, optics=optics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +254,7 @@ def run_dataset(
             for column, img in (("sharp (sim)", pair.sharp), ("blurred", pair.blurred)):
                 row[column].add(match_detections(detect_nuclei(img, cfg), reference, max_distance))
             for model_name, model in models.items():
-                restored = deblur_with(model, pair.blurred, device)
+                restored = deblur_with(model, pair.blurred, device, sim_cfg)
                 row[model_name].add(
                     match_detections(detect_nuclei(restored, cfg), reference, max_distance)
                 )
