@@ -234,8 +234,16 @@ def build_domain(sources, args):
 # ------------------------------------------------------------------------------------------
 # Scoring
 # ------------------------------------------------------------------------------------------
-def score(pairs, model, device: str) -> list[dict[str, float]]:
-    """PSNR/SSIM of ``model`` (``None``: the blurred input) on every held-out pair."""
+def domain_optics(hints: dict) -> dict:
+    """The microscope part of a domain's hints (no defocus range): what ``deblur`` is given."""
+    from napari_mpt_deblur.simulate.optics import OpticsHints
+
+    return {k: hints[k] for k in OpticsHints.NAMES if k in hints}
+
+
+def score(pairs, model, device: str, optics: dict | None = None) -> list[dict[str, float]]:
+    """PSNR/SSIM of ``model`` (``None``: the blurred input) on every held-out pair; an
+    optics-conditioned model is given ``optics`` (the domain's, as the user typed them)."""
     from napari_mpt_deblur.engine.predict import deblur
     from napari_mpt_deblur.metrics import psnr, ssim
 
@@ -244,7 +252,8 @@ def score(pairs, model, device: str) -> list[dict[str, float]]:
         if model is None:
             restored = pair["blurred"]
         else:
-            restored = deblur(pair["blurred"], model, axes="YX", device=device, tile=0)
+            restored = deblur(pair["blurred"], model, axes="YX", device=device, tile=0,
+                              optics=optics)
         out.append({"source": pair["source"], "level": pair["level"],
                     "psnr": psnr(restored, pair["sharp"]), "ssim": ssim(restored, pair["sharp"])})
     return out
@@ -287,6 +296,7 @@ class CandidateScores:
         import torch
 
         from napari_mpt_deblur.engine.normalize import IntensityNormalization
+        from napari_mpt_deblur.models.conditioning import assume_optics
         from napari_mpt_deblur.models.info import model_info
         from napari_mpt_deblur.train.optics_domain import (
             SCORE_SEED,
@@ -301,15 +311,16 @@ class CandidateScores:
         )
 
         self.device = torch.device(device)
+        self.optics = domain_optics(hints)
         norm = IntensityNormalization.from_dict(model_info(model).to_dict().get("normalization"))
         sim = simulation_for_optics(model_simulation(model), **hints)
         sim = match_camera(sim, planes_noise_sigma(unlabeled, norm),
                            sources=bundled_infocus_sources(sim), normalization=norm,
                            seed=SCORE_SEED)
         common = {"seed": SCORE_SEED, "normalization": norm, "patch_size": 128}
-        own = SimulatedScore(sim, sources=start_output_sources(model, unlabeled, sim,
-                                                               device=self.device),
-                             key="user", **common)
+        with assume_optics(model, self.optics):  # a conditioned model runs at the user's optics
+            starts = start_output_sources(model, unlabeled, sim, device=self.device)
+        own = SimulatedScore(sim, sources=starts, key="user", **common)
         self.scores = [
             own,
             SimulatedScore(sim, sources=bundled_infocus_sources(sim), key="sim", **common),
@@ -317,7 +328,8 @@ class CandidateScores:
                            **common),
         ]
         self.inputs = own.blurred
-        self.start_outputs = self._outputs(model)
+        with assume_optics(model, self.optics):
+            self.start_outputs = self._outputs(model)
 
     @staticmethod
     def _psnr(a, b) -> float:
@@ -337,10 +349,13 @@ class CandidateScores:
             model.train(was_training)
 
     def __call__(self, model) -> dict:
+        from napari_mpt_deblur.models.conditioning import assume_optics
+
         out = {}
-        for score in self.scores:
-            out.update(score(model, device=self.device))
-        out["closeness"] = self._psnr(self._outputs(model), self.start_outputs)
+        with assume_optics(model, self.optics):
+            for score in self.scores:
+                out.update(score(model, device=self.device))
+            out["closeness"] = self._psnr(self._outputs(model), self.start_outputs)
         return out
 
 
@@ -587,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("gpu" if device.startswith("cuda") else "cpu-laptop")
 
     start = load_model(args.model, device=device)
+    optics = domain_optics(DOMAINS[args.domain]["hints"])
     candidates = CandidateScores(start, unlabeled, DOMAINS[args.domain]["hints"], device)
     del start
 
@@ -629,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
                         if update.step == 0 and start_truth is not None:
                             table = start_truth
                         else:
-                            table = summarise(score(pairs, model, device), args.levels)
+                            table = summarise(score(pairs, model, device, optics), args.levels)
                         if update.step == 0:
                             start_truth = table
                         value = update.value
@@ -659,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = result.model
                 logger.info("%s seed %s: %d steps in %.0f s (%s); %s", label, seed, run["steps"],
                             run["seconds"], result.stopped, result.verdict)
-            scores = score(pairs, model, device)
+            scores = score(pairs, model, device, optics)
             run["summary"] = summarise(scores, args.levels)
             run["scores"] = scores
             logger.info("%s: mean PSNR %.2f dB, SSIM %.3f", label, *run["summary"]["mean"])

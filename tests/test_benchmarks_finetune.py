@@ -102,3 +102,16 @@ def test_guard_picks_replay_the_guard_with_each_score():
     mix = bench.checkpoint_scores(runs[1])["mix"]
     assert mix == pytest.approx(0.5 * (19.9 + 30.3))
     assert bench.guard_picks(runs, "focus") == []  # not recorded: no picks
+
+
+def test_the_domains_optics_are_what_deblur_and_the_scores_get():
+    """Held-out truth and candidate scores run a conditioned model at the domain's optics
+    (its hints without the defocus range, which is not a property of the microscope)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import finetune_domain_shift as bench
+    finally:
+        sys.path.pop(0)
+    optics = bench.domain_optics(bench.DOMAINS["oil-1.2"]["hints"])
+    assert optics == {"pixel_size_um": 0.1, "numerical_aperture": 1.2, "wavelength_nm": 550.0,
+                      "immersion_index": 1.515}
