@@ -535,3 +535,16 @@ def test_deblur_and_finetune_share_one_definition_of_the_optics_options(command)
                 args.immersion_index) == (0.1, 1.4, 600.0, 1.515)
     with pytest.warns(DeprecationWarning, match="--refractive-index is deprecated"):
         assert parser.parse_args([*base, "--refractive-index", "1.33"]).immersion_index == 1.33
+
+
+def test_demo_gives_a_conditioned_model_the_samples_optics(conditioned_checkpoint, tmp_path,
+                                                         monkeypatch):
+    from napari_mpt_deblur._sample_data import load_sample
+
+    seen = _spy_optics(monkeypatch)
+    assert cli.main(["demo", "-o", str(tmp_path / "demo"), "--model",
+                     str(conditioned_checkpoint), "--device", "cpu"]) == 0
+    optics, report = seen[-1]
+    params = load_sample().params
+    assert optics["numerical_aperture"] == params["numerical_aperture"]
+    assert optics["pixel_size_um"] == params["pixel_size_um"] and report.optics_used

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.info import model_info
     from ..models.pretrained import canonical_name, list_pretrained
     from ..models.resolve import resolve_model
+    from ..simulate.optics import OpticsHints
 
     log = logging.getLogger(__name__)
     out = args.output
@@ -89,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
     model: DeblurModel = resolve_model(canonical_name(args.model) if args.model else None,
                                        device)
     report = DeblurReport()
-    result = deblur(sample.blurred, model, axes="YX", device=device, report=report)
+    # The sample's microscope (its simulation record), as a user would type it: an
+    # optics-conditioned model uses it, any other ignores it.
+    optics = {k: sample.params.get(k) for k in OpticsHints.NAMES}
+    result = deblur(sample.blurred, model, axes="YX", device=device, report=report,
+                    optics=optics)
     meta = {"axes": "YX", "pixel_size_um": (sample.pixel_size_um,) * 2}
     remove_stale_temp_files(out)
     # The folder was checked above: replacing the demo's own files is always right (atomic
