@@ -226,6 +226,20 @@ def test_validation_records_carry_the_score_per_third_of_the_defocus_range(blurr
         _settings(max_level_loss_db=-1)
 
 
+def test_late_blocks_of_a_conditioned_model_leave_its_optics_conditioning_frozen():
+    """The FiLM feeds every stage: adapting the "late" blocks must not train it (nor send
+    gradients back through the encoder to reach it)."""
+    from napari_mpt_deblur.models._registry import create_model
+    from napari_mpt_deblur.train.trainable import select_trainable
+
+    plain = create_model("mpt-test", routing="aligned")
+    conditioned = create_model("mpt-test", routing="aligned", optics_conditioning=True)
+    assert select_trainable(conditioned, "late") == select_trainable(plain, "late")
+    trained = {n for n, p in conditioned.named_parameters() if p.requires_grad}
+    assert trained == {n for n, p in plain.named_parameters() if p.requires_grad}
+    assert not any(n.startswith("optics_film") for n in trained)
+
+
 def test_parameter_efficient_choices_freeze_the_rest(blurry_images):
     from napari_mpt_deblur.models._registry import create_model
     from napari_mpt_deblur.train.trainable import select_trainable

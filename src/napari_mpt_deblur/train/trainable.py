@@ -6,7 +6,8 @@ the first trainable layer is, and fewer weights means less to move away from wha
 
 * ``"all"``: every parameter.
 * ``"late"``: the last third of the network's top-level blocks (for MPT and the U-Nets, the
-  full-resolution decoder end and the output projection, where fine detail is rebuilt).
+  full-resolution decoder end and the output projection, where fine detail is rebuilt); never
+  the optics conditioning of a conditioned model, which feeds every stage.
 * ``"norms"``: normalisation weights and every bias (a few thousand numbers; re-scales features).
 
 ``benchmarks/finetune_domain_shift.py`` compares them; the default stays whichever wins there.
@@ -24,7 +25,12 @@ _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, nn.InstanceNorm2d)
 
 
 def _late_modules(model: nn.Module) -> list[nn.Module]:
-    children = [m for m in model.children() if any(True for _ in m.parameters())]
+    # The optics conditioning (an optics-conditioned MPT's ``optics_film``) is not a block of
+    # the network's path: it modulates every stage, encoder included, so training it would
+    # send gradients through the whole network and change how every stage reads the optics.
+    conditioning = getattr(model, "optics_film", None)
+    children = [m for m in model.children()
+                if m is not conditioning and any(True for _ in m.parameters())]
     if len(children) < 3:
         # a flat model: its last trainable child
         return children[-1:]
