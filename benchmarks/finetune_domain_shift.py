@@ -92,6 +92,9 @@ VARIANTS = (
      {"mode": "replay", "trainable": "late"}),
     ("(g) replay at the given optics, norms and biases only", "replay-norms",
      {"mode": "replay", "trainable": "norms"}),
+    # an optics-conditioned start model only: how it reads the microscope, nothing else
+    ("(h) replay at the given optics, optics conditioning only", "replay-optics",
+     {"mode": "replay", "trainable": "optics"}),
 )
 
 

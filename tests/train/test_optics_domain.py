@@ -238,6 +238,12 @@ def test_late_blocks_of_a_conditioned_model_leave_its_optics_conditioning_frozen
     trained = {n for n, p in conditioned.named_parameters() if p.requires_grad}
     assert trained == {n for n, p in plain.named_parameters() if p.requires_grad}
     assert not any(n.startswith("optics_film") for n in trained)
+    film = select_trainable(conditioned, "optics")
+    assert film == sum(p.numel() for p in conditioned.optics_film.parameters())
+    assert all(n.startswith("optics_film.") for n, p in conditioned.named_parameters()
+               if p.requires_grad)
+    with pytest.raises(ValueError, match="not optics-conditioned"):
+        select_trainable(plain, "optics")
 
 
 def test_parameter_efficient_choices_freeze_the_rest(blurry_images):

@@ -59,7 +59,7 @@ REPLAY_OPTICS = ("auto", "user", "model")
 #: Where the selection score's pairs get their content (``FinetuneConfig.selection_score``).
 SELECTION_SCORES = ("bundled-images", "own-images")
 #: Which parameters fine-tuning adapts (:func:`.trainable.select_trainable`).
-TRAINABLE_CHOICES = ("all", "late", "norms")
+TRAINABLE_CHOICES = ("all", "late", "norms", "optics")
 
 #: The pixel losses of :func:`.losses.pixel_loss` (defined here, torch-free, for the configs).
 PIXEL_LOSSES = ("l1", "mse", "charbonnier", "psnr")

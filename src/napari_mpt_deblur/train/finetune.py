@@ -163,9 +163,10 @@ class FinetuneConfig(RunConfig):
     match_camera : bool
         Set the photon count of replay pairs and score pairs so they are as noisy as the user's
         images (:func:`~napari_mpt_deblur.train.optics_domain.match_camera`).
-    trainable : {"all", "late", "norms"}
+    trainable : {"all", "late", "norms", "optics"}
         Which parameters adapt (:mod:`~napari_mpt_deblur.train.trainable`): all, the last third
-        of the network's blocks, or normalisation weights and biases.
+        of the network's blocks, normalisation weights and biases, or an optics-conditioned
+        model's optics conditioning only.
     val_crop_size : int
         Side of the held-out validation crop (rounded down to the model's multiple).
     val_every, preview_every, state_every : int

@@ -9,6 +9,9 @@ the first trainable layer is, and fewer weights means less to move away from wha
   full-resolution decoder end and the output projection, where fine detail is rebuilt); never
   the optics conditioning of a conditioned model, which feeds every stage.
 * ``"norms"``: normalisation weights and every bias (a few thousand numbers; re-scales features).
+* ``"optics"``: the optics conditioning only (an optics-conditioned model's FiLM, ~22 k numbers
+  for ``mpt-tiny``): how the network reads the microscope, which is what differs on a new one;
+  the features it modulates stay as trained.
 
 ``benchmarks/finetune_domain_shift.py`` compares them; the default stays whichever wins there.
 """
@@ -47,6 +50,13 @@ def select_trainable(model: nn.Module, which: str) -> int:
         chosen = set(model.parameters())
     elif which == "late":
         chosen = {p for m in _late_modules(model) for p in m.parameters()}
+    elif which == "optics":
+        conditioning = getattr(model, "optics_film", None)
+        if conditioning is None:
+            raise ValueError(f"trainable='optics' adapts the optics conditioning, and this "
+                             f"{type(model).__name__} has none (it is not optics-conditioned); "
+                             "choose 'late', 'norms' or 'all'")
+        chosen = set(conditioning.parameters())
     else:
         chosen = set()
         for module in model.modules():
