@@ -71,6 +71,12 @@ def main() -> None:
         f"- **Licence**: {header.get('license', 'Apache-2.0')}.",
         "- **Intended use**: widefield fluorescence images with defocus blur, 20×-class optics "
         "(about 0.3-1 µm/px); other optics: fine-tune (docs/finetuning.md).",
+        *([] if not (header.get("config") or {}).get("optics_conditioning") else [
+            "- **Optics**: optics-conditioned. Give the microscope (pixel size and NA at least; "
+            "emission wavelength and immersion if known): read from the file's metadata, the "
+            "CLI's `--pixel-size-um`, `--na`, `--wavelength-nm`, `--immersion-index` or the "
+            "widget's Optics group. Without them it runs blind, on a default it learned from "
+            "30 % of its training pairs (docs/training.md, \"Optics-conditioned models\")."]),
         "",
         "## Training",
         "",

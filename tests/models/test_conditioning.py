@@ -101,17 +101,18 @@ def test_unconditioned_config_and_state_dict_are_unchanged():
 
 @pytest.fixture(scope="module")
 def bundled_pair():
-    """The bundled mpt-tiny and its conditioned copy (FiLM at zero)."""
-    plain = load_model("mpt_tiny.defocus", device="cpu")
+    """A bundled blind model (mpt-tiny-wide; the default is conditioned itself since stage 23)
+    and its conditioned copy (FiLM at zero)."""
+    plain = load_model("mpt_tiny.defocus_wide", device="cpu")
     return plain, add_optics_conditioning(plain)
 
 
 def test_conditioned_copy_of_the_bundled_weights_gives_the_same_output(bundled_pair):
     plain, conditioned = bundled_pair
     assert optics_conditioned(conditioned) and conditioned.info.optics_conditioned
-    assert conditioned.info.lineage[-1] == "mpt_tiny.defocus (+ optics conditioning)"
+    assert conditioned.info.lineage[-1] == "mpt_tiny.defocus_wide (+ optics conditioning)"
     assert conditioned.info.key is None and conditioned.info.sha256 is None
-    assert plain.info.key == "mpt_tiny.defocus"  # the start model is left as it was
+    assert plain.info.key == "mpt_tiny.defocus_wide"  # the start model is left as it was
     x = _x()
     optics = torch.tensor([optics_vector(0.645, 0.5, 520.0, 1.0), optics_vector(0.1, 1.4)])
     with torch.inference_mode():

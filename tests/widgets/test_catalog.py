@@ -146,7 +146,7 @@ def test_model_optics_come_from_the_header_without_loading(catalog, tiny_checkpo
     from napari_mpt_deblur.models.checkpoint import save_checkpoint
 
     bundled = ModelCatalog()
-    assert bundled.optics("mpt-tiny") == ModelOptics(False, (0.645, 0.1))  # 20x + oil share
+    assert bundled.optics("mpt-tiny") == ModelOptics(True, (0.645, 0.1))  # 20x + oil share
     assert bundled.optics("mpt-tiny-wide") == ModelOptics(False, (0.645,))
     blind = catalog.add_checkpoint(tiny_checkpoint)
     assert catalog.optics(blind.name) == ModelOptics()  # no simulation recorded

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DeblurModel", "IntensityNormalization", "ModelInfo", "attach_info", "attached_info",
            "in_channels", "inference_bytes_per_pixel", "model_info", "optics_conditioned",
-           "preset_name", "size_multiple"]
+           "optics_conditioning_module", "preset_name", "size_multiple"]
 
 #: What the engine assumes for a network that does not say (a user's own ``nn.Module``).
 DEFAULT_SIZE_MULTIPLE = 128
@@ -295,6 +295,12 @@ def size_multiple(net: Any) -> int:
 def optics_conditioned(net: Any) -> bool:
     """Whether ``net`` takes the optics: its info says so (see :class:`ModelInfo`)."""
     return model_info(net).optics_conditioned
+
+
+def optics_conditioning_module(net: Any) -> Any:
+    """The module that feeds the optics to an optics-conditioned network (MPT's FiLM,
+    ``optics_film``), or ``None``: what fine-tuning adapts, or leaves out, as "the optics"."""
+    return getattr(net, "optics_film", None)
 
 
 def in_channels(net: Any) -> int:

@@ -97,13 +97,15 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         arch="mpt",
         preset="mpt-tiny",
         file="mpt-tiny.safetensors",
-        sha256="fde449e199cfad7a61813f09bbd5a11be3e0f4279c0cbed8dbc368b18eb4b370",
-        description="default: 20x widefield defocus 0-16 µm and high-NA oil 0-2 µm; keeps the "
-        "fine texture of in-focus images; trained on 17 kinds of specimen",
+        sha256="388275ee582544dfad771ec5d581d543b4059bc74c93488b7bd5a301a50c44a8",
+        description="default: 20x widefield defocus 0-16 µm and high-NA oil 0-2 µm; uses the "
+        "microscope's optics when given (pixel size, NA); keeps the fine texture of in-focus "
+        "images; trained on 17 kinds of specimen",
         normalization=_PERCENTILE,
         lineage=("3c086bf:src/napari_mpt_deblur/weights/mpt-tiny.safetensors (stage 16)",
                  "478d262:configs/experiments/mpt-tiny-noise-target.yaml (step 1500)",
                  "478d262:configs/experiments/mpt-tiny-in-focus-target.yaml (step 1750)",
+                 "68f7d40:configs/recipes/mpt-tiny.yaml (stage 20, step 1250)",
                  "configs/recipes/mpt-tiny.yaml"),
     ),
     PretrainedEntry(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..models.info import optics_conditioning_module
 from .config import TRAINABLE_CHOICES  # torch-free there, for the CLI's parser
 
 __all__ = ["TRAINABLE_CHOICES", "select_trainable"]
@@ -31,7 +32,7 @@ def _late_modules(model: nn.Module) -> list[nn.Module]:
     # The optics conditioning (an optics-conditioned MPT's ``optics_film``) is not a block of
     # the network's path: it modulates every stage, encoder included, so training it would
     # send gradients through the whole network and change how every stage reads the optics.
-    conditioning = getattr(model, "optics_film", None)
+    conditioning = optics_conditioning_module(model)
     children = [m for m in model.children()
                 if m is not conditioning and any(True for _ in m.parameters())]
     if len(children) < 3:
@@ -51,7 +52,7 @@ def select_trainable(model: nn.Module, which: str) -> int:
     elif which == "late":
         chosen = {p for m in _late_modules(model) for p in m.parameters()}
     elif which == "optics":
-        conditioning = getattr(model, "optics_film", None)
+        conditioning = optics_conditioning_module(model)
         if conditioning is None:
             raise ValueError(f"trainable='optics' adapts the optics conditioning, and this "
                              f"{type(model).__name__} has none (it is not optics-conditioned); "
