@@ -98,8 +98,11 @@ def test_sampling_notice_when_the_pixels_are_far_from_the_training_sampling(
     viewer = make_napari_viewer()
     viewer.add_image(smooth_image, name="40x", metadata={"pixel_size_um": 0.3})
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
-    widget._model.value = "mpt-tiny"  # trained at 0.645 µm/px and, 15 %, 0.1 µm/px
-    assert not widget._optics.pixel_size.enabled  # the bundled models are blind
+    widget._model.value = "mpt-tiny"  # trained at 0.645 µm/px and, 25 %, 0.1 µm/px
+    assert widget._optics.pixel_size.enabled  # the default is optics-conditioned
+    widget._model.value = "mpt-tiny-wide"
+    assert not widget._optics.pixel_size.enabled  # a blind model: the fields are off
+    widget._model.value = "mpt-tiny"
     note = widget._optics_note
     assert not note.native.isHidden() and "0.3 µm" in note.value and "Fine-tune" in note.value
     widget._optics.pixel_size.value = 0.7  # within 1.5x of 0.645: nothing to say
