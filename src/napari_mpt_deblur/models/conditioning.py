@@ -31,6 +31,7 @@ from torch import nn
 
 from .._dataclass_io import dataclass_from_dict
 from ..simulate.optics import OpticsHints
+from .info import optics_conditioning_module
 
 __all__ = [
     "BLIND_OPTICS",
@@ -163,7 +164,7 @@ def assume_optics(net: nn.Module, optics: OpticsHints | Mapping[str, Any] | None
     that is not conditioned is left untouched.
     """
     vector = hints_vector(optics)
-    modules = [m for m in net.modules() if getattr(m, "optics_film", None) is not None]
+    modules = [m for m in net.modules() if optics_conditioning_module(m) is not None]
     previous = [getattr(m, "assumed_optics", None) for m in modules]
     for m in modules:
         m.assumed_optics = None if vector == BLIND_OPTICS else vector
