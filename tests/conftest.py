@@ -88,3 +88,29 @@ def tiny_checkpoint(tiny_model, tmp_path_factory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def spy_deblur(monkeypatch) -> Callable[..., list[dict]]:
+    """Record the keyword arguments of every ``deblur`` call while still running it.
+
+    Tests that check what reached the engine (the optics, ``amp``, ``ensemble``) call
+    ``calls = spy_deblur()`` (or ``spy_deblur(module)`` for a caller that imported ``deblur``
+    by name) and read ``calls`` afterwards; the real engine still runs, so the command's output
+    is checked too.
+    """
+
+    def install(module: ModuleType | None = None) -> list[dict]:
+        if module is None:
+            from napari_mpt_deblur.engine import predict as module  # commands import it late
+        calls: list[dict] = []
+        real = module.deblur
+
+        def spy(*args, **kwargs):
+            calls.append(kwargs)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "deblur", spy)
+        return calls
+
+    return install

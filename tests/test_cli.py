@@ -403,23 +403,14 @@ def test_ensemble_option_is_used_and_checked(tiff_520x696, tiny_checkpoint, tmp_
 
 
 def test_deblur_float32_flag_reaches_the_engine(tiff_520x696, tiny_checkpoint, tmp_path,
-                                                monkeypatch):
-    from napari_mpt_deblur.engine import predict
-
-    seen = []
-    real = predict.deblur
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("amp"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(predict, "deblur", spy)  # the command imports it when it runs
+                                                spy_deblur):
+    calls = spy_deblur()
     src, _ = tiff_520x696
     base = ["deblur", str(src), "--model", str(tiny_checkpoint), "--device", "cpu",
             "--no-progress"]
     assert cli.main([*base, "-o", str(tmp_path / "a")]) == 0
     assert cli.main([*base, "-o", str(tmp_path / "b"), "--float32"]) == 0
-    assert seen == ["auto", False]
+    assert [c.get("amp") for c in calls] == ["auto", False]
 
 
 def test_first_ctrl_c_stops_cleanly_and_the_second_aborts(caplog):
@@ -459,30 +450,16 @@ def conditioned_checkpoint(tmp_path):
                            metadata={"name": "conditioned-test"})
 
 
-def _spy_optics(monkeypatch) -> list:
-    from napari_mpt_deblur.engine import predict
-
-    seen = []
-    real = predict.deblur
-
-    def spy(*args, **kwargs):
-        seen.append((kwargs.get("optics"), kwargs.get("report")))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(predict, "deblur", spy)  # the command imports it when it runs
-    return seen
-
-
 def test_deblur_optics_default_to_the_file_and_options_override_them(
-    tiff_520x696, conditioned_checkpoint, tmp_path, monkeypatch, caplog
+    tiff_520x696, conditioned_checkpoint, tmp_path, spy_deblur, caplog
 ):
-    seen = _spy_optics(monkeypatch)
+    calls = spy_deblur()
     src, _ = tiff_520x696
     base = ["deblur", str(src), "--model", str(conditioned_checkpoint), "--device", "cpu",
             "--no-progress", "--tile", "256"]
     with caplog.at_level("INFO", logger="napari_mpt_deblur._commands.deblur"):
         assert cli.main([*base, "-o", str(tmp_path / "a"), "--na", "0.5"]) == 0
-    optics, report = seen[-1]
+    optics, report = calls[-1]["optics"], calls[-1]["report"]
     assert optics == {"pixel_size_um": pytest.approx(0.645), "numerical_aperture": 0.5}
     assert report.optics_used
     assert "pixel 0.645 µm, NA 0.5 (used by the model)" in caplog.text
@@ -490,7 +467,7 @@ def test_deblur_optics_default_to_the_file_and_options_override_them(
 
     assert cli.main([*base, "-o", str(tmp_path / "b"), "--pixel-size", "0.1", "--na", "1.4",
                      "--wavelength", "600", "--immersion", "1.515"]) == 0
-    optics, report = seen[-1]
+    optics, report = calls[-1]["optics"], calls[-1]["report"]
     assert optics == {"pixel_size_um": 0.1, "numerical_aperture": 1.4, "wavelength_nm": 600.0,
                       "immersion_index": 1.515}
     assert report.optics_used
@@ -498,25 +475,25 @@ def test_deblur_optics_default_to_the_file_and_options_override_them(
     caplog.clear()
     with caplog.at_level("INFO", logger="napari_mpt_deblur._commands.deblur"):
         assert cli.main([*base, "-o", str(tmp_path / "c")]) == 0  # the file knows no NA
-    optics, report = seen[-1]
+    optics, report = calls[-1]["optics"], calls[-1]["report"]
     assert optics == {"pixel_size_um": pytest.approx(0.645)} and not report.optics_used
     assert "the model ran blind" in caplog.text
 
 
 def test_deblur_optics_are_ignored_by_a_blind_model_and_bad_ones_refused(
-    tiff_520x696, tiny_checkpoint, tmp_path, monkeypatch, caplog
+    tiff_520x696, tiny_checkpoint, tmp_path, spy_deblur, caplog
 ):
-    seen = _spy_optics(monkeypatch)
+    calls = spy_deblur()
     src, _ = tiff_520x696
     base = ["deblur", str(src), "--model", str(tiny_checkpoint), "--device", "cpu",
             "--no-progress"]
     with caplog.at_level("INFO", logger="napari_mpt_deblur._commands.deblur"):
         assert cli.main([*base, "-o", str(tmp_path / "a"), "--na", "0.5"]) == 0
-    assert not seen[-1][1].optics_used
+    assert not calls[-1]["report"].optics_used
     assert "not used: the model is blind to optics" in caplog.text
-    count = len(seen)
+    count = len(calls)
     assert cli.main([*base, "-o", str(tmp_path / "b"), "--na", "-1"]) == 1
-    assert len(seen) == count and not (tmp_path / "b").exists()  # refused before any work
+    assert len(calls) == count and not (tmp_path / "b").exists()  # refused before any work
 
 
 @pytest.mark.parametrize("command", ["deblur", "finetune"])
@@ -538,13 +515,13 @@ def test_deblur_and_finetune_share_one_definition_of_the_optics_options(command)
 
 
 def test_demo_gives_a_conditioned_model_the_samples_optics(conditioned_checkpoint, tmp_path,
-                                                         monkeypatch):
+                                                         spy_deblur):
     from napari_mpt_deblur._sample_data import load_sample
 
-    seen = _spy_optics(monkeypatch)
+    calls = spy_deblur()
     assert cli.main(["demo", "-o", str(tmp_path / "demo"), "--model",
                      str(conditioned_checkpoint), "--device", "cpu"]) == 0
-    optics, report = seen[-1]
+    optics, report = calls[-1]["optics"], calls[-1]["report"]
     params = load_sample().params
     assert optics["numerical_aperture"] == params["numerical_aperture"]
     assert optics["pixel_size_um"] == params["pixel_size_um"] and report.optics_used

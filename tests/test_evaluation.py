@@ -268,8 +268,7 @@ def test_cli_writes_results_and_refuses_overwrite(tmp_path, tiny_checkpoint):
     assert cli.main(argv) == 1  # outputs exist and --overwrite was not given
 
 
-def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, monkeypatch):
-    from napari_mpt_deblur.engine import predict
+def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, spy_deblur):
     from napari_mpt_deblur.evaluation import model_columns
 
     entries = model_columns([str(tiny_checkpoint), f"{tiny_checkpoint}@x8"])
@@ -278,30 +277,22 @@ def test_ensembled_columns_run_with_test_time_views(tmp_path, tiny_checkpoint, m
     with pytest.raises(ValueError, match="must be one of 1, 2, 4, 8"):
         model_columns([f"{tiny_checkpoint}@x3"])
 
-    seen: list[int] = []
-    real_deblur = predict.deblur
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("ensemble", 1))
-        return real_deblur(*args, **kwargs)
-
-    monkeypatch.setattr(predict, "deblur", spy)
+    calls = spy_deblur()
     root = _data_root(tmp_path / "data", real_pair=False)
     cfg = EvalConfig(eval_dir=str(root / "eval"), val_dir=str(root / "val"), sets=("w1",),
                      levels_um=(4.0,), real_pair=False, max_images=1, device="cpu")  # fmt: skip
     result = evaluate(entries, cfg, rl_tuning=_fixed_tuning(cfg))
     assert result.methods == [BLURRED, RICHARDSON_LUCY, "tiny", "tiny ×8"]
-    assert seen == [1, 8]
+    assert [c.get("ensemble", 1) for c in calls] == [1, 8]
     assert result.models["tiny ×8"]["ensemble"] == 8 and "ensemble" not in result.models["tiny"]
     by_method = {s.method: s.psnr_db for s in result.scores}
     assert by_method["tiny"] != by_method["tiny ×8"]
     assert "mean of 8 rotated/mirrored views" in to_markdown(result)
 
 
-def test_conditioned_columns_get_each_sets_true_optics_unless_blind(tmp_path, monkeypatch):
+def test_conditioned_columns_get_each_sets_true_optics_unless_blind(tmp_path, spy_deblur):
     """A conditioned model is scored as a user who knows the microscope would run it (the
     regime's objective, the set's wavelength); ``@blind`` withholds them."""
-    from napari_mpt_deblur.engine import predict
     from napari_mpt_deblur.evaluation import model_columns, split_blind
     from napari_mpt_deblur.evaluation.protocol import IMAGE_SETS
     from napari_mpt_deblur.models._registry import create_model
@@ -317,19 +308,12 @@ def test_conditioned_columns_get_each_sets_true_optics_unless_blind(tmp_path, mo
     assert list(entries) == ["cond", "cond (blind)", "cond ×2 (blind)"]
     assert entries["cond (blind)"] == evaluation.Ensembled(str(path), 1, blind=True)
 
-    seen = []
-    real_deblur = predict.deblur
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("optics"))
-        return real_deblur(*args, **kwargs)
-
-    monkeypatch.setattr(predict, "deblur", spy)
+    calls = spy_deblur()
     root = _data_root(tmp_path / "data", real_pair=False)
     cfg = evaluation.eval_config("oil-1.4", eval_dir=str(root / "eval"), val_dir=str(root / "val"),
                                  sets=("w1",), levels_um=(1.0,), max_images=1, device="cpu")
     result = evaluate(entries, cfg, rl_tuning=_fixed_tuning(cfg))
-    told, blind, blind_views = seen
+    told, blind, blind_views = (c.get("optics") for c in calls)
     assert blind is None and blind_views is None
     assert (told.pixel_size_um, told.numerical_aperture, told.immersion_index) == (0.1, 1.4, 1.515)
     assert told.wavelength_nm == IMAGE_SETS["w1"].wavelength_nm
