@@ -433,6 +433,26 @@ def test_panel_defaults_follow_the_preset_the_benchmark_chose(make_napari_viewer
 
 
 @pytest.mark.qt
+def test_panel_offers_adapting_the_optics_only_for_a_conditioned_model(make_napari_viewer,
+                                                                      plugin_registered):
+    """The bundled default reads the optics, so its FiLM alone may adapt; a blind start model
+    (htcsf) has no such layers, and a choice it lacks falls back to the last third."""
+    from napari_mpt_deblur.models.catalog import get_catalog
+
+    catalog = get_catalog()
+    assert catalog.optics("mpt-tiny").conditioned and not catalog.optics("htcsf").conditioned
+    widget = open_panel(make_napari_viewer())
+    widget._model.value = "mpt-tiny"
+    assert "optics" in widget._trainable.choices
+    widget._trainable.value = "optics"
+    assert widget.settings().trainable == "optics"
+
+    widget._model.value = "htcsf"
+    assert "optics" not in widget._trainable.choices
+    assert widget._trainable.value == "late" and widget.settings().trainable == "late"
+
+
+@pytest.mark.qt
 def test_panel_refuses_impossible_settings(make_napari_viewer, plugin_registered,
                                            shared_catalog, monkeypatch):
     from napari.utils import notifications

@@ -221,9 +221,11 @@ class FinetuneWidget(FinetuneResults, FinetuneForm):
         self._update_state()
 
     def _on_model_changed(self, value: Any = None) -> None:
-        """A new start model (from :class:`~._pickers.ModelPicker`): suggest a result name."""
+        """A new start model (from :class:`~._pickers.ModelPicker`): suggest a result name and
+        offer the Adapt choices it supports (a choice it lacks falls back to the first)."""
         if value is not None and not self._name_edited:
             self._set_name(f"{value}-ft")
+        self._trainable.reset_choices()
         self._update_state()
 
     def _set_name(self, text: str) -> None:

@@ -56,6 +56,8 @@ TRAINABLE_CHOICES = (
     ("all weights", "all"),
     ("norms and biases only", "norms"),
 )
+#: Offered only for an optics-conditioned start model: the optics branch (its FiLM) alone.
+TRAINABLE_OPTICS = ("optics conditioning only", "optics")
 _MAX_PREVIEW_SIDE = 1024
 
 #: The validation plot: the selection score (validated against the true PSNR), then diagnostics.
@@ -125,7 +127,7 @@ class FinetuneForm(Container):
                                     value=0.5)
         self._advanced = CheckBox(text="Advanced settings", value=False)
         self._mode = ComboBox(label="Objective", choices=MODE_CHOICES, value="replay")
-        self._trainable = ComboBox(label="Adapt", choices=TRAINABLE_CHOICES, value="late")
+        self._trainable = ComboBox(label="Adapt", choices=self._trainable_choices, value="late")
         self._replay_folder = FileEdit(label="Replay images", mode="d", nullable=True)
         self._device = device_picker()
         self._val_every = SpinBox(label="Validate every", min=1, max=100_000, value=25)
@@ -200,8 +202,10 @@ class FinetuneForm(Container):
         self._mode.tooltip = ("What is optimised. The preset's choice won the domain-shift "
                               "benchmark (docs/finetuning.md); the others are for comparisons")
         self._trainable.tooltip = ("Which weights adapt: all, the last third of the network's "
-                                   "blocks (faster, and it won the benchmark on a CPU), or "
-                                   "normalisation weights and biases only")
+                                   "blocks (faster, and it won the benchmark on a CPU), "
+                                   "normalisation weights and biases only, or, for an "
+                                   "optics-conditioned model, only the layers that read the "
+                                   "optics")
         self._replay_folder.tooltip = ("In-focus images for replay pairs (default: procedural "
                                        "images)")
         self._preview_region.tooltip = ("Re-deblur this region at every preview: a rectangle "
@@ -280,6 +284,14 @@ class FinetuneForm(Container):
         self._preview_every.value = preset.preview_every
         self._mode.value = preset.mode
         self._trainable.value = preset.trainable
+
+    def _trainable_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        """The Adapt choices for the start model: "optics" only where it has optics inputs
+        (the engine refuses it for a blind model)."""
+        name = self._model.value
+        conditioned = (self._models.ready and name in self._catalog
+                       and self._catalog.optics(name).conditioned)
+        return [*TRAINABLE_CHOICES, *([TRAINABLE_OPTICS] if conditioned else [])]
 
     def _on_advanced(self, value: Any = None) -> None:
         self._advanced_box.visible = bool(self._advanced.value)
