@@ -42,7 +42,10 @@ def main() -> None:
     model = load_model(args.checkpoint, device="cpu")
     header = (read_header(args.checkpoint) or {}) if args.checkpoint.suffix != ".pt" else \
         model_info(model).to_header()
-    extra = {k: header[k] for k in ("training", "simulation", "metrics", "data") if k in header}
+    # averaged_from: a weight average (scripts/average_weights.py) names its checkpoints; its
+    # training record is that of the first one.
+    extra = {k: header[k] for k in ("training", "simulation", "metrics", "data", "averaged_from")
+             if k in header}
     target = WEIGHTS / f"{args.name}.safetensors"
     previous = (read_header(target) or {}) if target.is_file() else {}
     extra.update(

@@ -84,6 +84,24 @@ def test_export_weights_ships_only_the_header_it_writes(load_script, tmp_path, r
         assert header["training"]["step"] == 5 and header["metrics"]["psnr"] == 12.5
 
 
+def test_export_weights_keeps_the_recipe_of_a_weight_average(load_script, tmp_path, run_model,
+                                                             monkeypatch):
+    export = load_script("export_weights")
+    monkeypatch.setattr(export, "WEIGHTS", tmp_path / "weights")
+    (tmp_path / "weights").mkdir()
+    first = save_checkpoint(tmp_path / "a.safetensors", run_model,
+                            metadata={"training": {"steps": 10}})
+    second = save_checkpoint(tmp_path / "b.safetensors", run_model)
+    soup = tmp_path / "soup.safetensors"
+    assert load_script("average_weights").main(
+        [str(first), str(second), "--weights", "0.3", "0.7", "-o", str(soup)]) == 0
+    monkeypatch.setattr(sys, "argv", ["export_weights.py", str(soup), "--name", "shipped"])
+    export.main()
+    header = read_header(tmp_path / "weights" / "shipped.safetensors")
+    assert [r["weight"] for r in json.loads(header["averaged_from"])] == [0.3, 0.7]
+    assert header["training"]["steps"] == 10  # the first checkpoint's record
+
+
 @pytest.mark.parametrize("regime", ["20x", "oil-1.4"])
 def test_select_checkpoint_gives_each_set_the_optics_its_pairs_were_simulated_with(
     load_script, regime
