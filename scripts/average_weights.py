@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="the model name in the header (default: the output stem)")
     args = parser.parse_args(argv)
     weights = args.weights or [1.0] * len(args.checkpoints)
-    weights = [w / sum(weights) for w in weights]
     models = [load_model(str(p), device="cpu") for p in args.checkpoints]
     net = models[0]
     net.load_state_dict(average_state_dicts([m.state_dict() for m in models], weights))
+    weights = [w / sum(weights) for w in weights]  # as recorded: sum checked positive above
     metadata = {
         "name": args.name or args.output.stem,
         "averaged_from": json.dumps([{"checkpoint": str(p), "weight": w}

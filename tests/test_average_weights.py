@@ -43,3 +43,6 @@ def test_soup_of_two_checkpoints_loads_and_computes_between_them(load_script, tm
 
     recipe = json.loads(read_header(out)["averaged_from"])
     assert [r["weight"] for r in recipe] == [0.25, 0.75]
+    with pytest.raises(ValueError, match="sum to a positive number"):  # not a ZeroDivisionError
+        load_script("average_weights").main(
+            [str(paths[0]), str(paths[1]), "--weights", "1", "-1", "-o", str(tmp_path / "x")])

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 
-from ..models.catalog import ModelCatalog, ModelOptics, get_catalog
+from ..models.catalog import ModelCatalog, get_catalog
 from ._compare import CompareWidget
 from ._form import field_row, finish_panel, scrolling_form, wrap_label
 from ._jobs import Job
@@ -251,13 +251,6 @@ class DeblurWidget(Container):
         self._update_optics()
         self._compare.update_enabled()
 
-    def _model_optics(self) -> ModelOptics:
-        """What the chosen model knows of optics (from its header; nothing while none is)."""
-        name = self._model.value
-        if not self._models.ready or name not in self._catalog:
-            return ModelOptics()
-        return self._catalog.optics(name)
-
     def _update_optics(self, *_: Any) -> None:
         """Refill the optics from a newly chosen layer; enable them for a conditioned model;
         show the sampling notice."""
@@ -267,7 +260,7 @@ class DeblurWidget(Container):
         if changed:
             self._optics_layer = layer
             self._optics.fill(layer, clear=True)
-        model = self._model_optics()
+        model = self._models.optics()
         self._optics.set_enabled(
             model.conditioned and not self.running,
             OPTICS_USED_TOOLTIP if model.conditioned
@@ -279,7 +272,7 @@ class DeblurWidget(Container):
     def optics(self) -> dict[str, float] | None:
         """The optics a run gives the model: the known fields for an optics-conditioned model,
         ``None`` for a blind one (``ValueError`` for impossible values, e.g. NA above n)."""
-        if not self._model_optics().conditioned:
+        if not self._models.optics().conditioned:
             return None
         from ..simulate.optics import OpticsHints
 

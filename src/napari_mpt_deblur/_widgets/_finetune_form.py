@@ -288,9 +288,7 @@ class FinetuneForm(Container):
     def _trainable_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         """The Adapt choices for the start model: "optics" only where it has optics inputs
         (the engine refuses it for a blind model)."""
-        name = self._model.value
-        conditioned = (self._models.ready and name in self._catalog
-                       and self._catalog.optics(name).conditioned)
+        conditioned = self._models.optics().conditioned
         return [*TRAINABLE_CHOICES, *([TRAINABLE_OPTICS] if conditioned else [])]
 
     def _on_advanced(self, value: Any = None) -> None:

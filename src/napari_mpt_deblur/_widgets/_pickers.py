@@ -21,7 +21,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox
 
-from ..models.catalog import CatalogEvent, ModelCatalog
+from ..models.catalog import CatalogEvent, ModelCatalog, ModelOptics
 from . import _dialogs
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,14 @@ class ModelPicker:
     def ready(self) -> bool:
         """Whether a model is chosen (not nothing, not the dialog item)."""
         return self.combo.value not in (None, LOAD_CHECKPOINT)
+
+    def optics(self) -> ModelOptics:
+        """What the chosen model knows of optics, from its header (nothing while none is
+        chosen): whether it takes them, and the sampling it was trained at."""
+        name = self.combo.value
+        if not self.ready or name not in self._catalog:
+            return ModelOptics()
+        return self._catalog.optics(name)
 
     def choices(self, _widget: Any = None) -> list[tuple[str, str]]:
         """``(label, name)`` of every catalog entry, then the dialog item."""
