@@ -32,6 +32,23 @@ def simulation_line(config: dict, header: dict) -> str:
     return f"- Simulation {kind} `{text}`: `{json.dumps(header.get('simulation'))[:600]}`"
 
 
+def averaging_lines(header: dict) -> list[str]:
+    """Card lines for a weight average (``scripts/average_weights.py``): what was averaged, and
+    that the header's validation metrics are those of the averaged run's step, not of the
+    shipped weights (the average is never validated during training)."""
+    parts = header.get("averaged_from")
+    if isinstance(parts, str):
+        parts = json.loads(parts)
+    if not parts:
+        return []
+    terms = " + ".join(f"{float(p['weight']):g} × `{p['checkpoint']}`" for p in parts)
+    return [f"- **Weight average** of checkpoints of one lineage: {terms} (the first is this "
+            "recipe's run, whose training record is the one above; a key such as "
+            "`mpt_tiny.defocus` names the bundled weights of that day, which the lineage above "
+            "identifies). Chosen on validation data only; "
+            "the metrics below are that run's own, not the average's."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
@@ -89,7 +106,10 @@ def main() -> None:
         f"- Optimisation: {config.get('steps')} steps planned, batch {config.get('batch_size')} × "
         f"{config.get('patch_size')} px, AdamW lr {config.get('lr')}, {config.get('pixel_loss')} "
         f"loss + EFCR (λ = {config.get('efcr_weight')}) in the last stage; {provenance}.",
-        f"- Validation metrics of these weights: `{json.dumps(header.get('metrics'))[:400]}`",
+        *averaging_lines(header),
+        (f"- Validation metrics of the run at step {(header.get('metrics') or {}).get('step')}: "
+         if header.get("averaged_from") else "- Validation metrics of these weights: ")
+        + f"`{json.dumps(header.get('metrics'))[:400]}`",
         "",
         "## Evaluation",
         "",

@@ -46,3 +46,16 @@ def test_soup_of_two_checkpoints_loads_and_computes_between_them(load_script, tm
     with pytest.raises(ValueError, match="sum to a positive number"):  # not a ZeroDivisionError
         load_script("average_weights").main(
             [str(paths[0]), str(paths[1]), "--weights", "1", "-1", "-o", str(tmp_path / "x")])
+
+
+def test_model_card_says_an_average_is_one_and_whose_metrics_it_shows(load_script, tmp_path):
+    card = load_script("model_card")
+    recipe = [{"checkpoint": "runs/a/state.pt", "weight": 0.3},
+              {"checkpoint": "mpt_tiny.defocus", "weight": 0.7}]
+    import json
+
+    for stored in (json.dumps(recipe), recipe):  # as average_weights writes it, or parsed
+        (line,) = card.averaging_lines({"averaged_from": stored, "metrics": {"step": 1900}})
+        assert "0.3 × `runs/a/state.pt` + 0.7 × `mpt_tiny.defocus`" in line
+        assert "not the average's" in line
+    assert card.averaging_lines({"metrics": {"step": 5}}) == []
