@@ -18,6 +18,7 @@ import torch
 
 from napari_mpt_deblur import load_model
 from napari_mpt_deblur.models.checkpoint import save_checkpoint
+from napari_mpt_deblur.models.info import model_info
 
 
 def average_state_dicts(states: list[dict[str, torch.Tensor]],
@@ -63,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     weights = [w / sum(weights) for w in weights]  # as recorded: sum checked positive above
     metadata = {
         "name": args.name or args.output.stem,
-        "averaged_from": json.dumps([{"checkpoint": str(p), "weight": w}
-                                     for p, w in zip(args.checkpoints, weights, strict=True)]),
+        # each part's SHA-256 too: a bundled key such as mpt_tiny.defocus names other weights
+        # once a new model ships under it
+        "averaged_from": json.dumps([
+            {"checkpoint": str(p), "weight": w, "sha256": model_info(m).sha256}
+            for p, w, m in zip(args.checkpoints, weights, models, strict=True)]),
     }
     save_checkpoint(args.output, net, metadata=metadata)
     parts = " + ".join(f"{w:g} x {p}" for p, w in zip(args.checkpoints, weights, strict=True))

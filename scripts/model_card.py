@@ -41,7 +41,9 @@ def averaging_lines(header: dict) -> list[str]:
         parts = json.loads(parts)
     if not parts:
         return []
-    terms = " + ".join(f"{float(p['weight']):g} × `{p['checkpoint']}`" for p in parts)
+    terms = " + ".join(
+        f"{float(p['weight']):g} × `{p['checkpoint']}`"
+        + (f" (SHA-256 `{p['sha256'][:16]}…`)" if p.get("sha256") else "") for p in parts)
     return [f"- **Weight average** of checkpoints of one lineage: {terms} (the first is this "
             "recipe's run, whose training record is the one above; a key such as "
             "`mpt_tiny.defocus` names the bundled weights of that day, which the lineage above "

@@ -43,6 +43,9 @@ def test_soup_of_two_checkpoints_loads_and_computes_between_them(load_script, tm
 
     recipe = json.loads(read_header(out)["averaged_from"])
     assert [r["weight"] for r in recipe] == [0.25, 0.75]
+    from napari_mpt_deblur.models.checkpoint import file_sha256
+
+    assert [r["sha256"] for r in recipe] == [file_sha256(p) for p in paths]
     with pytest.raises(ValueError, match="sum to a positive number"):  # not a ZeroDivisionError
         load_script("average_weights").main(
             [str(paths[0]), str(paths[1]), "--weights", "1", "-1", "-o", str(tmp_path / "x")])
@@ -59,3 +62,6 @@ def test_model_card_says_an_average_is_one_and_whose_metrics_it_shows(load_scrip
         assert "0.3 × `runs/a/state.pt` + 0.7 × `mpt_tiny.defocus`" in line
         assert "not the average's" in line
     assert card.averaging_lines({"metrics": {"step": 5}}) == []
+    (line,) = card.averaging_lines({"averaged_from": [
+        {"checkpoint": "a.pt", "weight": 1.0, "sha256": "ab" * 32}]})
+    assert "1 × `a.pt` (SHA-256 `abababababababab…`)" in line
