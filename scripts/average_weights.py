@@ -11,7 +11,6 @@ stated in ``averaged_from``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -66,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         "name": args.name or args.output.stem,
         # each part's SHA-256 too: a bundled key such as mpt_tiny.defocus names other weights
         # once a new model ships under it
-        "averaged_from": json.dumps([
+        "averaged_from": [
             {"checkpoint": str(p), "weight": w, "sha256": model_info(m).sha256}
-            for p, w, m in zip(args.checkpoints, weights, models, strict=True)]),
+            for p, w, m in zip(args.checkpoints, weights, models, strict=True)],
     }
     save_checkpoint(args.output, net, metadata=metadata)
     parts = " + ".join(f"{w:g} x {p}" for p, w in zip(args.checkpoints, weights, strict=True))

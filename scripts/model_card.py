@@ -37,7 +37,7 @@ def averaging_lines(header: dict) -> list[str]:
     that the header's validation metrics are those of the averaged run's step, not of the
     shipped weights (the average is never validated during training)."""
     parts = header.get("averaged_from")
-    if isinstance(parts, str):
+    if isinstance(parts, str):  # files averaged before 2026-12-07 stored it as a JSON string
         parts = json.loads(parts)
     if not parts:
         return []
@@ -69,6 +69,7 @@ def main() -> None:
               "tree); use --recipe and --lineage", file=sys.stderr)
     path = bundled_models()[args.name]
     header = read_header(path) or {}
+    averaged = averaging_lines(header)
     training = header.get("training", {})
     config = training.get("config", training)
     quality = ROOT / "docs" / "results" / "quality.md"
@@ -108,9 +109,9 @@ def main() -> None:
         f"- Optimisation: {config.get('steps')} steps planned, batch {config.get('batch_size')} × "
         f"{config.get('patch_size')} px, AdamW lr {config.get('lr')}, {config.get('pixel_loss')} "
         f"loss + EFCR (λ = {config.get('efcr_weight')}) in the last stage; {provenance}.",
-        *averaging_lines(header),
+        *averaged,
         (f"- Validation metrics of the run at step {(header.get('metrics') or {}).get('step')}: "
-         if header.get("averaged_from") else "- Validation metrics of these weights: ")
+         if averaged else "- Validation metrics of these weights: ")
         + f"`{json.dumps(header.get('metrics'))[:400]}`",
         "",
         "## Evaluation",

@@ -39,9 +39,8 @@ def test_soup_of_two_checkpoints_loads_and_computes_between_them(load_script, tm
     key = next(k for k, v in soup.state_dict().items() if v.is_floating_point())
     expected = 0.25 * first.state_dict()[key] + 0.75 * second.state_dict()[key]
     assert torch.allclose(soup.state_dict()[key], expected, atol=1e-6)
-    import json
 
-    recipe = json.loads(read_header(out)["averaged_from"])
+    recipe = read_header(out)["averaged_from"]
     assert [r["weight"] for r in recipe] == [0.25, 0.75]
     from napari_mpt_deblur.models.checkpoint import file_sha256
 
@@ -57,7 +56,7 @@ def test_model_card_says_an_average_is_one_and_whose_metrics_it_shows(load_scrip
               {"checkpoint": "mpt_tiny.defocus", "weight": 0.7}]
     import json
 
-    for stored in (json.dumps(recipe), recipe):  # as average_weights writes it, or parsed
+    for stored in (json.dumps(recipe), recipe):  # as older files stored it, and as now
         (line,) = card.averaging_lines({"averaged_from": stored, "metrics": {"step": 1900}})
         assert "0.3 × `runs/a/state.pt` + 0.7 × `mpt_tiny.defocus`" in line
         assert "not the average's" in line

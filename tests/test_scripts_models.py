@@ -98,7 +98,7 @@ def test_export_weights_keeps_the_recipe_of_a_weight_average(load_script, tmp_pa
     monkeypatch.setattr(sys, "argv", ["export_weights.py", str(soup), "--name", "shipped"])
     export.main()
     header = read_header(tmp_path / "weights" / "shipped.safetensors")
-    assert [r["weight"] for r in json.loads(header["averaged_from"])] == [0.3, 0.7]
+    assert [r["weight"] for r in header["averaged_from"]] == [0.3, 0.7]
     assert header["training"]["steps"] == 10  # the first checkpoint's record
 
 

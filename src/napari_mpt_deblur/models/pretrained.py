@@ -97,7 +97,7 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         arch="mpt",
         preset="mpt-tiny",
         file="mpt-tiny.safetensors",
-        sha256="3948c2eb3c415844c5cb60eb00fdcf719c2d0e73970f9d6aab4180a54e5c7fb3",
+        sha256="2666a915e487a793983f0b83982d8ea503163c0305937026bcb975d757390ad8",
         description="default: 20x widefield defocus 0-16 µm and high-NA oil 0-2 µm; uses the "
         "microscope's optics when given (pixel size, NA); keeps the fine texture of in-focus "
         "images; trained on 17 kinds of specimen",
@@ -107,8 +107,9 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
                  "478d262:configs/experiments/mpt-tiny-in-focus-target.yaml (step 1750)",
                  "68f7d40:configs/recipes/mpt-tiny.yaml (stage 20, step 1250)",
                  "e34d788:configs/recipes/mpt-tiny.yaml (stage 23, step 1300)",
-                 "configs/recipes/mpt-tiny.yaml (stage 24, step 1900; shipped as "
-                 "0.3 × it + 0.7 × stage 23)"),
+                 "83822e1:configs/recipes/mpt-tiny.yaml (stage 24, step 1900; shipped as "
+                 "0.3 × it + 0.7 × stage 23)",
+                 "configs/recipes/mpt-tiny.yaml (stage 25, step 1250)"),
     ),
     PretrainedEntry(
         key="mpt_tiny.defocus_wide",
