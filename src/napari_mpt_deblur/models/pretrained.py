@@ -97,7 +97,7 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         arch="mpt",
         preset="mpt-tiny",
         file="mpt-tiny.safetensors",
-        sha256="2666a915e487a793983f0b83982d8ea503163c0305937026bcb975d757390ad8",
+        sha256="2d658aa1a256f15a34b27cdef96cd8335bc43d5ce6fd7de1f67cf8fd2740e02c",
         description="default: 20x widefield defocus 0-16 µm and high-NA oil 0-2 µm; uses the "
         "microscope's optics when given (pixel size, NA); keeps the fine texture of in-focus "
         "images; trained on 17 kinds of specimen",
@@ -109,7 +109,8 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
                  "e34d788:configs/recipes/mpt-tiny.yaml (stage 23, step 1300)",
                  "83822e1:configs/recipes/mpt-tiny.yaml (stage 24, step 1900; shipped as "
                  "0.3 × it + 0.7 × stage 23)",
-                 "configs/recipes/mpt-tiny.yaml (stage 25, step 1250)"),
+                 "447d0fe:configs/recipes/mpt-tiny.yaml (stage 25, step 1250)",
+                 "configs/recipes/mpt-tiny.yaml (stage 26, step 1400)"),
     ),
     PretrainedEntry(
         key="mpt_tiny.defocus_wide",
