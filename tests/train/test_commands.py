@@ -29,7 +29,8 @@ def smoke_config(tiny_data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_then_resume_then_finetune(smoke_config, tmp_path, tiny_data_root, caplog):
+def test_train_then_resume_then_finetune(smoke_config, tmp_path, tiny_data_root, caplog,
+                                         monkeypatch):
     run = tmp_path / "run"
     assert main(["train", "--config", str(smoke_config), "--no-progress"]) == 0
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 1
@@ -40,6 +41,22 @@ def test_train_then_resume_then_finetune(smoke_config, tmp_path, tiny_data_root,
     assert torch.load(run / "state.pt", weights_only=True)["step"] == 2
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["event"] == "train"] == [1, 2]
+
+    # A new stage starts from another run's state, its weights exactly as they were saved.
+    import napari_mpt_deblur.train.loop as loop
+
+    real_fit, seen = loop.fit, {}
+
+    def spy_fit(cfg, model=None, **kwargs):
+        seen.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_fit(cfg, model=model, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", spy_fit)
+    assert main(["train", "--config", str(smoke_config), "--init", str(run / "state.pt"),
+                 "--out", str(tmp_path / "stage2"), "--no-progress"]) == 0
+    start = torch.load(run / "state.pt", weights_only=True)["model"]
+    assert seen.keys() == start.keys()
+    assert all(torch.equal(seen[k], start[k]) for k in start)
 
     images = tmp_path / "mine"
     images.mkdir()

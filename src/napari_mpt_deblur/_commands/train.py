@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help=DEVICE_HELP + " (default: the config's, else auto)")
     parser.add_argument("--init", default=None, metavar="CKPT",
-                        help="start from these weights (pretrained key or checkpoint file)")
+                        help="start from these weights: a pretrained key, a checkpoint file or "
+                             "another run's state (state.pt, state-NNNNN.pt)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -70,9 +71,19 @@ def run(args: argparse.Namespace) -> int:
     model = None
     if args.init is not None:
         from ..models.pretrained import canonical_name
-        from ..models.resolve import load_model
+        from ..models.resolve import is_training_state, load_model
 
-        model = load_model(canonical_name(args.init), device=cfg.device, routing=cfg.routing)
+        source = canonical_name(args.init)
+        if is_training_state(source):
+            # A run's state (say step 1250 of the previous stage) carries its own config: take
+            # its weights as they are, and refuse only a routing the new config contradicts.
+            model = load_model(source, device=cfg.device)
+            routing = getattr(getattr(model, "config", None), "routing", None)
+            if routing is not None and routing != cfg.routing:
+                raise ValueError(f"{args.init} was trained with routing {routing!r}; the "
+                                 f"config asks for {cfg.routing!r}")
+        else:
+            model = load_model(source, device=cfg.device, routing=cfg.routing)
         model.train()
         log.info("starting from %s", args.init)
 

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CACHE_SIZE", "clear_model_cache", "load_model", "resolve_model"]
+__all__ = ["CACHE_SIZE", "clear_model_cache", "is_training_state", "load_model", "resolve_model"]
 
 #: How many loaded networks the cache keeps (least recently used ones are dropped first).
 CACHE_SIZE = 2
@@ -73,6 +73,15 @@ _CACHE: OrderedDict[tuple, nn.Module] = OrderedDict()
 #: File names ``mpt-deblur train`` gives its resumable states.
 _STATE_NAME = re.compile(r"^state(-\d+)?\.pt$")
 _LOCK = threading.RLock()
+
+
+def is_training_state(source: Any) -> bool:
+    """Whether ``source`` names a training run's resumable state (``state.pt``,
+    ``state-NNNNN.pt``): such a file builds its network from its own config, so callers must
+    not impose a routing or an architecture on it."""
+    if not isinstance(source, (str, os.PathLike)) or is_pretrained_name(source):
+        return False
+    return bool(_STATE_NAME.match(Path(source).name))
 
 
 def clear_model_cache() -> None:
