@@ -97,7 +97,7 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
         arch="mpt",
         preset="mpt-tiny",
         file="mpt-tiny.safetensors",
-        sha256="2d658aa1a256f15a34b27cdef96cd8335bc43d5ce6fd7de1f67cf8fd2740e02c",
+        sha256="b217875f56b7c1596689fdba9554e7393199c054a105dc0e000b1f72f22a960d",
         description="default: 20x widefield defocus 0-16 µm and high-NA oil 0-2 µm; uses the "
         "microscope's optics when given (pixel size, NA); keeps the fine texture of in-focus "
         "images; trained on 17 kinds of specimen",
@@ -110,7 +110,9 @@ _ENTRIES: tuple[PretrainedEntry, ...] = (
                  "83822e1:configs/recipes/mpt-tiny.yaml (stage 24, step 1900; shipped as "
                  "0.3 × it + 0.7 × stage 23)",
                  "447d0fe:configs/recipes/mpt-tiny.yaml (stage 25, step 1250)",
-                 "configs/recipes/mpt-tiny.yaml (stage 26, step 1400)"),
+                 "acf7a15:configs/recipes/mpt-tiny.yaml (stage 26, step 1400)",
+                 "configs/recipes/mpt-tiny.yaml (stage 27, step 1400; shipped as "
+                 "0.5 × it + 0.5 × stage 26)"),
     ),
     PretrainedEntry(
         key="mpt_tiny.defocus_wide",
