@@ -57,6 +57,13 @@ def test_train_then_resume_then_finetune(smoke_config, tmp_path, tiny_data_root,
     start = torch.load(run / "state.pt", weights_only=True)["model"]
     assert seen.keys() == start.keys()
     assert all(torch.equal(seen[k], start[k]) for k in start)
+    # ... but not into a config whose routing contradicts the state's.
+    compat = tmp_path / "compat.yaml"
+    compat.write_text(yaml.safe_dump({**yaml.safe_load(smoke_config.read_text()),
+                                      "routing": "compat"}))
+    assert main(["train", "--config", str(compat), "--init", str(run / "state.pt"),
+                 "--out", str(tmp_path / "stage3"), "--no-progress"]) == 1
+    assert "trained with routing 'aligned'" in caplog.text
 
     images = tmp_path / "mine"
     images.mkdir()

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = None
     if args.init is not None:
+        from ..models.info import model_info
         from ..models.pretrained import canonical_name
         from ..models.resolve import is_training_state, load_model
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             # A run's state (say step 1250 of the previous stage) carries its own config: take
             # its weights as they are, and refuse only a routing the new config contradicts.
             model = load_model(source, device=cfg.device)
-            routing = getattr(getattr(model, "config", None), "routing", None)
+            routing = model_info(model).routing
             if routing is not None and routing != cfg.routing:
                 raise ValueError(f"{args.init} was trained with routing {routing!r}; the "
                                  f"config asks for {cfg.routing!r}")
