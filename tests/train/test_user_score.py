@@ -91,8 +91,8 @@ def test_a_damaged_model_scores_below_the_start():
     with torch.no_grad():
         for module in start.modules():  # noise on every convolution's weights
             if isinstance(module, torch.nn.Conv2d):
-                w = module.weight
-                w.add_(0.3 * w.std() * torch.randn(w.shape, generator=gen))
+                w = module.weight  # 0.6 std: a weight-averaged default shrugs off 0.3 (-0.2 dB)
+                w.add_(0.6 * w.std() * torch.randn(w.shape, generator=gen))
     damaged = score(start, device=torch.device("cpu"))["user_psnr"]
     assert damaged < before - 1.0
 
