@@ -188,8 +188,15 @@ def test_resolve_model_refuses_what_a_training_state_cannot_give(tmp_path, run_m
     from napari_mpt_deblur.models.resolve import resolve_model
 
     _, state = _run_folder(tmp_path, run_model)
-    with pytest.raises(ValueError, match="own config"):
+    with pytest.raises(ValueError, match="trained with routing 'aligned'"):
         resolve_model(state, "cpu", routing="compat", cache=False)
+    with pytest.raises(ValueError, match="own config"):
+        resolve_model(state, "cpu", config={"dim": 8}, cache=False)
+    # the routing it was trained with is no contradiction (train --init passes its config's)
+    same = resolve_model(state, "cpu", routing="aligned", cache=False)
+    assert model_info(same).routing == "aligned"
+    assert all(a.equal(b) for a, b in zip(same.state_dict().values(),
+                                          _built_as_before(state).state_dict().values()))
     finetune_state = tmp_path / "ft" / "state.pt"
     finetune_state.parent.mkdir()
     torch.save({"kind": "finetune", "step": 3, "model": run_model.state_dict(),

@@ -70,21 +70,12 @@ def run(args: argparse.Namespace) -> int:
 
     model = None
     if args.init is not None:
-        from ..models.info import model_info
         from ..models.pretrained import canonical_name
-        from ..models.resolve import is_training_state, load_model
+        from ..models.resolve import load_model
 
-        source = canonical_name(args.init)
-        if is_training_state(source):
-            # A run's state (say step 1250 of the previous stage) carries its own config: take
-            # its weights as they are, and refuse only a routing the new config contradicts.
-            model = load_model(source, device=cfg.device)
-            routing = model_info(model).routing
-            if routing is not None and routing != cfg.routing:
-                raise ValueError(f"{args.init} was trained with routing {routing!r}; the "
-                                 f"config asks for {cfg.routing!r}")
-        else:
-            model = load_model(source, device=cfg.device, routing=cfg.routing)
+        # A run's state (say step 1250 of the previous stage) carries its own config: its
+        # weights are taken as they are, and a routing the new config contradicts is refused.
+        model = load_model(canonical_name(args.init), device=cfg.device, routing=cfg.routing)
         model.train()
         log.info("starting from %s", args.init)
 

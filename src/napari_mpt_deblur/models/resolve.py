@@ -250,13 +250,21 @@ def _load(entry: PretrainedEntry | None, path: Path, device: torch.device, *,
             return net.eval()
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
-    if _STATE_NAME.match(path.name):  # a training run's state: its module knows the layout
-        if routing is not None or config is not None:
-            raise ValueError("a training state is built from its own config; routing and "
-                             "config apply to checkpoints only")
+    if is_training_state(path):  # a training run's state: its module knows the layout
+        if config is not None:
+            raise ValueError("a training state is built from its own config; an architecture "
+                             "config applies to checkpoints only")
         from ..train.loop import model_from_state
 
-        return model_from_state(path).to(device)
+        net = model_from_state(path)
+        own = model_info(net).routing
+        if routing is not None and own is not None and routing != own:
+            # Its weights were trained under its own routing: another one would silently give
+            # a different network, so only the routing it already has is accepted.
+            raise ValueError(f"{path} is a training state built from its own config, trained "
+                             f"with routing {own!r}; it cannot be loaded with routing "
+                             f"{routing!r}")
+        return net.to(device)
     state_dict, header = load_checkpoint(path)
     arch_config = _config(state_dict, header, routing, config)
     net = model_from_state_dict(state_dict, header, config=arch_config)
