@@ -118,7 +118,8 @@ def resolve_model(
         ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``; a
         ``torch.device`` is taken as already resolved (the widgets resolve once per run).
     routing : {"compat", "aligned"}, optional
-        Override the CSWA routing recorded in the checkpoint (experiments only).
+        Override the CSWA routing recorded in the checkpoint (experiments only). A training
+        state (``state.pt``) accepts only the routing it was trained with.
     config : architecture config or dict, optional
         For an authors' checkpoint whose block schedule is not the published one: a config, or
         the released code's constructor arguments.
